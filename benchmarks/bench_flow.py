@@ -1,0 +1,92 @@
+"""flow_stats (per-class activation statistics, one pass) and flow_align (FlowAM's alignment
+loss, one read forward and one backward) against the pure-PyTorch reference.
+
+    python benchmarks/bench_flow.py [--quick] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import compare, markdown  # noqa: E402
+
+from flowam_fast.ops import reference  # noqa: E402
+from flowam_fast.ops.flow import flow_align, flow_stats  # noqa: E402
+
+NUM_CLASSES = 40  # ModelNet40
+# (label, B, C, N): PointNet's per-point layers in ℒ and its 1024-channel pre-pool layer.
+STATS_SHAPES = [("64 channels", 64, 64, 1024), ("1024 channels", 32, 1024, 1024)]
+ALIGN_SHAPES = [("64 channels", 64, 64, 1024), ("128 channels", 64, 128, 1024), ("1024 channels", 16, 1024, 1024)]
+
+
+def _acts(B, C, N, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(B, C, N, generator=g) + 0.3)
+
+
+def _labels(B, seed=0):
+    return torch.randint(0, NUM_CLASSES, (B,), generator=torch.Generator().manual_seed(seed))
+
+
+def _check_stats(fast, ref):
+    assert torch.equal(fast[0], ref[0])
+    torch.testing.assert_close(fast[1], ref[1], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fast[2], ref[2], rtol=1e-9, atol=1e-6)
+
+
+def _check_align(fast, ref):
+    for f, r in zip(fast, ref):
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
+
+
+def rows(quick: bool = False) -> list[dict]:
+    out = []
+    for label, B, C, N in STATS_SHAPES:
+        B = 4 if quick else B
+        acts, labels = _acts(B, C, N), _labels(B)
+        out.append(compare(f"flow_stats, {label} (B={B} C={C} N={N}, K={NUM_CLASSES})",
+                           lambda: flow_stats(acts, labels, NUM_CLASSES, backend="cpu"),
+                           lambda: reference.flow_stats(acts, labels, NUM_CLASSES), _check_stats, no_grad=True))
+    g = torch.Generator().manual_seed(1)
+    mu = torch.rand(NUM_CLASSES, max(s[2] for s in ALIGN_SHAPES), generator=g)
+    sigma = torch.rand(NUM_CLASSES, mu.shape[1], generator=g) + 0.1
+    for label, B, C, N in ALIGN_SHAPES:
+        B = 4 if quick else B
+        acts, labels = _acts(B, C, N, seed=2), _labels(B, seed=2)
+        m, s = mu[:, :C].contiguous(), sigma[:, :C].contiguous()
+        shape = f"B={B} C={C} N={N}"
+        out.append(compare(f"flow_align fwd, {label} ({shape})",
+                           lambda: (flow_align(acts, labels, m, s, backend="cpu"),),
+                           lambda: (reference.flow_align(acts, labels, m, s),), _check_align, no_grad=True))
+        a = acts.clone().requires_grad_(True)
+        w = torch.randn(B, generator=g)
+
+        def both(fn):
+            def run():
+                loss = fn(a, labels, m, s)
+                (ga,) = torch.autograd.grad(loss, a, w)
+                return loss.detach(), ga
+            return run
+
+        out.append(compare(f"flow_align fwd+bwd, {label} ({shape})",
+                           both(lambda *x: flow_align(*x, backend="cpu")), both(reference.flow_align), _check_align))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small batch (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(markdown(rows(args.quick)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+// Activation-flow ops on the CPU: per-class statistics over points (flow_stats) and the
+// per-sample alignment loss with its gradient (flow_align). acts is (B, C, N), so each
+// (sample, channel) row of N points is contiguous: one row is read from memory once and its
+// second pass (the deviations) runs from L1. Every reduction runs in a fixed order, so
+// results are bit-identical from run to run and independent of the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "flow_math.h"
+#include "ops.h"
+
+namespace flowam {
+namespace {
+
+// Mean and M2 (sum of squared deviations) of one row, in double, by two passes: exact to
+// rounding even when the mean dwarfs the spread, unlike sum and sum of squares.
+template <typename T>
+void row_moments(const T* a, int64_t n, double& mean, double& m2) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(a[i]);
+  const double m = s / static_cast<double>(n);
+  double q = 0.0;
+#pragma omp simd reduction(+ : q)
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(a[i]) - m;
+    q += d * d;
+  }
+  mean = m;
+  m2 = q;
+}
+
+// Rows per parallel task: enough points (~2^16) that a task outweighs waking the thread pool,
+// so small calls run inline.
+int64_t row_grain(int64_t n) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n, 1)); }
+
+void check_dense(const at::Tensor& t, const char* name, int64_t dim, const char* op) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+void check_acts_labels(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes, const char* op) {
+  check_dense(acts, "acts", 3, op);
+  check_dense(labels, "labels", 1, op);
+  const auto dt = acts.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": acts must be float32 or float64, got ", dt);
+  TORCH_CHECK(acts.size(2) > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
+  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
+  TORCH_CHECK(labels.size(0) == acts.size(0), op, ": labels has ", labels.size(0), " entries but acts has ",
+              acts.size(0), " samples");
+  TORCH_CHECK(num_classes > 0, op, ": num_classes must be positive, got ", num_classes);
+  const int64_t* lp = labels.data_ptr<int64_t>();
+  const int64_t* bad = std::find_if(lp, lp + labels.numel(),
+                                    [num_classes](int64_t k) { return k < 0 || k >= num_classes; });
+  TORCH_CHECK(bad == lp + labels.numel(), op, ": label ", (bad == lp + labels.numel() ? 0 : *bad),
+              " is outside [0, ", num_classes, ")");
+}
+
+// mu and sigma: (K, C) floating CPU tensors, returned as contiguous float64 (they are small).
+void check_flow(const at::Tensor& acts, const at::Tensor& mu, const at::Tensor& sigma, const char* op) {
+  for (const auto* t : {&mu, &sigma}) {
+    const char* name = t == &mu ? "mu" : "sigma";
+    TORCH_CHECK(t->defined(), op, ": ", name, " is undefined");
+    TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t->device());
+    TORCH_CHECK(t->dim() == 2, op, ": ", name, " must have 2 dimensions (classes, channels), got shape ",
+                t->sizes());
+    TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating point, got ",
+                t->scalar_type());
+    TORCH_CHECK(t->size(1) == acts.size(1), op, ": ", name, " has ", t->size(1), " channels but acts has ",
+                acts.size(1));
+  }
+  TORCH_CHECK(mu.sizes() == sigma.sizes(), op, ": mu and sigma must have one shape, got ", mu.sizes(),
+              " and ", sigma.sizes());
+  TORCH_CHECK(mu.size(0) > 0, op, ": mu and sigma have no classes");
+}
+
+template <typename T>
+void stats_impl(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes, at::Tensor& count,
+                at::Tensor& mean, at::Tensor& m2) {
+  const int64_t B = acts.size(0), C = acts.size(1), N = acts.size(2);
+  const T* a = acts.data_ptr<T>();
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  at::Tensor s_mean = at::empty({B, C}, acts.options().dtype(at::kDouble));
+  at::Tensor s_m2 = at::empty({B, C}, acts.options().dtype(at::kDouble));
+  double* smp = s_mean.data_ptr<double>();
+  double* sqp = s_m2.data_ptr<double>();
+  at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) row_moments(a + r * N, N, smp[r], sqp[r]);
+  });
+
+  int64_t* cnt = count.data_ptr<int64_t>();
+  double* mp = mean.data_ptr<double>();
+  double* qp = m2.data_ptr<double>();
+  std::fill(cnt, cnt + num_classes, int64_t(0));
+  for (int64_t b = 0; b < B; ++b) cnt[lab[b]] += N;
+  // Each class folds its samples in batch order; classes are independent, so they split
+  // across threads without changing any result.
+  at::parallel_for(0, num_classes, row_grain(B * C), [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      double* mk = mp + k * C;
+      double* qk = qp + k * C;
+      std::fill(mk, mk + C, 0.0);
+      std::fill(qk, qk + C, 0.0);
+      double n_seen = 0.0;
+      for (int64_t b = 0; b < B; ++b) {
+        if (lab[b] != k) continue;
+        const double* sm = smp + b * C;
+        const double* sq = sqp + b * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          double n_a = n_seen;
+          chan_merge(n_a, mk[c], qk[c], static_cast<double>(N), sm[c], sq[c]);
+        }
+        n_seen += static_cast<double>(N);
+      }
+    }
+  });
+}
+
+template <typename T>
+void align_forward_impl(const at::Tensor& acts, const at::Tensor& labels, const at::Tensor& mu,
+                        const at::Tensor& sigma, at::Tensor& loss, at::Tensor& mean, at::Tensor& std) {
+  const int64_t B = acts.size(0), C = acts.size(1), N = acts.size(2);
+  const T* a = acts.data_ptr<T>();
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const double* mup = mu.data_ptr<double>();
+  const double* sgp = sigma.data_ptr<double>();
+  double* mp = mean.data_ptr<double>();
+  double* sp = std.data_ptr<double>();
+  at::Tensor terms = at::empty({B, C}, mean.options());
+  double* tp = terms.data_ptr<double>();
+  at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / C, c = r % C, kc = lab[b] * C + c;
+      double m2;
+      row_moments(a + r * N, N, mp[r], m2);
+      sp[r] = sample_std(m2, static_cast<double>(N));
+      tp[r] = align_term(mp[r], sp[r], mup[kc], sgp[kc]).loss;
+    }
+  });
+  T* lp = loss.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b) {
+    double s = 0.0;
+    for (int64_t c = 0; c < C; ++c) s += tp[b * C + c];
+    lp[b] = static_cast<T>(s / static_cast<double>(C));
+  }
+}
+
+template <typename T>
+void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, const at::Tensor& labels,
+                         const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& mean,
+                         const at::Tensor& std, at::Tensor& grad) {
+  const int64_t C = acts.size(1), N = acts.size(2), rows = acts.size(0) * C;
+  const T* a = acts.data_ptr<T>();
+  T* ga = grad.data_ptr<T>();
+  const double* g = grad_loss.data_ptr<double>();
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const double* mup = mu.data_ptr<double>();
+  const double* sgp = sigma.data_ptr<double>();
+  const double* mp = mean.data_ptr<double>();
+  const double* sp = std.data_ptr<double>();
+  at::parallel_for(0, rows, row_grain(N), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / C, kc = lab[b] * C + r % C;
+      const AlignGrad k = align_grad(g[b], align_term(mp[r], sp[r], mup[kc], sgp[kc]), sp[r],
+                                     static_cast<double>(N), static_cast<double>(C));
+      const double m = mp[r];
+      const T* ar = a + r * N;
+      T* gr = ga + r * N;
+#pragma omp simd
+      for (int64_t i = 0; i < N; ++i) gr[i] = static_cast<T>(k.alpha + k.beta * (static_cast<double>(ar[i]) - m));
+    }
+  });
+}
+
+}  // namespace
+
+std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes) {
+  static constexpr const char* op = "flow_stats_cpu";
+  check_acts_labels(acts, labels, num_classes, op);
+  const auto dopts = acts.options().dtype(at::kDouble);
+  at::Tensor count = at::empty({num_classes}, acts.options().dtype(at::kLong));
+  at::Tensor mean = at::empty({num_classes, acts.size(1)}, dopts);
+  at::Tensor m2 = at::empty({num_classes, acts.size(1)}, dopts);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op,
+                             [&] { stats_impl<scalar_t>(acts, labels, num_classes, count, mean, m2); });
+  return {count, mean, m2};
+}
+
+std::vector<at::Tensor> flow_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
+                                               const at::Tensor& mu, const at::Tensor& sigma) {
+  static constexpr const char* op = "flow_align_forward_cpu";
+  check_dense(acts, "acts", 3, op);
+  check_flow(acts, mu, sigma, op);
+  check_acts_labels(acts, labels, mu.size(0), op);
+  const auto dopts = acts.options().dtype(at::kDouble);
+  at::Tensor mu_d = mu.to(at::kDouble).contiguous(), sigma_d = sigma.to(at::kDouble).contiguous();
+  at::Tensor loss = at::empty({acts.size(0)}, acts.options());
+  at::Tensor mean = at::empty({acts.size(0), acts.size(1)}, dopts);
+  at::Tensor std = at::empty({acts.size(0), acts.size(1)}, dopts);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op,
+                             [&] { align_forward_impl<scalar_t>(acts, labels, mu_d, sigma_d, loss, mean, std); });
+  return {loss, mean, std};
+}
+
+at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& acts, const at::Tensor& labels,
+                                   const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& mean,
+                                   const at::Tensor& std) {
+  static constexpr const char* op = "flow_align_backward_cpu";
+  check_dense(acts, "acts", 3, op);
+  check_flow(acts, mu, sigma, op);
+  check_acts_labels(acts, labels, mu.size(0), op);
+  check_dense(grad_loss, "grad_loss", 1, op);
+  check_dense(mean, "mean", 2, op);
+  check_dense(std, "std", 2, op);
+  const int64_t B = acts.size(0), C = acts.size(1);
+  TORCH_CHECK(at::isFloatingType(grad_loss.scalar_type()), op, ": grad_loss must be floating point, got ",
+              grad_loss.scalar_type());
+  TORCH_CHECK(grad_loss.size(0) == B, op, ": grad_loss has ", grad_loss.size(0), " entries but acts has ", B,
+              " samples");
+  for (const auto* t : {&mean, &std}) {
+    const char* name = t == &mean ? "mean" : "std";
+    TORCH_CHECK(t->scalar_type() == at::kDouble, op, ": ", name, " must be float64 (as the forward returns it), got ",
+                t->scalar_type());
+    TORCH_CHECK(t->size(0) == B && t->size(1) == C, op, ": ", name, " must have shape (", B, ", ", C, "), got ",
+                t->sizes());
+  }
+  at::Tensor mu_d = mu.to(at::kDouble).contiguous(), sigma_d = sigma.to(at::kDouble).contiguous();
+  at::Tensor g = grad_loss.to(at::kDouble).contiguous();
+  at::Tensor grad = at::empty_like(acts);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op, [&] {
+    align_backward_impl<scalar_t>(g, acts, labels, mu_d, sigma_d, mean, std, grad);
+  });
+  return grad;
+}
+
+}  // namespace flowam

@@ -1,0 +1,48 @@
+// C++ entry points of flowam_fast._C. Layouts are points-last (B, N, D) unless noted; the
+// Python front ends in flowam_fast/ops make inputs contiguous float32 and check them first,
+// and every function here re-checks with TORCH_CHECK so a direct call cannot crash either.
+#pragma once
+#include <ATen/ATen.h>
+#include <vector>
+
+namespace flowam {
+
+// k nearest neighbours of each query point among the reference points (self included when
+// ref is query). Returns {dist2 (B,M,k) ascending float32, idx (B,M,k) int64}; ties go to the
+// smaller index.
+std::vector<at::Tensor> knn_forward_cpu(const at::Tensor& query, const at::Tensor& ref, int64_t k);
+// Gradient of dist2 w.r.t. query and ref: {grad_query (B,M,D), grad_ref (B,N,D)}.
+std::vector<at::Tensor> knn_backward_cpu(const at::Tensor& grad_dist2, const at::Tensor& query,
+                                         const at::Tensor& ref, const at::Tensor& idx);
+
+// out[b,i,c] = max_j feat[b, idx[b,i,j], c]. Returns {out (B,M,C), argmax (B,M,C) int64:
+// the point index j that won, for the backward scatter}.
+std::vector<at::Tensor> edge_max_forward_cpu(const at::Tensor& feat, const at::Tensor& idx);
+at::Tensor edge_max_backward_cpu(const at::Tensor& grad_out, const at::Tensor& argmax, int64_t num_points);
+
+// out[b,c] = max_n act(scale[c] * (W x[b,n])[c] + shift[c]), act = LeakyReLU(negative_slope)
+// (0 gives ReLU, 1 the identity). Returns {out (B,Cout), argmax (B,Cout) int64}.
+std::vector<at::Tensor> linear_max_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                               const at::Tensor& scale, const at::Tensor& shift,
+                                               double negative_slope);
+// Sparse backward: only each channel's argmax point is touched.
+// Returns {grad_x (B,N,Cin), grad_weight (Cout,Cin), grad_scale (Cout), grad_shift (Cout)}.
+std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                const at::Tensor& weight, const at::Tensor& scale,
+                                                const at::Tensor& shift, const at::Tensor& argmax,
+                                                double negative_slope);
+
+// Per-class statistics over all points of all samples: acts (B,C,N), labels (B) int64.
+// Returns {count (K) int64 (points), mean (K,C) float64, m2 (K,C) float64}.
+std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes);
+
+// Per-sample flow alignment loss (see DESIGN.md): acts (B,C,N), labels (B), mu/sigma (K,C).
+// Returns {loss (B), mean (B,C), std (B,C)}; mean/std are kept for the backward.
+std::vector<at::Tensor> flow_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
+                                               const at::Tensor& mu, const at::Tensor& sigma);
+at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& acts,
+                                   const at::Tensor& labels, const at::Tensor& mu,
+                                   const at::Tensor& sigma, const at::Tensor& mean,
+                                   const at::Tensor& std);
+
+}  // namespace flowam

@@ -1,0 +1,273 @@
+"""The batched activation-maximization engine: FlowAM and its baselines over a (class x seed)
+grid, all jobs optimized together (DESIGN.md, "The FlowAM objective").
+
+Per job j with target class c and points x (N,3):
+    L(x) = -z_c(x) + flow_weight * mean_l flow_align_l(x) + continuity_weight * cont(x)
+and after each Adam step x <- clamp(x, lo, hi). Adam is elementwise and the model is frozen
+in eval mode, so each job's trajectory does not depend on which batch it ran in; the loss is
+summed (not averaged) over jobs so that Adam's epsilon sees the same gradient scale too.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import ops
+from .explanations import Explanations
+from .flows import Flows, describe_model
+from .models.activations import default_layers, get_activations
+
+METHODS = ("flowam", "vanilla", "regularized")
+# method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
+_PRESETS = {
+    "flowam": (100.0, 1.0, True),
+    "regularized": (0.0, 1.0, True),
+    "vanilla": (0.0, 0.0, False),
+}
+#: Added to squared neighbour distances inside the continuity log (DESIGN.md).
+CONT_EPS = 1e-7
+
+
+@dataclass
+class AMConfig:
+    method: str = "flowam"
+    steps: int = 600
+    lr: float = 0.01
+    flow_weight: float = 100.0
+    continuity_weight: float = 1.0
+    continuity_k: int = 3
+    num_points: int = 1024
+    init: str = "uniform"
+    init_scale: float = 0.5
+    clamp: bool = True
+    layers: tuple = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def job_seed(cls: int, seed: int) -> int:
+    """The generator seed of job (class, seed): independent of batch composition and order."""
+    return int(np.random.SeedSequence([int(cls), int(seed), 0x464C4F57]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def initial_points(cls: int, seed: int, num_points: int, init: str = "uniform", scale: float = 0.5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(job_seed(cls, seed))
+    if init == "uniform":
+        return (torch.rand(num_points, 3, generator=g) * 2.0 - 1.0) * scale
+    if init == "normal":
+        return torch.randn(num_points, 3, generator=g) * scale
+    if init == "sphere":
+        v = torch.randn(num_points, 3, generator=g)
+        return v / v.norm(dim=1, keepdim=True) * scale
+    raise ValueError(f"unknown init {init!r}; choose uniform, normal or sphere")
+
+
+def continuity_loss(x: torch.Tensor, k: int, d2_target: float, backend: str = "auto") -> torch.Tensor:
+    """Per-job mean over points and their k nearest neighbours (self excluded) of
+    |log((d2 + eps) / d2_target)|. x (J,N,3) -> (J,)."""
+    d2, _ = ops.knn(x, k + 1, backend=backend)
+    return torch.log((d2[..., 1:] + CONT_EPS) / d2_target).abs().mean(dim=(1, 2))
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """Eval mode and no parameter gradients while optimizing inputs; restored afterwards."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class FlowAM:
+    """Activation maximization over a (class x seed) grid.
+
+    model: any nn.Module taking (B,3,N) and returning logits (B,K); the built-in PointNet and
+    DGCNN run on the fused fast paths in eval mode. flows: a `Flows` for this model (needed
+    for method="flowam", and for the bounds and continuity target of "regularized").
+    method: "flowam" | "vanilla" (logit only, no clamp) | "regularized" (continuity + bounds).
+    flow_weight / continuity_weight / clamp: None takes the method's preset.
+    """
+
+    def __init__(self, model, flows: Flows | None = None, method: str = "flowam", steps: int = 600,
+                 lr: float = 0.01, flow_weight: float | None = None, continuity_weight: float | None = None,
+                 continuity_k: int = 3, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
+                 clamp: bool | None = None, layers=None, device=None, backend: str = "auto", quiet: bool = False):
+        if method not in _PRESETS:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        fw, cw, cl = _PRESETS[method]
+        fw = fw if flow_weight is None else float(flow_weight)
+        cw = cw if continuity_weight is None else float(continuity_weight)
+        cl = cl if clamp is None else bool(clamp)
+        if steps < 0 or lr <= 0 or num_points < continuity_k + 1:
+            raise ValueError("need steps >= 0, lr > 0 and num_points > continuity_k")
+        if (fw > 0 or cw > 0 or cl) and flows is None:
+            raise ValueError(f"method {method!r} needs flows (bounds, continuity target"
+                             f"{', activation flows' if fw > 0 else ''}); compute them with compute_flows")
+        self.model = model
+        self.flows = flows
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.backend = backend
+        self.quiet = quiet
+        layers = tuple(layers) if layers is not None else (tuple(flows.layers) if (flows is not None and fw > 0) else ())
+        if fw > 0 and not layers:
+            layers = tuple(default_layers(model))
+        self.config = AMConfig(method=method, steps=int(steps), lr=float(lr), flow_weight=fw, continuity_weight=cw,
+                               continuity_k=int(continuity_k), num_points=int(num_points), init=init,
+                               init_scale=float(init_scale), clamp=cl, layers=layers if fw > 0 else ())
+        initial_points(0, 0, 1, init)  # reject an unknown init now, not mid-sweep
+        if fw > 0:
+            self._check_flows_match_model()
+
+    def _check_flows_match_model(self) -> None:
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, max(self.config.continuity_k + 1, 16), device=self.device)
+            self.model.eval()
+            logits, acts = get_activations(self.model, probe, list(self.config.layers))
+        self.flows.check_compatible(self.config.layers, {k: v.shape[1] for k, v in acts.items()})
+        if logits.shape[1] != self.flows.num_classes:
+            raise ValueError(f"the model has {logits.shape[1]} classes but the flows {self.flows.num_classes}")
+
+    # -- the objective -------------------------------------------------------------------
+    def objective(self, x: torch.Tensor, classes: torch.Tensor):
+        """Per-job loss terms for points x (J,N,3): (total (J,), logits (J,K), terms dict)."""
+        cfg = self.config
+        inp = x.transpose(1, 2)
+        terms = {}
+        if cfg.flow_weight > 0:
+            logits, acts = get_activations(self.model, inp, list(cfg.layers))
+            align = torch.stack([
+                ops.flow_align(acts[layer], classes, *self._flow_tensors(layer), backend=self.backend)
+                for layer in cfg.layers]).mean(0)
+            terms["flow"] = align
+        else:
+            logits = self.model(inp)
+        target = logits.gather(1, classes[:, None]).squeeze(1)
+        terms["logit"] = target
+        total = -target
+        if cfg.flow_weight > 0:
+            total = total + cfg.flow_weight * terms["flow"]
+        if cfg.continuity_weight > 0:
+            terms["continuity"] = continuity_loss(x, cfg.continuity_k, self.flows.d2_target, backend=self.backend)
+            total = total + cfg.continuity_weight * terms["continuity"]
+        return total, logits, terms
+
+    def _flow_tensors(self, layer):
+        cache = self.__dict__.setdefault("_flow_cache", {})
+        if layer not in cache:
+            mu, sd = self.flows.class_flow(layer)
+            cache[layer] = (mu.to(self.device), sd.to(self.device))
+        return cache[layer]
+
+    # -- the sweep -------------------------------------------------------------------------
+    def run(self, classes, seeds, batch_size: int | None = None, store=None) -> Explanations:
+        """Optimize every (class, seed) job. batch_size: jobs per batch (default: all).
+        store: an HDF5 path; jobs already stored there (same method and config) are skipped,
+        and the store is rewritten atomically after each batch."""
+        # Repeated classes or seeds would make repeated jobs; keep the first of each.
+        classes = list(dict.fromkeys(int(c) for c in classes))
+        seeds = list(dict.fromkeys(int(s) for s in seeds))
+        num_classes = self._num_classes()
+        for c in classes:
+            if not 0 <= c < num_classes:
+                raise ValueError(f"unknown class {c}: the model has classes 0..{num_classes - 1}")
+        if self.flows is not None and self.config.flow_weight > 0:
+            self.flows.check_classes(classes)
+        jobs = [(c, s) for c in classes for s in seeds]
+        done = self._empty_result(num_classes)
+        if store is not None:
+            done = Explanations.resume(store, self.config.to_json(), done)
+            have = set(zip(done.classes.tolist(), done.seeds.tolist()))
+            jobs = [j for j in jobs if j not in have]
+        batch_size = batch_size or max(1, len(jobs))
+        bar = tqdm(total=len(jobs) * self.config.steps, desc=self.config.method, disable=self.quiet, unit="step")
+        results = [done]
+        for start in range(0, len(jobs), batch_size):
+            part = self._optimize(jobs[start:start + batch_size], bar)
+            results.append(part)
+            if store is not None:
+                Explanations.concat(results).save(store)
+        bar.close()
+        return Explanations.concat(results)
+
+    def _num_classes(self) -> int:
+        if self.flows is not None:
+            return self.flows.num_classes
+        with torch.no_grad():
+            self.model.eval()
+            return int(self.model(torch.zeros(1, 3, 16, device=self.device)).shape[1])
+
+    def _empty_result(self, num_classes: int) -> Explanations:
+        n = self.config.num_points
+        return Explanations(points=np.zeros((0, n, 3), np.float32), classes=np.zeros(0, np.int64),
+                            seeds=np.zeros(0, np.int64), logits=np.zeros((0, num_classes), np.float32),
+                            method=self.config.method, config=self.config.to_json(),
+                            model=describe_model(self.model),
+                            class_names=list(self.flows.class_names) if self.flows is not None else [])
+
+    def _optimize(self, jobs, bar) -> Explanations:
+        with frozen(self.model):
+            return self._optimize_frozen(jobs, bar)
+
+    def _optimize_frozen(self, jobs, bar) -> Explanations:
+        cfg = self.config
+        cls = torch.tensor([c for c, _ in jobs], dtype=torch.int64, device=self.device)
+        x0 = torch.stack([initial_points(c, s, cfg.num_points, cfg.init, cfg.init_scale) for c, s in jobs])
+        x = x0.to(self.device).requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=cfg.lr)
+        lo = hi = None
+        if cfg.clamp:
+            lo, hi = self.flows.lo.to(self.device), self.flows.hi.to(self.device)
+            with torch.no_grad():
+                x.clamp_(lo, hi)
+        best_x = x.detach().clone()
+        best_logit = torch.full((len(jobs),), -math.inf, device=self.device)
+        best_logits = None
+        found = torch.zeros(len(jobs), dtype=torch.bool, device=self.device)
+        for step in range(cfg.steps + 1):
+            last = step == cfg.steps
+            with torch.set_grad_enabled(not last):
+                total, logits, _ = self.objective(x, cls)
+            with torch.no_grad():
+                target = logits.gather(1, cls[:, None]).squeeze(1)
+                success = logits.argmax(1) == cls
+                better = success & (target > best_logit)
+                # Where no step has succeeded yet the latest iterate stands in (the fallback).
+                take = better | (~found & ~success)
+                if best_logits is None:
+                    best_logits = logits.detach().clone()
+                best_x[take] = x.detach()[take]
+                best_logits[take] = logits.detach()[take]
+                best_logit[better] = target[better]
+                found |= success
+            if last:
+                break
+            opt.zero_grad(set_to_none=True)
+            total.sum().backward()
+            opt.step()
+            if cfg.clamp:
+                with torch.no_grad():
+                    x.clamp_(lo, hi)
+            if not self.quiet:
+                prob = torch.softmax(logits.detach(), 1).gather(1, cls[:, None]).mean()
+                bar.set_postfix(p_target=f"{float(prob):.3f}", success=f"{float(found.float().mean()):.2f}",
+                                refresh=False)
+                bar.update(len(jobs))
+        return Explanations(points=best_x.cpu().numpy().astype(np.float32), classes=cls.cpu().numpy(),
+                            seeds=np.array([s for _, s in jobs], np.int64),
+                            logits=best_logits.cpu().numpy().astype(np.float32), method=cfg.method,
+                            config=cfg.to_json(), model=describe_model(self.model),
+                            class_names=list(self.flows.class_names) if self.flows is not None else [])

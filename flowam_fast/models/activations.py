@@ -1,0 +1,78 @@
+"""Per-point activations of any model, by module name, through forward hooks.
+
+FlowAM aligns the outputs of named modules that produce per-point activations (B, C, N).
+For your own model, name the modules (as in `model.named_modules()`) whose outputs are those
+activations, e.g. ``["encoder.relu1", "encoder.relu2"]``; a functional activation has no
+module to hook, so add an ``nn.Identity()`` tap where you want to read (it has no parameters,
+so checkpoints are unaffected). The built-in PointNet and DGCNN list theirs in
+``model.flow_layers``.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def default_layers(model) -> list:
+    layers = getattr(model, "flow_layers", None)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no default flow layers; pass layers=[...] with the names "
+                         "of modules whose outputs are per-point activations (B, C, N)")
+    return list(layers)
+
+
+class ActivationRecorder:
+    """Context manager recording the outputs of the named modules during forward passes.
+
+    with ActivationRecorder(model, ["feat.act1"]) as rec:
+        logits = model(x)
+    rec.activations["feat.act1"]  # (B, C, N), still attached to the autograd graph
+    """
+
+    def __init__(self, model: torch.nn.Module, layers):
+        self.model = model
+        self.layers = list(layers)
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"duplicate layer names in {self.layers}")
+        modules = dict(model.named_modules())
+        unknown = [name for name in self.layers if name not in modules]
+        if unknown:
+            hint = [n for n in modules if n][:12]
+            raise ValueError(f"unknown layer names {unknown} in {type(model).__name__}; "
+                             f"module names look like: {', '.join(hint)}")
+        self._modules = [modules[name] for name in self.layers]
+        self.activations = {}
+        self._handles = []
+
+    def _hook(self, name):
+        def record(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor) or output.dim() != 3:
+                shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                raise ValueError(f"layer {name!r} must output per-point activations (B, C, N), got {shape}")
+            self.activations[name] = output
+
+        return record
+
+    def __enter__(self):
+        self.activations = {}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in zip(self.layers, self._modules)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        return False
+
+
+def get_activations(model, x: torch.Tensor, layers):
+    """(logits, {layer: activations (B, C, N)}) of one forward pass of `model` on x (B, 3, N)."""
+    with ActivationRecorder(model, layers) as rec:
+        logits = model(x)
+    missing = [n for n in rec.layers if n not in rec.activations]
+    if missing:
+        hint = ""
+        if getattr(model, "fast_path", False):
+            hint = (f"; on the fused fast path only the activation taps {list(getattr(model, 'flow_layers', []))} "
+                    "are called: use those, or run inside flowam_fast.models.plain_path(model)")
+        raise ValueError(f"layers {missing} were not called in the forward pass of {type(model).__name__}{hint}")
+    return logits, rec.activations

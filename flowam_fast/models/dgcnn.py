@@ -1,0 +1,112 @@
+"""DGCNN classifier whose state_dict keys match the widely used public PyTorch implementation
+(WangYueFt/dgcnn, `pytorch/model.py`, class `DGCNN`), so its checkpoints load as they are.
+
+As in the reference, each EdgeConv block is `convL = Sequential(Conv2d, BatchNorm2d,
+LeakyReLU(0.2))` and the same BatchNorm module is also registered as `bnL`, so the state_dict
+holds both `bnL.*` and `convL.1.*` keys. Differences, all without parameters:
+
+- `forward` returns logits (B, num_classes).
+- Activation taps (``nn.Identity``) at the per-point layers FlowAM aligns: ``edge1``..``edge4``
+  (EdgeConv outputs after the max over neighbours) and ``act5`` (conv5 output), all (B, C, N).
+- ``width`` scales the EdgeConv widths (64, 64, 128, 256) and the head (512, 256) for small
+  CPU models; width=1 gives exactly the reference shapes.
+- In eval mode the forward runs on the fused ops (`flowam_fast.models.fast`); set
+  ``model.fast_path = False`` for the plain path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import fast
+from .pointnet import scaled
+
+
+def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, N, k) of the k nearest neighbours of each point (self included) of x (B, C, N),
+    as the reference computes them (matmul, then topk)."""
+    inner = -2 * torch.matmul(x.transpose(2, 1), x)
+    xx = torch.sum(x ** 2, dim=1, keepdim=True)
+    pairwise = -xx - inner - xx.transpose(2, 1)
+    return pairwise.topk(k=k, dim=-1)[1]
+
+
+def graph_feature(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Edge features cat(x_j - x_i, x_i) over the kNN graph: (B, C, N) -> (B, 2C, N, k)."""
+    b, c, n = x.shape
+    idx = knn_indices(x, k)
+    pts = x.transpose(2, 1)
+    nb = torch.gather(pts.unsqueeze(1).expand(b, n, n, c), 2, idx.unsqueeze(-1).expand(b, n, k, c))
+    center = pts.unsqueeze(2).expand(b, n, k, c)
+    return torch.cat((nb - center, center), dim=3).permute(0, 3, 1, 2).contiguous()
+
+
+class DGCNN(nn.Module):
+    """DGCNN classifier; (B, 3, N) -> logits (B, num_classes). See the module docstring."""
+
+    arch = "dgcnn"
+    #: The per-point layers FlowAM aligns by default (names of activation taps).
+    flow_layers = ("edge1", "edge2", "edge3", "edge4", "act5")
+
+    def __init__(self, num_classes: int = 40, k: int = 20, emb_dims: int = 1024, dropout: float = 0.5,
+                 width: float = 1.0):
+        super().__init__()
+        if num_classes < 1 or k < 1 or emb_dims < 1 or width <= 0:
+            raise ValueError(f"invalid DGCNN config: num_classes={num_classes}, k={k}, emb_dims={emb_dims}, "
+                             f"width={width}")
+        self.config = {"num_classes": int(num_classes), "k": int(k), "emb_dims": int(emb_dims),
+                       "dropout": float(dropout), "width": float(width)}
+        self.k = int(k)
+        self.emb_dims = int(emb_dims)
+        c1, c2, c3, c4 = (scaled(c, width) for c in (64, 64, 128, 256))
+        h1, h2 = scaled(512, width), scaled(256, width)
+        self.bn1 = nn.BatchNorm2d(c1)
+        self.bn2 = nn.BatchNorm2d(c2)
+        self.bn3 = nn.BatchNorm2d(c3)
+        self.bn4 = nn.BatchNorm2d(c4)
+        self.bn5 = nn.BatchNorm1d(emb_dims)
+        self.conv1 = nn.Sequential(nn.Conv2d(6, c1, 1, bias=False), self.bn1, nn.LeakyReLU(0.2))
+        self.conv2 = nn.Sequential(nn.Conv2d(2 * c1, c2, 1, bias=False), self.bn2, nn.LeakyReLU(0.2))
+        self.conv3 = nn.Sequential(nn.Conv2d(2 * c2, c3, 1, bias=False), self.bn3, nn.LeakyReLU(0.2))
+        self.conv4 = nn.Sequential(nn.Conv2d(2 * c3, c4, 1, bias=False), self.bn4, nn.LeakyReLU(0.2))
+        self.conv5 = nn.Sequential(nn.Conv1d(c1 + c2 + c3 + c4, emb_dims, 1, bias=False), self.bn5,
+                                   nn.LeakyReLU(0.2))
+        self.linear1 = nn.Linear(emb_dims * 2, h1, bias=False)
+        self.bn6 = nn.BatchNorm1d(h1)
+        self.dp1 = nn.Dropout(p=dropout)
+        self.linear2 = nn.Linear(h1, h2)
+        self.bn7 = nn.BatchNorm1d(h2)
+        self.dp2 = nn.Dropout(p=dropout)
+        self.linear3 = nn.Linear(h2, num_classes)
+        self.edge1 = nn.Identity()
+        self.edge2 = nn.Identity()
+        self.edge3 = nn.Identity()
+        self.edge4 = nn.Identity()
+        self.act5 = nn.Identity()
+        self.fast_path = True
+
+    @property
+    def num_classes(self) -> int:
+        return self.linear3.out_features
+
+    def edge_blocks(self):
+        return ((self.conv1, self.edge1), (self.conv2, self.edge2), (self.conv3, self.edge3), (self.conv4, self.edge4))
+
+    def head(self, g: torch.Tensor) -> torch.Tensor:
+        """Logits from the pooled feature cat(max, mean) (B, 2 * emb_dims)."""
+        g = F.leaky_relu(self.bn6(self.linear1(g)), negative_slope=0.2)
+        g = self.dp1(g)
+        g = F.leaky_relu(self.bn7(self.linear2(g)), negative_slope=0.2)
+        g = self.dp2(g)
+        return self.linear3(g)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast.use_fast_path(self):
+            return fast.dgcnn_forward(self, x)
+        feats = []
+        for block, tap in self.edge_blocks():
+            x = tap(block(graph_feature(x, self.k)).max(dim=-1).values)
+            feats.append(x)
+        x = self.act5(self.conv5(torch.cat(feats, dim=1)))
+        return self.head(torch.cat((x.max(dim=2).values, x.mean(dim=2)), dim=1))

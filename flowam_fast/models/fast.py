@@ -1,0 +1,136 @@
+"""Eval-mode fast paths of the built-in models on the fused ops (DESIGN.md, "Fast paths").
+
+The model is frozen in eval mode during AM, so each BatchNorm is a per-channel affine map,
+folded here into the preceding linear map. Two exact rewrites then remove most of the work:
+
+- PointNet's max-pooled blocks (both T-Nets' conv3 and the encoder's conv3) run as
+  `linear_max`: GEMM tile + affine + activation + running max, never writing the (B, N, C)
+  activation, with a backward that touches only each channel's argmax point.
+- DGCNN's EdgeConv, W [x_j - x_i, x_i] = W1 x_j + (W2 - W1) x_i = P_j + Q_i, runs as a
+  gather-max of P over the kNN graph (`edge_max`) plus Q: no (B, 2C, N, k) edge tensor. The
+  folded BN scale is inside P, so a negative scale turns the max into a min by itself, and
+  LeakyReLU is increasing, so max_j act(P_j + Q_i) = act(max_j P_j + Q_i).
+
+Everything runs points-last (B, N, C). Activation taps are still called with (B, C, N) views,
+so hooks (FlowAM's flow term) see exactly what the plain path gives them; a tap with hooks on
+a max-pooled layer makes that layer dense, since its statistics need every point.
+
+`model.fast_path = False` (or `with plain_path(model):`) goes back to the plain PyTorch path;
+training (BatchNorm in training mode) always uses the plain path.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+
+def use_fast_path(model) -> bool:
+    return getattr(model, "fast_path", False) and not model.training
+
+
+@contextlib.contextmanager
+def plain_path(model):
+    """Run `model` on the plain PyTorch path inside the block."""
+    old = model.fast_path
+    model.fast_path = False
+    try:
+        yield model
+    finally:
+        model.fast_path = old
+
+
+def fold_bn(layer, bn):
+    """(weight (Cout, Cin), scale (Cout), shift (Cout)) with bn(layer(x)) = scale * (W x) + shift
+    in eval mode. `layer` is a Conv1d/Conv2d with kernel size 1 or a Linear."""
+    w = layer.weight.reshape(layer.weight.shape[0], -1)
+    inv = torch.rsqrt(bn.running_var + bn.eps)
+    scale = inv if bn.weight is None else bn.weight * inv
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    if getattr(layer, "bias", None) is not None:
+        shift = shift + scale * layer.bias
+    return w, scale, shift
+
+
+def _dense(x, w, scale, shift, negative_slope):
+    """act(scale * (x W^T) + shift) on points-last x (B, N, Cin); slope None = no activation."""
+    y = torch.addmm(shift, x.reshape(-1, x.shape[-1]), (w * scale[:, None]).t()).view(*x.shape[:-1], -1)
+    return y if negative_slope is None else F.leaky_relu(y, negative_slope)
+
+
+def _tap(tap, x):
+    """Pass points-last x through an activation tap that expects (B, C, N)."""
+    return tap(x.transpose(1, 2)).transpose(1, 2)
+
+
+def _hooked(module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _max_block(x, layer, bn, negative_slope, tap=None):
+    """max over points of act(bn(layer(x))): fused unless a hooked tap needs every point."""
+    w, scale, shift = fold_bn(layer, bn)
+    if tap is not None and _hooked(tap):
+        return _tap(tap, _dense(x, w, scale, shift, negative_slope)).max(dim=1).values
+    return ops.linear_max(x, w, scale, shift, 1.0 if negative_slope is None else negative_slope)
+
+
+def _stn(stn, x):
+    h = _dense(x, *fold_bn(stn.conv1, stn.bn1), 0.0)
+    h = _dense(h, *fold_bn(stn.conv2, stn.bn2), 0.0)
+    g = _max_block(h, stn.conv3, stn.bn3, 0.0)
+    g = F.relu(stn.bn4(stn.fc1(g)))
+    g = F.relu(stn.bn5(stn.fc2(g)))
+    g = stn.fc3(g)
+    eye = torch.eye(stn.k, dtype=g.dtype, device=g.device).reshape(1, -1)
+    return (g + eye).view(-1, stn.k, stn.k)
+
+
+def pointnet_forward(model, x):
+    """PointNet logits (B, K) from x (B, 3, N), on the fused ops."""
+    feat = model.feat
+    p = x.transpose(1, 2)
+    trans = _stn(feat.stn, p)
+    p = torch.bmm(p, trans)
+    h = _tap(feat.act1, _dense(p, *fold_bn(feat.conv1, feat.bn1), 0.0))
+    trans_feat = None
+    if feat.feature_transform:
+        trans_feat = _stn(feat.fstn, h)
+        h = torch.bmm(h, trans_feat)
+    h = _tap(feat.act2, _dense(h, *fold_bn(feat.conv2, feat.bn2), 0.0))
+    g = _max_block(h, feat.conv3, feat.bn3, None, tap=feat.act3)
+    model.last_trans_feat = trans_feat
+    g = F.relu(model.bn1(model.fc1(g)))
+    g = F.relu(model.bn2(model.dropout(model.fc2(g))))
+    return model.fc3(g)
+
+
+def _edge_conv(x, block, k):
+    """One EdgeConv of DGCNN on points-last features x (B, N, C): (B, N, Cout)."""
+    conv, bn, act = block[0], block[1], block[2]
+    w, scale, shift = fold_bn(conv, bn)
+    c = x.shape[-1]
+    w1, w2 = w[:, :c], w[:, c:]
+    _, idx = ops.knn(x.detach(), k)
+    p = torch.matmul(x, (w1 * scale[:, None]).t())
+    q = torch.addmm(shift, x.reshape(-1, c), ((w2 - w1) * scale[:, None]).t()).view(*x.shape[:-1], -1)
+    return F.leaky_relu(ops.edge_max(p, idx) + q, act.negative_slope)
+
+
+def dgcnn_forward(model, x):
+    """DGCNN logits (B, K) from x (B, 3, N), on the fused ops."""
+    h = x.transpose(1, 2)
+    feats = []
+    for block, tap in model.edge_blocks():
+        h = _tap(tap, _edge_conv(h, block, model.k))
+        feats.append(h)
+    h = torch.cat(feats, dim=-1)
+    conv5, bn5, act5 = model.conv5[0], model.conv5[1], model.conv5[2]
+    h = _tap(model.act5, _dense(h, *fold_bn(conv5, bn5), act5.negative_slope))
+    g = torch.cat((h.max(dim=1).values, h.mean(dim=1)), dim=1)
+    return model.head(g)

@@ -1,0 +1,161 @@
+"""PointNet classifier whose state_dict keys match fxia22/pointnet.pytorch's `PointNetCls`.
+
+So a checkpoint trained with that code loads here as it is (see
+:func:`flowam_fast.models.checkpoint.load_checkpoint`). Differences, all without parameters:
+
+- `forward` returns logits (B, num_classes), not (log_softmax, trans, trans_feat); the last
+  feature-transform matrix is kept on ``model.last_trans_feat`` for the regularizer.
+- Activation taps (``nn.Identity``) at the per-point layers FlowAM aligns: ``feat.act1``
+  (relu(bn1(conv1)), before the feature transform), ``feat.act2`` (relu(bn2(conv2))) and
+  ``feat.act3`` (bn3(conv3), the pre-pool features), all (B, C, N).
+- ``width`` scales every hidden width (64, 128, 1024, 512, 256) for small CPU models;
+  width=1 gives exactly the reference shapes.
+
+The max-pooled blocks (the T-Nets' conv3 and the encoder's conv3) go through
+:func:`conv_bn_max`, the seam where a fused eval-mode kernel (linear + affine + max with a
+sparse backward) can replace the plain path later.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import fast
+
+
+def scaled(channels: int, width: float) -> int:
+    """A hidden width scaled by `width`, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
+def conv_bn_max(x: torch.Tensor, conv: nn.Module, bn: nn.Module, relu: bool, tap: nn.Module | None = None) -> torch.Tensor:
+    """max over points of [relu](bn(conv(x))): (B, C_in, N) -> (B, C_out).
+
+    `tap` sees the (B, C_out, N) activation before the pooling (an activation recorder hooks it).
+    """
+    y = bn(conv(x))
+    if relu:
+        y = F.relu(y)
+    if tap is not None:
+        y = tap(y)
+    return y.max(dim=2).values
+
+
+class STNkd(nn.Module):
+    """T-Net predicting a k x k transform (k=3 for the input, C for the features)."""
+
+    def __init__(self, k: int = 3, width: float = 1.0):
+        super().__init__()
+        w = [scaled(c, width) for c in (64, 128, 1024, 512, 256)]
+        self.conv1 = nn.Conv1d(k, w[0], 1)
+        self.conv2 = nn.Conv1d(w[0], w[1], 1)
+        self.conv3 = nn.Conv1d(w[1], w[2], 1)
+        self.fc1 = nn.Linear(w[2], w[3])
+        self.fc2 = nn.Linear(w[3], w[4])
+        self.fc3 = nn.Linear(w[4], k * k)
+        self.relu = nn.ReLU()
+        self.bn1 = nn.BatchNorm1d(w[0])
+        self.bn2 = nn.BatchNorm1d(w[1])
+        self.bn3 = nn.BatchNorm1d(w[2])
+        self.bn4 = nn.BatchNorm1d(w[3])
+        self.bn5 = nn.BatchNorm1d(w[4])
+        self.k = k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = conv_bn_max(x, self.conv3, self.bn3, relu=True)
+        x = F.relu(self.bn4(self.fc1(x)))
+        x = F.relu(self.bn5(self.fc2(x)))
+        x = self.fc3(x)
+        eye = torch.eye(self.k, dtype=x.dtype, device=x.device).reshape(1, -1)
+        return (x + eye).view(-1, self.k, self.k)
+
+
+def _transform(x: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+    """Apply a per-sample transform to (B, C, N) points: x_n <- trans^T x_n (reference convention)."""
+    return torch.bmm(x.transpose(2, 1), trans).transpose(2, 1)
+
+
+class PointNetfeat(nn.Module):
+    """The encoder: input T-Net, conv1, optional feature T-Net, conv2, conv3, max over points."""
+
+    def __init__(self, feature_transform: bool = True, width: float = 1.0):
+        super().__init__()
+        w = [scaled(c, width) for c in (64, 128, 1024)]
+        self.stn = STNkd(3, width)
+        self.conv1 = nn.Conv1d(3, w[0], 1)
+        self.conv2 = nn.Conv1d(w[0], w[1], 1)
+        self.conv3 = nn.Conv1d(w[1], w[2], 1)
+        self.bn1 = nn.BatchNorm1d(w[0])
+        self.bn2 = nn.BatchNorm1d(w[1])
+        self.bn3 = nn.BatchNorm1d(w[2])
+        self.feature_transform = feature_transform
+        if feature_transform:
+            self.fstn = STNkd(w[0], width)
+        self.act1 = nn.Identity()
+        self.act2 = nn.Identity()
+        self.act3 = nn.Identity()
+
+    def forward(self, x: torch.Tensor):
+        """(B, 3, N) -> (global feature (B, C), input transform, feature transform or None)."""
+        trans = self.stn(x)
+        x = _transform(x, trans)
+        x = self.act1(F.relu(self.bn1(self.conv1(x))))
+        trans_feat = None
+        if self.feature_transform:
+            trans_feat = self.fstn(x)
+            x = _transform(x, trans_feat)
+        x = self.act2(F.relu(self.bn2(self.conv2(x))))
+        return conv_bn_max(x, self.conv3, self.bn3, relu=False, tap=self.act3), trans, trans_feat
+
+
+class PointNet(nn.Module):
+    """PointNet classifier; (B, 3, N) -> logits (B, num_classes). See the module docstring."""
+
+    arch = "pointnet"
+    #: The per-point layers FlowAM aligns by default (names of activation taps).
+    flow_layers = ("feat.act1", "feat.act2", "feat.act3")
+
+    def __init__(self, num_classes: int = 40, feature_transform: bool = True, width: float = 1.0):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        self.config = {"num_classes": int(num_classes), "feature_transform": bool(feature_transform), "width": float(width)}
+        w = [scaled(c, width) for c in (1024, 512, 256)]
+        self.feature_transform = feature_transform
+        self.feat = PointNetfeat(feature_transform, width)
+        self.fc1 = nn.Linear(w[0], w[1])
+        self.fc2 = nn.Linear(w[1], w[2])
+        self.fc3 = nn.Linear(w[2], num_classes)
+        self.dropout = nn.Dropout(p=0.3)
+        self.bn1 = nn.BatchNorm1d(w[1])
+        self.bn2 = nn.BatchNorm1d(w[2])
+        self.relu = nn.ReLU()
+        self.last_trans_feat: torch.Tensor | None = None
+        #: Eval mode runs on the fused ops (flowam_fast.models.fast); False for the plain path.
+        self.fast_path = True
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc3.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast.use_fast_path(self):
+            return fast.pointnet_forward(self, x)
+        x, _trans, self.last_trans_feat = self.feat(x)
+        x = F.relu(self.bn1(self.fc1(x)))
+        # The reference applies dropout before bn2; kept so trained checkpoints behave the same.
+        x = F.relu(self.bn2(self.dropout(self.fc2(x))))
+        return self.fc3(x)
+
+
+def feature_transform_regularizer(trans: torch.Tensor | None) -> torch.Tensor | float:
+    """PointNet's orthogonality penalty, mean over the batch of ||I - A A^T||_F^2 (0 for None)."""
+    if trans is None:
+        return 0.0
+    eye = torch.eye(trans.shape[1], dtype=trans.dtype, device=trans.device)
+    return (torch.bmm(trans, trans.transpose(1, 2)) - eye).pow(2).sum(dim=(1, 2)).mean()

@@ -1,0 +1,11 @@
+"""Fused ops with autograd, one dispatch point each (`backend=` "auto", "cpu", "cuda",
+"triton" or "torch"), and their pure-PyTorch reference versions in `ops.reference`."""
+from . import reference
+from .backend import available_backends
+from .edge_max import edge_max
+from .flow import FlowStats, flow_align, flow_stats, flow_std, merge_flow_stats
+from .knn import knn
+from .linear_max import linear_max
+
+__all__ = ["knn", "edge_max", "linear_max", "flow_stats", "flow_align", "FlowStats", "merge_flow_stats",
+           "flow_std", "reference", "available_backends"]

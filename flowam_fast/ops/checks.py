@@ -1,0 +1,57 @@
+"""Input validation shared by the op front ends: clear Python errors before any kernel runs."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def points(op: str, name: str, t, ndim: int = 3, check_finite: bool = True) -> torch.Tensor:
+    """A floating tensor of rank `ndim` with finite values."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"{op}: {name} is empty (shape {tuple(t.shape)})")
+    if check_finite:
+        # aminmax carries NaN through and shows any Inf as the min or max, at a tenth of the
+        # cost of isfinite().all() (which allocates a mask as large as the input).
+        lo, hi = t.detach().aminmax()
+        if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+            raise ValueError(f"{op}: {name} contains NaN or Inf")
+    return t
+
+
+def index(op: str, name: str, t, ndim: int, upper: int) -> torch.Tensor:
+    """An integer tensor of rank `ndim` with values in [0, upper)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{op}: {name} must be int32 or int64, got {t.dtype}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
+        raise ValueError(f"{op}: {name} has values outside [0, {upper}): min {int(t.min())}, max {int(t.max())}")
+    return t
+
+
+def same_device(op: str, **tensors) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"{op}: tensors are on different devices: {devices}")
+    return next(iter(devices.values()))
+
+
+def dim_equal(op: str, what: str, a: int, b: int) -> None:
+    if a != b:
+        raise ValueError(f"{op}: {what} do not match ({a} vs {b})")
+
+
+def kernel_float(t: torch.Tensor) -> torch.Tensor:
+    """The kernels' layout: contiguous float32, or float64 (kept, for gradcheck)."""
+    if t.dtype in (torch.float32, torch.float64):
+        return t.contiguous()
+    return t.float().contiguous()

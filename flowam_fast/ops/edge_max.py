@@ -1,0 +1,43 @@
+"""edge_max: gather-max over kNN neighbours (EdgeConv's max without the edge tensor)."""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import backend as _backend
+from . import checks, reference
+
+_IMPLEMENTED = ("cpu", "torch")
+
+
+class _EdgeMaxCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feat, idx):
+        out, argmax = _backend.extension().edge_max_forward_cpu(feat, idx)
+        ctx.save_for_backward(argmax)
+        ctx.num_points = feat.shape[1]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (argmax,) = ctx.saved_tensors
+        grad_feat = _backend.extension().edge_max_backward_cpu(grad_out.contiguous(), argmax, ctx.num_points)
+        return grad_feat, None
+
+
+def edge_max(feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """out[b,i,c] = max_j feat[b, idx[b,i,j], c] for feat (B,N,C) and idx (B,M,k) (int64 or
+    int32, values in [0, N)). Returns (B,M,C); the gradient goes to each maximum's one
+    neighbour (the first in idx order among equal values)."""
+    op = "edge_max"
+    checks.points(op, "feat", feat)
+    checks.index(op, "idx", idx, ndim=3, upper=feat.shape[1])
+    checks.same_device(op, feat=feat, idx=idx)
+    checks.dim_equal(op, "batch sizes of feat and idx", feat.shape[0], idx.shape[0])
+    if idx.shape[2] < 1:
+        raise ValueError(f"{op}: idx needs at least one neighbour per point, got shape {tuple(idx.shape)}")
+    b = _backend.resolve(backend, feat.device, op, _IMPLEMENTED)
+    if b == "torch":
+        return reference.edge_max(feat, idx)
+    return _EdgeMaxCpu.apply(checks.kernel_float(feat), idx.contiguous())

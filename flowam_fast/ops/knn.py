@@ -1,0 +1,51 @@
+"""knn: fused k-nearest-neighbour search with a differentiable dist2."""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import backend as _backend
+from . import checks, reference
+
+_IMPLEMENTED = ("cpu", "torch")
+
+
+class _KnnCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, ref, k):
+        dist2, idx = _backend.extension().knn_forward_cpu(query, ref, k)
+        ctx.save_for_backward(query, ref, idx)
+        ctx.mark_non_differentiable(idx)
+        return dist2, idx
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_dist2, _grad_idx):
+        query, ref, idx = ctx.saved_tensors
+        gq, gr = _backend.extension().knn_backward_cpu(grad_dist2.contiguous(), query, ref, idx)
+        # For a self-kNN query and ref are one tensor, and autograd adds the two gradients.
+        return gq, gr, None
+
+
+def knn(x: torch.Tensor, k: int, ref: torch.Tensor | None = None, backend: str = "auto"):
+    """k nearest neighbours of every point of x (B,N,D) among ref (B,M,D) (default: x itself,
+    self included). Returns dist2 (B,N,k) ascending, differentiable w.r.t. x and ref, and
+    idx (B,N,k) int64. Ties go to the smaller index."""
+    op = "knn"
+    checks.points(op, "x", x)
+    if ref is not None:
+        checks.points(op, "ref", ref)
+        checks.same_device(op, x=x, ref=ref)
+        checks.dim_equal(op, "batch sizes of x and ref", x.shape[0], ref.shape[0])
+        checks.dim_equal(op, "point dimensions of x and ref", x.shape[2], ref.shape[2])
+    n_ref = (x if ref is None else ref).shape[1]
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
+    if k < 1 or k > n_ref:
+        raise ValueError(f"{op}: k must be in [1, {n_ref}] (number of reference points), got k={k}")
+    b = _backend.resolve(backend, x.device, op, _IMPLEMENTED)
+    if b == "torch":
+        return reference.knn(x, k, ref)
+    q = checks.kernel_float(x)
+    r = q if ref is None else checks.kernel_float(ref).to(q.dtype)
+    return _KnnCpu.apply(q, r, k)

@@ -1,0 +1,70 @@
+"""linear_max: a per-point linear layer, its folded BatchNorm affine map, a LeakyReLU and the
+max over points, fused (PointNet's global feature), with a sparse backward pass."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import backend as _backend
+from . import checks, reference
+
+_IMPLEMENTED = ("cpu", "torch")
+
+
+class _LinearMaxCpu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, scale, shift, negative_slope):
+        out, argmax = _backend.extension().linear_max_forward_cpu(x, weight, scale, shift, negative_slope)
+        ctx.save_for_backward(x, weight, scale, shift, argmax)
+        ctx.negative_slope = negative_slope
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, scale, shift, argmax = ctx.saved_tensors
+        gx, gw, gs, gh = _backend.extension().linear_max_backward_cpu(
+            grad_out.contiguous(), x, weight, scale, shift, argmax, ctx.negative_slope)
+        return gx, gw, gs, gh, None
+
+
+def _vector(op: str, name: str, t, size: int, like: torch.Tensor, fill: float) -> torch.Tensor:
+    if t is None:
+        return torch.full((size,), fill, dtype=like.dtype, device=like.device)
+    checks.points(op, name, t, ndim=1)
+    checks.dim_equal(op, f"{name} length and weight.shape[0]", t.shape[0], size)
+    return t
+
+
+def linear_max(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
+               shift: torch.Tensor | None = None, negative_slope: float = 0.0,
+               backend: str = "auto") -> torch.Tensor:
+    """out[b, c] = max_n act(scale[c] * (weight @ x[b, n])[c] + shift[c]), act = LeakyReLU
+    with `negative_slope` (0: ReLU, 1: identity). x (B,N,Cin), weight (Cout,Cin), scale and
+    shift (Cout) (None: ones and zeros). Returns (B,Cout).
+
+    The (B,N,Cout) activation is never built. The gradient (to x, weight, scale and shift)
+    reaches only each channel's argmax point; on ties the smallest point index wins, and at a
+    pre-activation of exactly 0 the activation's derivative is `negative_slope`, as in
+    torch's leaky_relu. Computed in float64 if any input is float64, else float32.
+    """
+    op = "linear_max"
+    checks.points(op, "x", x)
+    checks.points(op, "weight", weight, ndim=2)
+    checks.dim_equal(op, "input channels of x and weight", x.shape[2], weight.shape[1])
+    cout = weight.shape[0]
+    scale = _vector(op, "scale", scale, cout, weight, 1.0)
+    shift = _vector(op, "shift", shift, cout, weight, 0.0)
+    checks.same_device(op, x=x, weight=weight, scale=scale, shift=shift)
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"{op}: negative_slope must be a float, got {type(negative_slope).__name__}")
+    negative_slope = float(negative_slope)
+    if not math.isfinite(negative_slope):
+        raise ValueError(f"{op}: negative_slope must be finite, got {negative_slope}")
+    b = _backend.resolve(backend, x.device, op, _IMPLEMENTED)
+    if b == "torch":
+        return reference.linear_max(x, weight, scale, shift, negative_slope)
+    dtype = torch.float64 if torch.float64 in (x.dtype, weight.dtype, scale.dtype, shift.dtype) else torch.float32
+    # The casts and copies are differentiable, so gradients reach the caller's tensors.
+    x, weight, scale, shift = (t.to(dtype).contiguous() for t in (x, weight, scale, shift))
+    return _LinearMaxCpu.apply(x, weight, scale, shift, negative_slope)

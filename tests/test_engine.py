@@ -1,0 +1,137 @@
+import numpy as np
+import pytest
+import torch
+
+from flowam_fast import ops
+from flowam_fast.engine import FlowAM, continuity_loss, initial_points
+from flowam_fast.explanations import Explanations
+from flowam_fast.flows import compute_flows
+
+from .test_flows import _data
+
+
+@pytest.fixture
+def flows(tiny_net):
+    return compute_flows(tiny_net, _data(num=24, n=64), layers=["act1", "act2"], quiet=True)
+
+
+def _engine(tiny_net, flows, **kw):
+    kw.setdefault("steps", 15)
+    kw.setdefault("num_points", 48)
+    return FlowAM(tiny_net, flows, quiet=True, **kw)
+
+
+def test_initial_points_depend_only_on_class_and_seed():
+    a = initial_points(2, 5, 64)
+    assert torch.equal(a, initial_points(2, 5, 64))
+    assert not torch.equal(a, initial_points(2, 6, 64))
+    assert not torch.equal(a, initial_points(3, 5, 64))
+    assert a.abs().max() <= 0.5
+
+
+@pytest.mark.parametrize("method", ["flowam", "regularized", "vanilla"])
+def test_batch_composition_invariance(tiny_net, flows, method):
+    eng = _engine(tiny_net, flows, method=method)
+    together = eng.run([0, 1, 2], [0, 1]).sorted()
+    alone = Explanations.concat([eng.run([c], [s]) for c in [0, 1, 2] for s in [0, 1]]).sorted()
+    pairs = eng.run([0, 1, 2], [0, 1], batch_size=4).sorted()
+    for other in (alone, pairs):
+        assert np.array_equal(other.classes, together.classes) and np.array_equal(other.seeds, together.seeds)
+        np.testing.assert_allclose(other.points, together.points, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(other.logits, together.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_determinism(tiny_net, flows):
+    a = _engine(tiny_net, flows).run([0, 2], [3])
+    b = _engine(tiny_net, flows).run([0, 2], [3])
+    assert np.array_equal(a.points, b.points) and np.array_equal(a.logits, b.logits)
+
+
+def test_stored_logits_belong_to_stored_points_and_best_iterate(tiny_net, flows):
+    res = _engine(tiny_net, flows, steps=30).run([0, 1, 2], [0, 1])
+    with torch.no_grad():
+        logits = tiny_net(torch.from_numpy(res.points).transpose(1, 2))
+    np.testing.assert_allclose(logits.numpy(), res.logits, rtol=1e-4, atol=1e-4)
+    assert res.points.shape == (6, 48, 3) and res.logits.shape == (6, 3)
+    # Clamped into the data bounds.
+    assert (res.points >= flows.lo.numpy() - 1e-6).all() and (res.points <= flows.hi.numpy() + 1e-6).all()
+
+
+def _one_step(x, loss_fn, lr=1e-2):
+    x = x.clone().requires_grad_(True)
+    before = loss_fn(x)
+    before.sum().backward()
+    with torch.no_grad():
+        after = loss_fn(x - lr * x.grad / x.grad.abs().max())
+    return before.detach(), after
+
+
+def test_each_term_moves_x_the_right_way(tiny_net, flows):
+    eng = _engine(tiny_net, flows)
+    cls = torch.tensor([0, 1, 2])
+    x = torch.stack([initial_points(c, 0, 48) for c in range(3)])
+    _, logits, terms = eng.objective(x, cls)
+
+    def logit_loss(p):
+        return -eng.objective(p, cls)[2]["logit"]
+
+    def flow_loss(p):
+        return eng.objective(p, cls)[2]["flow"]
+
+    def cont_loss(p):
+        return continuity_loss(p, 3, flows.d2_target)
+
+    for fn in (logit_loss, flow_loss, cont_loss):
+        before, after = _one_step(x, fn)
+        assert (after < before).all(), fn.__name__
+
+
+def test_vanilla_needs_no_flows_and_others_do(tiny_net, flows):
+    res = FlowAM(tiny_net, None, method="vanilla", steps=3, num_points=16, quiet=True).run([1], [0])
+    assert res.method == "vanilla" and len(res) == 1
+    with pytest.raises(ValueError, match="needs flows"):
+        FlowAM(tiny_net, None, method="flowam")
+    with pytest.raises(ValueError, match="unknown method"):
+        FlowAM(tiny_net, flows, method="dream")
+    with pytest.raises(ValueError, match="unknown class 9"):
+        _engine(tiny_net, flows).run([9], [0])
+
+
+def test_flows_of_another_model_are_rejected(flows):
+    from .conftest import TinyNet
+
+    other = TinyNet()
+    other.conv1 = torch.nn.Conv1d(3, 8, 1)
+    other.conv2 = torch.nn.Conv1d(8, 32, 1)
+    with pytest.raises(ValueError, match="channel counts"):
+        FlowAM(other, flows, num_points=16)
+
+
+def test_store_roundtrip_and_resume(tmp_path, tiny_net, flows):
+    store = tmp_path / "e.h5"
+    eng = _engine(tiny_net, flows)
+    first = eng.run([0, 1], [0], store=store)
+    back = Explanations.load(store)
+    assert np.array_equal(back.points, first.points) and back.config == first.config
+    assert back.method == "flowam" and back.version and back.model == first.model
+    # A restarted, larger sweep only runs the missing jobs and keeps the stored ones bit for bit.
+    calls = []
+    orig = eng._optimize
+    eng._optimize = lambda jobs, bar: calls.append(list(jobs)) or orig(jobs, bar)
+    full = eng.run([0, 1, 2], [0], store=store).sorted()
+    assert calls == [[(2, 0)]]
+    assert np.array_equal(full.select(classes=[0, 1]).points, first.sorted().points)
+    with pytest.raises(ValueError, match="another config"):
+        _engine(tiny_net, flows, steps=3).run([0], [0], store=store)
+
+
+def test_ply_and_png(tmp_path, tiny_net, flows):
+    res = _engine(tiny_net, flows, steps=2).run([0, 1], [0, 1])
+    files = res.to_ply(tmp_path / "ply")
+    assert len(files) == 4
+    from plyfile import PlyData
+
+    v = PlyData.read(str(files[0]))["vertex"]
+    np.testing.assert_array_equal(np.stack([v["x"], v["y"], v["z"]], 1), res.points[0])
+    res.plot(tmp_path / "sheet.png")
+    assert (tmp_path / "sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

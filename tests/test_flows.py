@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from flowam_fast.flows import Flows, compute_flows
+
+
+class ArrayData:
+    def __init__(self, points, labels, classes):
+        self.points, self.labels, self.classes = points, labels, classes
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def _data(num=12, n=32, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    pts = rng.normal(size=(num, n, 3)).astype(np.float32)
+    labels = np.arange(num) % k
+    return ArrayData(pts, labels.astype(np.int64), [f"c{i}" for i in range(k)])
+
+
+def test_flows_match_direct_computation(tiny_net):
+    data = _data()
+    flows = compute_flows(tiny_net, data, layers=["act1", "act2"], batch_size=5, quiet=True)
+    x = torch.from_numpy(data.points).transpose(1, 2)
+    with torch.no_grad():
+        a1 = tiny_net.act1(tiny_net.conv1(x)).double()
+        a2 = tiny_net.act2(tiny_net.conv2(a1.float())).double()
+    for name, a in (("act1", a1), ("act2", a2)):
+        for c in range(3):
+            sel = a[torch.from_numpy(data.labels) == c].transpose(0, 1).reshape(a.shape[1], -1)
+            torch.testing.assert_close(flows.mean[name][c].double(), sel.mean(1), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(flows.std[name][c].double(), sel.std(1, unbiased=False), rtol=1e-5, atol=1e-6)
+    assert flows.count.tolist() == [4, 4, 4]
+    flat = torch.from_numpy(data.points).reshape(-1, 3)
+    torch.testing.assert_close(flows.lo, flat.min(0).values)
+    torch.testing.assert_close(flows.hi, flat.max(0).values)
+    # d2_target: mean squared distance to the 3 nearest other points, by brute force.
+    p = torch.from_numpy(data.points).double()
+    d2 = torch.cdist(p, p).pow(2)
+    d2.diagonal(dim1=1, dim2=2).fill_(float("inf"))
+    brute = d2.topk(3, largest=False).values.mean()
+    assert flows.d2_target == pytest.approx(float(brute), rel=1e-5)
+
+
+def test_flows_do_not_depend_on_batch_size(tiny_net):
+    data = _data()
+    a = compute_flows(tiny_net, data, layers=["act1"], batch_size=3, quiet=True)
+    b = compute_flows(tiny_net, data, layers=["act1"], batch_size=12, quiet=True)
+    torch.testing.assert_close(a.mean["act1"], b.mean["act1"], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(a.std["act1"], b.std["act1"], rtol=1e-6, atol=1e-7)
+
+
+def test_flows_save_load_roundtrip(tmp_path, tiny_net):
+    flows = compute_flows(tiny_net, _data(), layers=["act1", "act2"], quiet=True)
+    flows.save(tmp_path / "f.h5")
+    back = Flows.load(tmp_path / "f.h5")
+    assert back.layers == flows.layers and back.class_names == flows.class_names
+    assert back.model == flows.model and back.d2_target == flows.d2_target
+    for layer in flows.layers:
+        assert torch.equal(back.mean[layer], flows.mean[layer])
+        assert torch.equal(back.std[layer], flows.std[layer])
+
+
+def test_flows_errors(tmp_path, tiny_net):
+    flows = compute_flows(tiny_net, _data(), layers=["act1"], quiet=True)
+    with pytest.raises(ValueError, match="layers"):
+        flows.check_compatible(["act2"], {"act2": 32})
+    with pytest.raises(ValueError, match="channel counts"):
+        flows.check_compatible(["act1"], {"act1": 8})
+    with pytest.raises(ValueError, match="unknown class 7"):
+        flows.check_classes([7])
+    with pytest.raises(FileNotFoundError):
+        Flows.load(tmp_path / "missing.h5")
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="cannot read"):
+        Flows.load(tmp_path / "bad.h5")

@@ -1,0 +1,293 @@
+"""Fused kNN (C++ CPU) against the reference, its gradient, properties, and input validation."""
+import contextlib
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowam_fast.ops import knn, reference
+from flowam_fast.ops.backend import has_cpu_kernels
+
+pytestmark = pytest.mark.skipif(not has_cpu_kernels(), reason="flowam_fast._C is not built")
+
+
+def _C():
+    from flowam_fast import _C
+
+    return _C
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """For tests of many tiny calls: one thread keeps them free of thread start-up (and of
+    stalls when the machine is busy). The other tests run on the threads conftest sets."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread():
+    with _single_thread():
+        yield
+
+
+def _points(shape, seed, dtype=torch.float32, grid=None):
+    g = torch.Generator().manual_seed(seed)
+    if grid is not None:  # integer coordinates: duplicates and exact ties, exact in any summation order
+        return torch.randint(0, grid, shape, generator=g).to(dtype)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def _truth(query, ref):
+    """Exact squared distances in float64 and the full (dist, index) order."""
+    d = (query.double().unsqueeze(2) - ref.double().unsqueeze(1)).pow(2).sum(-1)
+    d_sorted, order = torch.sort(d, dim=-1, stable=True)
+    return d, d_sorted, order
+
+
+def _assert_matches_truth(dist2, idx, query, ref, k, tol):
+    """dist2 equals the true k smallest distances; each index equals the true one wherever its
+    distance is separated from the neighbouring ranks by more than tol (else either order is
+    legitimate)."""
+    d, d_sorted, order = _truth(query, ref)
+    scale = 1.0 + d_sorted[..., :k].abs()
+    torch.testing.assert_close(dist2.double(), d_sorted[..., :k], atol=tol, rtol=tol)
+    # Every returned index really is at the returned distance.
+    torch.testing.assert_close(torch.gather(d, 2, idx), dist2.double(), atol=tol * 10, rtol=tol * 10)
+    padded = torch.cat([d_sorted, torch.full_like(d_sorted[..., :1], float("inf"))], -1)
+    gap_next = padded[..., 1 : k + 1] - padded[..., :k]
+    gap_prev = torch.cat([torch.full_like(d_sorted[..., :1], float("inf")), d_sorted[..., 1:k] - d_sorted[..., : k - 1]], -1)
+    separated = (gap_next > tol * scale * 10) & (gap_prev > tol * scale * 10)
+    assert separated.float().mean() > 0.5, "test data too degenerate to check indices"
+    assert torch.equal(idx[separated], order[..., :k][separated])
+
+
+@pytest.mark.parametrize("dim", [3, 8, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_self_knn_matches_reference(dim, dtype):
+    x = _points((2, 300, dim), seed=dim, dtype=dtype)
+    k = 16
+    dist2, idx = knn(x, k, backend="cpu")
+    assert dist2.dtype == dtype and idx.dtype == torch.int64 and dist2.shape == idx.shape == (2, 300, k)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    _assert_matches_truth(dist2, idx, x, x, k, tol)
+    ref_d, _ = reference.knn(x, k)
+    torch.testing.assert_close(dist2, ref_d, atol=tol * dim, rtol=tol * 10)
+
+
+@pytest.mark.parametrize("dim", [3, 64])
+@pytest.mark.parametrize("k", [1, 7, 40, 70])
+def test_query_ref_many_tiles_and_blocks(dim, k):
+    # M != N, more query rows than one block, more reference points than one tile, and k on
+    # each of the selection paths (small-group bound, large-group bound, no bound / sort).
+    q = _points((2, 70, dim), seed=1)
+    r = _points((2, 1700, dim), seed=2)
+    dist2, idx = knn(q, k, ref=r, backend="cpu")
+    assert dist2.shape == (2, 70, k)
+    _assert_matches_truth(dist2, idx, q, r, k, 1e-5)
+
+
+@pytest.mark.parametrize("dim", [3, 64])
+@pytest.mark.parametrize("k", [1, 5, 24])
+def test_grid_ties_match_reference_exactly(dim, k):
+    # Integer coordinates: every distance is exact in float32 in both implementations, so
+    # ties are real and the tie rule (smaller index first) must give identical results.
+    x = _points((3, 24, dim), seed=k, grid=3)
+    dist2, idx = knn(x, k, backend="cpu")
+    ref_d, ref_i = reference.knn(x, k)
+    assert torch.equal(idx, ref_i)
+    assert torch.equal(dist2, ref_d)
+
+
+def test_all_points_identical():
+    x = torch.ones(1, 50, 3)
+    dist2, idx = knn(x, 10, backend="cpu")
+    assert torch.equal(idx, torch.arange(10).expand(1, 50, 10))
+    assert torch.equal(dist2, torch.zeros(1, 50, 10))
+
+
+@pytest.mark.parametrize("n", [1, 2, 9])
+def test_k_equals_n_and_batch_of_one(n):
+    x = _points((1, n, 3), seed=n)
+    dist2, idx = knn(x, n, backend="cpu")
+    ref_d, ref_i = reference.knn(x, n)
+    assert torch.equal(idx.sort(-1).values, torch.arange(n).expand(1, n, n))
+    torch.testing.assert_close(dist2, ref_d)
+
+
+def test_non_contiguous_inputs():
+    base = _points((2, 3, 200), seed=5)
+    x = base.transpose(1, 2)  # (B, N, 3) view, not contiguous
+    assert not x.is_contiguous()
+    d1, i1 = knn(x, 8, backend="cpu")
+    d2, i2 = knn(x.contiguous(), 8, backend="cpu")
+    assert torch.equal(i1, i2) and torch.equal(d1, d2)
+    r = _points((2, 300, 3), seed=6)[:, ::2]
+    d3, i3 = knn(x, 8, ref=r, backend="cpu")
+    d4, i4 = knn(x, 8, ref=r.contiguous(), backend="cpu")
+    assert torch.equal(i3, i4) and torch.equal(d3, d4)
+
+
+@pytest.mark.parametrize("dim", [3, 12])
+def test_gradcheck_query_and_ref(dim, one_thread):
+    q = _points((2, 6, dim), seed=10, dtype=torch.float64).requires_grad_()
+    r = _points((2, 9, dim), seed=11, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: knn(a, 3, ref=b, backend="cpu")[0], (q, r))
+
+
+@pytest.mark.parametrize("dim", [3, 12])
+def test_gradcheck_self_knn(dim, one_thread):
+    x = _points((2, 10, dim), seed=12, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: knn(a, 4, backend="cpu")[0], (x,))
+
+
+def test_gradient_matches_reference_float32():
+    x = _points((2, 200, 3), seed=13).requires_grad_()
+    w = _points((2, 200, 10), seed=14)
+    (knn(x, 10, backend="cpu")[0] * w).sum().backward()
+    g_fast = x.grad.clone()
+    x.grad = None
+    (reference.knn(x, 10)[0] * w).sum().backward()
+    torch.testing.assert_close(g_fast, x.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dim", [3, 64])
+def test_deterministic(dim):
+    x = _points((3, 400, dim), seed=15, grid=4)  # duplicates: many ties, many shared neighbours
+    w = _points((3, 400, 12), seed=16)
+    runs = []
+    for _ in range(2):
+        xr = x.clone().requires_grad_()
+        d, i = knn(xr, 12, backend="cpu")
+        (d * w).sum().backward()
+        runs.append((d, i, xr.grad))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+def test_backend_torch_and_auto():
+    x = _points((1, 64, 3), seed=17)
+    d_auto, i_auto = knn(x, 5)
+    d_ref, i_ref = knn(x, 5, backend="torch")
+    torch.testing.assert_close(d_auto, d_ref)
+    assert torch.equal(i_auto, i_ref)
+    with pytest.raises(ValueError, match="unknown backend"):
+        knn(x, 5, backend="gpu")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    b=st.integers(1, 2),
+    n=st.integers(1, 260),
+    dim=st.sampled_from([1, 2, 3, 5, 9, 20]),
+    frac=st.floats(0.0, 1.0),
+    grid=st.sampled_from([None, 2, 5]),
+)
+def test_properties(seed, b, n, dim, frac, grid):
+    with _single_thread():
+        _check_properties(seed, b, n, dim, frac, grid)
+
+
+def _check_properties(seed, b, n, dim, frac, grid):
+    k = 1 + int(frac * (n - 1))
+    x = _points((b, n, dim), seed=seed, grid=grid)
+    dist2, idx = knn(x, k, backend="cpu")
+    # Sorted by (dist, idx), indices valid and distinct per row.
+    diff = dist2[..., 1:] - dist2[..., :-1]
+    assert (diff >= 0).all()
+    tie = diff == 0
+    assert (idx[..., 1:][tie] > idx[..., :-1][tie]).all()
+    assert ((idx >= 0) & (idx < n)).all()
+    assert (idx.sort(-1).values.diff(dim=-1) > 0).all()
+    # dist2 is the squared distance to the returned point.
+    nb = torch.gather(x.unsqueeze(1).expand(b, n, n, dim), 2, idx.unsqueeze(-1).expand(b, n, k, dim))
+    exact = (x.double().unsqueeze(2) - nb.double()).pow(2).sum(-1)
+    torch.testing.assert_close(dist2.double(), exact, atol=1e-5, rtol=1e-5)
+    # No point outside the set is closer than the k-th neighbour.
+    d_all = (x.double().unsqueeze(2) - x.double().unsqueeze(1)).pow(2).sum(-1)
+    outside = torch.ones_like(d_all, dtype=torch.bool).scatter_(2, idx, False)
+    kth = dist2[..., -1:].double()
+    assert (d_all[outside].reshape(-1) >= (kth.expand_as(d_all)[outside] - 1e-5 * (1 + kth.expand_as(d_all)[outside]))).all()
+    # Self first, at distance 0, when the points are distinct.
+    if all(torch.unique(x[i], dim=0).shape[0] == n for i in range(b)):
+        assert torch.equal(idx[..., 0], torch.arange(n).expand(b, n))
+        assert (dist2[..., 0] == 0).all()
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, k, exc, match",
+    [
+        (lambda: torch.randn(10, 3), 2, ValueError, "3 dimensions"),
+        (lambda: torch.randint(0, 5, (1, 10, 3)), 2, TypeError, "floating point"),
+        (lambda: torch.tensor([[[0.0, float("nan"), 0.0]] * 4]), 2, ValueError, "NaN or Inf"),
+        (lambda: torch.tensor([[[0.0, float("inf"), 0.0]] * 4]), 2, ValueError, "NaN or Inf"),
+        (lambda: torch.randn(1, 10, 3), 11, ValueError, r"k must be in \[1, 10\]"),
+        (lambda: torch.randn(1, 10, 3), 0, ValueError, r"k must be in \[1, 10\]"),
+        (lambda: torch.randn(1, 10, 3), 2.0, TypeError, "k must be an int"),
+        (lambda: torch.randn(1, 0, 3), 1, ValueError, "empty"),
+    ],
+)
+def test_front_end_errors(make, k, exc, match):
+    with pytest.raises(exc, match=match):
+        knn(make(), k, backend="cpu")
+
+
+def test_front_end_errors_query_ref():
+    with pytest.raises(ValueError, match="batch sizes"):
+        knn(torch.randn(2, 10, 3), 2, ref=torch.randn(3, 10, 3), backend="cpu")
+    with pytest.raises(ValueError, match="point dimensions"):
+        knn(torch.randn(2, 10, 3), 2, ref=torch.randn(2, 10, 4), backend="cpu")
+    with pytest.raises(ValueError, match=r"k must be in \[1, 5\]"):
+        knn(torch.randn(2, 10, 3), 6, ref=torch.randn(2, 5, 3), backend="cpu")
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((torch.randn(10, 3), torch.randn(10, 3), 2), "3 dimensions"),
+        ((torch.randn(1, 10, 3).half(), torch.randn(1, 10, 3).half(), 2), "float32 or float64"),
+        ((torch.randint(0, 3, (1, 10, 3)), torch.randint(0, 3, (1, 10, 3)), 2), "float32 or float64"),
+        ((torch.randn(1, 10, 3), torch.randn(1, 10, 3).double(), 2), "dtypes differ"),
+        ((torch.randn(1, 10, 3), torch.randn(2, 10, 3), 2), "batch sizes"),
+        ((torch.randn(1, 10, 3), torch.randn(1, 10, 4), 2), "point dimensions"),
+        ((torch.randn(1, 10, 3), torch.randn(1, 10, 3), 11), "k must be in"),
+        ((torch.randn(1, 10, 3), torch.randn(1, 10, 3), 0), "k must be in"),
+        ((torch.randn(1, 10, 3), torch.randn(1, 10, 3), -1), "k must be in"),
+        ((torch.randn(1, 3, 10).transpose(1, 2), torch.randn(1, 10, 3), 2), "contiguous"),
+        ((torch.randn(1, 10, 0), torch.randn(1, 10, 0), 2), "at least one coordinate"),
+        ((torch.empty(1, 10, 3, device="meta"), torch.randn(1, 10, 3), 2), "CPU tensor"),
+    ],
+)
+def test_direct_forward_errors(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        _C().knn_forward_cpu(*args)
+
+
+def test_direct_backward_errors():
+    q, r = torch.randn(1, 6, 3), torch.randn(1, 8, 3)
+    g = torch.ones(1, 6, 2)
+    good = torch.zeros(1, 6, 2, dtype=torch.long)
+    _C().knn_backward_cpu(g, q, r, good)  # the valid call works
+    for idx, match in [
+        (torch.full((1, 6, 2), 8, dtype=torch.long), r"outside \[0, 8\)"),
+        (torch.full((1, 6, 2), -1, dtype=torch.long), r"outside \[0, 8\)"),
+        (good.int(), "int64"),
+        (torch.zeros(1, 5, 2, dtype=torch.long), "idx must have shape"),
+    ]:
+        with pytest.raises(RuntimeError, match=match):
+            _C().knn_backward_cpu(g, q, r, idx)
+    with pytest.raises(RuntimeError, match="grad_dist2 shape"):
+        _C().knn_backward_cpu(torch.ones(1, 6, 3), q, r, good)
+    with pytest.raises(RuntimeError, match="grad_dist2 dtype"):
+        _C().knn_backward_cpu(g.double(), q, r, good)
+    with pytest.raises(RuntimeError, match="batch sizes"):
+        _C().knn_backward_cpu(g, q, torch.randn(2, 8, 3), good)
