@@ -12,6 +12,7 @@ PIP := $(PY) -m pip
 
 $(VENV)/.deps: requirements.txt
 	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q -r requirements.txt
 	touch $@
