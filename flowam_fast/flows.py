@@ -67,12 +67,13 @@ class Flows:
                 raise ValueError(f"class {c} has no training samples in the flows")
 
     def check_compatible(self, layers, channels: dict) -> None:
-        """Raise if these flows were computed for other layers or channel counts."""
-        if list(layers) != list(self.layers):
-            raise ValueError(f"flows were computed for layers {self.layers}, not {list(layers)}; "
+        """Raise unless every one of `layers` has flows here, with the model's channel counts."""
+        missing = [layer for layer in layers if layer not in self.layers]
+        if missing:
+            raise ValueError(f"flows were computed for layers {self.layers}, not {missing}; "
                              "recompute them for this model (flowam-fast flows)")
         mine = self.channels()
-        bad = {k: (mine[k], channels[k]) for k in self.layers if mine[k] != channels[k]}
+        bad = {k: (mine[k], channels[k]) for k in layers if mine[k] != channels[k]}
         if bad:
             raise ValueError("flows do not match the model's channel counts "
                              + ", ".join(f"{k}: flows {a} vs model {b}" for k, (a, b) in bad.items())

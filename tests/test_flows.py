@@ -67,6 +67,7 @@ def test_flows_errors(tmp_path, tiny_net):
     flows = compute_flows(tiny_net, _data(), layers=["act1"], quiet=True)
     with pytest.raises(ValueError, match="layers"):
         flows.check_compatible(["act2"], {"act2": 32})
+    flows.check_compatible([], {})  # a subset of the layers is fine
     with pytest.raises(ValueError, match="channel counts"):
         flows.check_compatible(["act1"], {"act1": 8})
     with pytest.raises(ValueError, match="unknown class 7"):

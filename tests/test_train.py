@@ -1,31 +1,42 @@
 import numpy as np
+import pytest
 import torch
 
+import flowam_fast.data
+from flowam_fast.cli import main
 from flowam_fast.data import ModelNet40, generate_shapes
-from flowam_fast.models import DGCNN, PointNet
-from flowam_fast.train import augment, train
+from flowam_fast.models import DGCNN, PointNet, load_checkpoint
+from flowam_fast.train import DEMO_CONFIG, augment, train
 
 
-def test_a_few_steps_reduce_the_loss(tmp_path):
-    root = generate_shapes(tmp_path / "d", train_per_class=6, test_per_class=2, num_points=128)
-    data = ModelNet40(root, "train", num_points=128)
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = generate_shapes(tmp_path_factory.mktemp("shapes"), train_per_class=4, test_per_class=1, num_points=64)
+    return ModelNet40(root, "train", num_points=64), ModelNet40(root, "test", num_points=64)
+
+
+def _run(data, steps=12):
     torch.manual_seed(0)
     model = PointNet(data.num_classes, width=0.25)
-    first = train(model, data, epochs=1, batch_size=72, lr=5e-3, quiet=True, max_steps=1)["losses"][0]
-    torch.manual_seed(0)
-    model = PointNet(data.num_classes, width=0.25)
-    losses = train(model, data, epochs=30, batch_size=72, lr=5e-3, quiet=True, max_steps=30)["losses"]
-    assert losses[0] == first  # deterministic for a seed
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    losses = train(model, data, epochs=100, batch_size=48, lr=5e-3, seed=3, quiet=True, max_steps=steps)["losses"]
+    return model, losses
+
+
+def test_a_few_steps_reduce_the_loss_deterministically(tiny):
+    model, losses = _run(tiny[0])
+    assert len(losses) == 12 and np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
     assert not model.training
+    again, losses2 = _run(tiny[0])
+    assert losses2 == losses  # bit-identical for a seed
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
-def test_dgcnn_trains_too(tmp_path):
-    root = generate_shapes(tmp_path / "d", train_per_class=2, test_per_class=1, num_points=64)
-    data = ModelNet40(root, "train", num_points=64)
-    test = ModelNet40(root, "test", num_points=64)
+def test_dgcnn_trains_too(tiny):
+    data, test = tiny
     res = train(DGCNN(data.num_classes, k=4, emb_dims=32, width=0.25), data, test, epochs=1, batch_size=12, quiet=True)
     assert 0.0 <= res["test_accuracy"] <= 1.0 and all(np.isfinite(res["losses"]))
+    assert len(res["losses"]) == len(data) // 12
 
 
 def test_augment_is_seeded_and_bounded():
@@ -34,3 +45,33 @@ def test_augment_is_seeded_and_bounded():
     b = augment(x + 1, torch.Generator().manual_seed(0))
     assert torch.equal(a, b)
     assert (a - 1).abs().max() < 0.25 + 0.1 + 0.05 + 1e-6
+    assert not torch.equal(a, augment(x + 1, torch.Generator().manual_seed(1)))
+
+
+def test_cli_trains_on_synthetic_data_and_cleans_up(tmp_path, monkeypatch, capsys):
+    """`--data synthetic` writes the shapes to a temporary directory it removes afterwards (the
+    generator is swapped for a tiny one), and the checkpoint loads with no other argument."""
+    made = []
+
+    def tiny_shapes(out):
+        made.append(out)
+        return generate_shapes(out, train_per_class=3, test_per_class=1, num_points=64)
+
+    monkeypatch.setattr(flowam_fast.data, "generate_shapes", tiny_shapes)
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", "--data", "synthetic", "--epochs", "1", "--num-points", "48", "--width", "0.125",
+                 "--batch-size", "12", "--out", str(ckpt), "--quiet"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert len(made) == 1 and not made[0].exists()
+    model = load_checkpoint(ckpt)
+    assert isinstance(model, PointNet) and model.config["width"] == 0.125 and model.num_classes == 12
+    meta = torch.load(ckpt, weights_only=True)["meta"]
+    assert meta["num_points"] == 48 and meta["class_names"] == list(flowam_fast.data.SHAPE_CLASSES)
+    keep = tmp_path / "kept"
+    assert main(["train", "--data", "synthetic", "--data-dir", str(keep), "--epochs", "1", "--num-points", "48",
+                 "--width", "0.125", "--batch-size", "12", "--out", str(ckpt), "--quiet"]) == 0
+    assert (keep / "shape_names.txt").exists()
+
+
+def test_demo_config_is_complete():
+    assert {"arch", "width", "num_points", "epochs", "batch_size", "lr", "weight_decay", "seed"} <= set(DEMO_CONFIG)

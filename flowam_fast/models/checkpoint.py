@@ -5,6 +5,8 @@ and training-script dicts holding it under 'model_state_dict', 'model' or 'state
 """
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -39,13 +41,25 @@ def save_checkpoint(model, path, **meta) -> None:
         torch.save(blob, tmp)
 
 
-def _read(path):
+def _read(path, trusted: bool = False):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and torch errors all mean the same to the user
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses pickled objects other than tensors and containers (a training
+        # script's argparse.Namespace, say); unpickling those runs code, so only on request.
+        if not trusted:
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            raise CheckpointError(
+                f"cannot read checkpoint {path} with weights_only=True: it pickles objects other than tensors"
+                f"{f' ({found.group(1)})' if found else ''}; if you trust the file, pass trusted=True") from None
+    except Exception as exc:  # zip and torch errors all mean the same to the user
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
 
 
@@ -84,6 +98,8 @@ def _guess_config(arch: str, state: dict) -> dict:
 def load_state(model, state: dict, source: str = "checkpoint") -> None:
     """load_state_dict with one error that lists missing, unexpected and mis-shaped keys."""
     own = model.state_dict()
+    # Checkpoints written before torch 0.4.1 have no BatchNorm step counters; eval ignores them.
+    state = {**{k: v for k, v in own.items() if k.endswith(".num_batches_tracked")}, **state}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -98,11 +114,20 @@ def load_state(model, state: dict, source: str = "checkpoint") -> None:
     model.load_state_dict(state)
 
 
-def load_checkpoint(path, arch: str | None = None, num_classes: int | None = None, **kw) -> torch.nn.Module:
-    """The model stored at `path`, in eval mode. arch/num_classes/kw (e.g. k=20 for DGCNN) are
-    needed only where the checkpoint does not say them; num_classes is otherwise read off the
-    last layer."""
-    blob = _read(path)
+def load_checkpoint(path, arch: str | None = None, num_classes: int | None = None, *, trusted: bool = False,
+                    **kw) -> torch.nn.Module:
+    """The model stored at `path`, in eval mode.
+
+    arch, num_classes and the model's keyword arguments kw (e.g. k=20 for DGCNN, width) are
+    needed only where the checkpoint does not say them: our own checkpoints store them all; for
+    a reference state_dict the architecture is told by its keys, num_classes is read off the
+    last layer, feature_transform (PointNet) and emb_dims (DGCNN) off the weights, and DGCNN's
+    k, which no weight shows, defaults to the reference's 20.
+
+    The file is read with torch.load(weights_only=True); `trusted=True` allows a checkpoint that
+    pickles other objects too (this runs code from the file).
+    """
+    blob = _read(path, trusted)
     config = {}
     if isinstance(blob, dict) and blob.get("format") == "flowam_fast.checkpoint":
         arch = arch or blob["arch"]

@@ -1,0 +1,216 @@
+"""One activation-maximization step end to end (forward + backward to the input points), fast
+path against the plain PyTorch path, on the full-width reference models in eval mode.
+
+Two objectives, as `FlowAM.objective` computes them:
+- logit: minus the target logit (plain AM);
+- flowam: the full FlowAM objective (target logit, flow alignment on `model.flow_layers`,
+  continuity with k = 3, the engine's default weights).
+The plain path runs the model with `model.fast_path = False` and the objective's ops with
+backend="torch", so the baseline is pure PyTorch.
+
+Models have random weights with realistic BatchNorm statistics: the running mean and
+variance come from a train-mode pass over random clouds, then are jittered, and a quarter of
+the BN scales are negative (the fast path must turn those maxima into minima). The flows are
+random too, on the scale of the real activations.
+
+    python benchmarks/bench_am_step.py [--quick] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import compare, markdown  # noqa: E402
+
+from flowam_fast import ops  # noqa: E402
+from flowam_fast.engine import AMConfig, continuity_loss  # noqa: E402
+from flowam_fast.flows import Flows, neighbour_d2  # noqa: E402
+from flowam_fast.models import DGCNN, PointNet, get_activations, plain_path  # noqa: E402
+
+NUM_CLASSES = 40  # ModelNet40
+NEGATIVE_BN = 0.25  # share of BatchNorm channels with a negative scale
+# (arch, B, N): the reference batch sizes at N = 1024, smaller batches for the larger clouds.
+CASES = [("dgcnn", 16, 1024), ("pointnet", 64, 1024)]
+LARGE_CASES = [("dgcnn", 4, 2048), ("dgcnn", 4, 4096), ("pointnet", 16, 2048), ("pointnet", 16, 4096)]
+OBJECTIVES = ("logit", "flowam")
+LOGIT_RTOL = 1e-4
+GRAD_MIN_COSINE = 0.999
+
+
+def build_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A full-width reference model (DGCNN k=20, emb 1024; PointNet with feature transform),
+    random weights, realistic BatchNorm statistics, eval mode, frozen parameters."""
+    torch.manual_seed(seed)
+    model = DGCNN(NUM_CLASSES) if arch == "dgcnn" else PointNet(NUM_CLASSES, feature_transform=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for bn in bns:
+            c = bn.num_features
+            sign = torch.where(torch.rand(c, generator=g) < NEGATIVE_BN, -1.0, 1.0)
+            bn.weight.copy_(sign * (0.5 + torch.rand(c, generator=g)))
+            bn.bias.copy_(0.1 * torch.randn(c, generator=g))
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average: one pass sets the batch statistics
+        # Train-mode BN normalizes with the batch statistics, so every layer's statistics are
+        # those of its real inputs (signs included) after this one pass.
+        model.train()
+        with plain_path(model):
+            model(_clouds(8, 1024, seed + 2).transpose(1, 2))
+        model.eval()
+        for bn in bns:
+            bn.momentum = 0.1
+            bn.running_mean.add_(0.1 * bn.running_var.sqrt() * torch.randn(bn.num_features, generator=g))
+            bn.running_var.mul_(torch.exp(0.2 * torch.randn(bn.num_features, generator=g)))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _clouds(B: int, N: int, seed: int) -> torch.Tensor:
+    """AM's initial clouds: uniform in [-0.5, 0.5]^3 (B, N, 3)."""
+    return torch.rand(B, N, 3, generator=torch.Generator().manual_seed(seed)) - 0.5
+
+
+@torch.no_grad()
+def random_flows(model, seed: int = 0) -> Flows:
+    """Random per-class flows on the scale of the model's activations: per layer, the channel
+    means and stds over a probe batch, moved by noise per class."""
+    x = _clouds(4, 1024, seed + 3)
+    _, acts = get_activations(model, x.transpose(1, 2), list(model.flow_layers))
+    g = torch.Generator().manual_seed(seed + 4)
+    mean, std = {}, {}
+    for layer, a in acts.items():
+        m, s = a.mean(dim=(0, 2)), a.std(dim=(0, 2)) + 1e-2
+        c = m.shape[0]
+        mean[layer] = (m + 0.5 * s * torch.randn(NUM_CLASSES, c, generator=g)).contiguous()
+        std[layer] = (s * (0.5 + torch.rand(NUM_CLASSES, c, generator=g))).contiguous()
+    d2 = float(neighbour_d2(x, AMConfig.continuity_k).mean())
+    return Flows(layers=list(model.flow_layers), mean=mean, std=std, count=torch.full((NUM_CLASSES,), 100),
+                 lo=torch.full((3,), -1.0), hi=torch.full((3,), 1.0), d2_target=d2)
+
+
+@dataclass
+class Problem:
+    model: torch.nn.Module
+    flows: Flows
+    x: torch.Tensor  # (B, N, 3)
+    classes: torch.Tensor  # (B,)
+
+
+def make_problem(arch: str, B: int, N: int, seed: int = 0, model=None, flows=None) -> Problem:
+    model = build_model(arch, seed) if model is None else model
+    flows = random_flows(model, seed) if flows is None else flows
+    classes = torch.randint(0, NUM_CLASSES, (B,), generator=torch.Generator().manual_seed(seed + 5))
+    return Problem(model, flows, _clouds(B, N, seed + 6), classes)
+
+
+def objective(problem: Problem, x: torch.Tensor, objective: str, backend: str):
+    """Per-cloud loss (B,) and logits of the engine's objective (`FlowAM.objective`, with its
+    default weights) for points x (B, N, 3)."""
+    model, flows, classes, cfg = problem.model, problem.flows, problem.classes, AMConfig()
+    inp = x.transpose(1, 2)
+    if objective == "logit":
+        logits = model(inp)
+        return -logits.gather(1, classes[:, None]).squeeze(1), logits
+    logits, acts = get_activations(model, inp, flows.layers)
+    flow = torch.stack([ops.flow_align(acts[layer], classes, *flows.class_flow(layer), backend=backend)
+                        for layer in flows.layers]).mean(0)
+    cont = continuity_loss(x, cfg.continuity_k, flows.d2_target, backend=backend)
+    target = logits.gather(1, classes[:, None]).squeeze(1)
+    return -target + cfg.flow_weight * flow + cfg.continuity_weight * cont, logits
+
+
+def am_step(problem: Problem, objective_name: str, fast: bool):
+    """A callable running one AM step, returning (logits, per-cloud loss, gradient w.r.t. x).
+    fast=False: the plain model path and the objective's ops on backend="torch"."""
+    backend = "auto" if fast else "torch"
+
+    def step():
+        x = problem.x.clone().requires_grad_(True)
+        old = problem.model.fast_path
+        problem.model.fast_path = fast
+        try:
+            total, logits = objective(problem, x, objective_name, backend)
+            (grad,) = torch.autograd.grad(total.sum(), x)
+        finally:
+            problem.model.fast_path = old
+        return logits.detach(), total.detach(), grad
+
+    return step
+
+
+def check_step(fast, ref):
+    """Logits and loss agree to LOGIT_RTOL (relative to their largest magnitude), and every
+    cloud's input gradient points the same way (cosine >= GRAD_MIN_COSINE)."""
+    for name, f, r in (("logits", fast[0], ref[0]), ("loss", fast[1], ref[1])):
+        torch.testing.assert_close(f, r, rtol=LOGIT_RTOL, atol=LOGIT_RTOL * float(r.abs().max()), msg=lambda m: f"{name}: {m}")
+    cos = grad_cosine(fast[2], ref[2])
+    assert float(cos.min()) >= GRAD_MIN_COSINE, f"input-gradient cosine per cloud: min {float(cos.min()):.6f}"
+
+
+def grad_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1)
+
+
+def dgcnn_step_flops(model: DGCNN, B: int, N: int) -> int:
+    """FLOPs of one logit-only AM step of DGCNN on the decomposed (fast) algorithm, counting
+    multiply-adds as 2 and only the matrix products (the gathers, maxima, BN and activations
+    are memory-bound and not counted):
+
+      forward  = sum_l 2 B N^2 D_l                    kNN distance GEMM of each EdgeConv input
+                                                      (D_l = 3, 64, 64, 128)
+               + sum_l 2 * 2 B N C_in,l C_out,l       the P and Q GEMMs of each EdgeConv
+               + 2 B N C_cat E                        conv5 (C_cat = 512 -> E = 1024)
+               + 2 B (2E H1 + H1 H2 + H2 K)           the head
+      backward = the GEMM terms again (grad w.r.t. the GEMM input, same size as the forward;
+                 the weights are frozen, so no weight gradients), but not the kNN term:
+                 the graph's indices carry no gradient.
+
+    So the step counts kNN + 2 x (P/Q + conv5 + head), about 2.3 x the forward's GEMMs at the
+    reference shapes."""
+    knn = sum(2 * B * N * N * blk[0].in_channels // 2 for blk, _ in model.edge_blocks())
+    pq = sum(2 * 2 * B * N * (blk[0].in_channels // 2) * blk[0].out_channels for blk, _ in model.edge_blocks())
+    conv5 = 2 * B * N * model.conv5[0].in_channels * model.conv5[0].out_channels
+    head = 2 * B * sum(lin.in_features * lin.out_features for lin in (model.linear1, model.linear2, model.linear3))
+    return knn + 2 * (pq + conv5 + head)
+
+
+def rows(quick: bool = False) -> list[dict]:
+    out = []
+    models = {}
+    for arch, B, N in CASES + ([] if quick else LARGE_CASES):
+        if arch not in models:
+            model = build_model(arch)
+            models[arch] = (model, random_flows(model))
+        problem = make_problem(arch, B, N, model=models[arch][0], flows=models[arch][1])
+        for objective in OBJECTIVES:
+            label = "DGCNN (k=20, emb 1024)" if arch == "dgcnn" else "PointNet (feature transform)"
+            row = compare(f"AM step {objective}, {label} (B={B} N={N})", am_step(problem, objective, True),
+                          am_step(problem, objective, False), check_step, repeat=3 if N * B > 16384 or arch == "dgcnn" else 5)
+            row["ms per cloud fast / ref"] = f"{row['fast_ms'] / B:.1f} / {row['ref_ms'] / B:.1f}"
+            if arch == "dgcnn" and objective == "logit":
+                gflop = dgcnn_step_flops(problem.model, B, N) / 1e9
+                row["GFLOP/s"] = f"{gflop / (row['fast_ms'] * 1e-3):.0f} ({gflop:.0f} GFLOP)"
+            out.append(row)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 1024 only (skip the 2048- and 4096-point rows)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(markdown(rows(args.quick), extra_cols=("ms per cloud fast / ref", "GFLOP/s")))
+
+
+if __name__ == "__main__":
+    main()
