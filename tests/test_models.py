@@ -70,7 +70,7 @@ def test_output_shapes(model):
 
 def test_taps_give_per_point_activations():
     p = PointNet(5, width=0.5).eval()
-    _, acts = get_activations(p, torch.randn(2, 3, 40), p.flow_layers)
+    _, acts = get_activations(p, torch.randn(2, 3, 40), ["feat.act1", "feat.act2", "feat.act3"])
     assert [tuple(a.shape) for a in acts.values()] == [(2, 32, 40), (2, 64, 40), (2, 512, 40)]
     d = DGCNN(5, k=6, emb_dims=96, width=0.5).eval()
     _, acts = get_activations(d, torch.randn(2, 3, 40), d.flow_layers)
@@ -102,7 +102,7 @@ def _fast_vs_plain(model, x, layers=None):
     assert cos >= 0.999, float(cos)
 
 
-@pytest.mark.parametrize("layers", [None, PointNet.flow_layers])
+@pytest.mark.parametrize("layers", [None, PointNet.flow_layers, ("feat.act1", "feat.act2", "feat.act3")])
 def test_pointnet_fast_path_equals_plain_path(layers):
     _fast_vs_plain(randomize(PointNet(6, width=0.5)), torch.randn(3, 3, 128), layers)
 

@@ -115,8 +115,11 @@ class PointNet(nn.Module):
     """PointNet classifier; (B, 3, N) -> logits (B, num_classes). See the module docstring."""
 
     arch = "pointnet"
-    #: The per-point layers FlowAM aligns by default (names of activation taps).
-    flow_layers = ("feat.act1", "feat.act2", "feat.act3")
+    #: The per-point layers FlowAM aligns by default: the pre-pool features. The taps
+    #: feat.act1 and feat.act2 (post-ReLU) can be named too, but their dead channels have
+    #: sigma ~ 0, so s = sigma + 1e-3 makes any activation there dominate the objective; on the
+    #: demo model aligning all three blocked 3 of 12 classes (83% success vs 96%, see README).
+    flow_layers = ("feat.act3",)
 
     def __init__(self, num_classes: int = 40, feature_transform: bool = True, width: float = 1.0):
         super().__init__()
