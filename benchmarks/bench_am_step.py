@@ -145,17 +145,47 @@ def am_step(problem: Problem, objective_name: str, fast: bool):
     return step
 
 
-def check_step(fast, ref):
-    """Logits and loss agree to LOGIT_RTOL (relative to their largest magnitude), and every
-    cloud's input gradient points the same way (cosine >= GRAD_MIN_COSINE)."""
-    for name, f, r in (("logits", fast[0], ref[0]), ("loss", fast[1], ref[1])):
-        torch.testing.assert_close(f, r, rtol=LOGIT_RTOL, atol=LOGIT_RTOL * float(r.abs().max()), msg=lambda m: f"{name}: {m}")
-    cos = grad_cosine(fast[2], ref[2])
-    assert float(cos.min()) >= GRAD_MIN_COSINE, f"input-gradient cosine per cloud: min {float(cos.min()):.6f}"
+def agreement(fast, ref, rtol: float = LOGIT_RTOL, min_cosine: float = GRAD_MIN_COSINE) -> torch.Tensor:
+    """Per cloud (B,) bool: logits and loss agree to `rtol` (relative to each one's largest
+    magnitude in the batch) and the input gradients have cosine >= `min_cosine`."""
+    ok = grad_cosine(fast[2], ref[2]) >= min_cosine
+    for f, r in zip(fast[:2], ref[:2]):
+        close = (f - r).abs() <= rtol * (r.abs() + r.abs().max())
+        ok &= close.reshape(close.shape[0], -1).all(1)
+    return ok
 
 
 def grad_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.flatten(1).double(), b.flatten(1).double(), dim=1)
+
+
+def check_float64(problem: Problem, objective_name: str, clouds: int) -> None:
+    """Both paths on the first `clouds` clouds in float64 must agree to LOGIT_RTOL and
+    GRAD_MIN_COSINE on every cloud. In float32 the two paths round differently, and DGCNN's
+    kNN graphs then differ at near-ties (one swapped neighbour changes a max and moves the
+    next layer's graph): a real, rare disagreement that float64 rounding cannot cause."""
+    sub = Problem(problem.model, problem.flows, problem.x[:clouds].double(), problem.classes[:clouds])
+    problem.model.double()  # float32 -> float64 -> float32 is exact, so .float() restores it
+    try:
+        ok = agreement(am_step(sub, objective_name, True)(), am_step(sub, objective_name, False)())
+    finally:
+        problem.model.float()
+    assert bool(ok.all()), f"float64: {int((~ok).sum())} of {clouds} clouds disagree"
+
+
+def float32_check(result: dict):
+    """A check for `compare` on the timed float32 inputs: every cloud within 1e-2 and gradient
+    cosine >= 0.99, and at least 3/4 of the clouds within the strict float64 thresholds (the
+    rest went through a near-tie). Stores "k/B" of the strict ones in result["strict"]."""
+
+    def check(fast, ref):
+        loose = agreement(fast, ref, 1e-2, 0.99)
+        strict = agreement(fast, ref)
+        assert bool(loose.all()), f"float32: {int((~loose).sum())} clouds disagree beyond 1e-2"
+        assert float(strict.float().mean()) >= 0.75, f"float32: only {int(strict.sum())} clouds agree to {LOGIT_RTOL}"
+        result["strict"] = f"{int(strict.sum())}/{strict.numel()}"
+
+    return check
 
 
 def dgcnn_step_flops(model: DGCNN, B: int, N: int) -> int:
@@ -189,11 +219,14 @@ def rows(quick: bool = False) -> list[dict]:
             model = build_model(arch)
             models[arch] = (model, random_flows(model))
         problem = make_problem(arch, B, N, model=models[arch][0], flows=models[arch][1])
+        label = "DGCNN (k=20, emb 1024)" if arch == "dgcnn" else "PointNet (feature transform)"
         for objective in OBJECTIVES:
-            label = "DGCNN (k=20, emb 1024)" if arch == "dgcnn" else "PointNet (feature transform)"
+            check_float64(problem, objective, clouds=min(B, max(1, 4096 // N)))
+            f32 = {}
             row = compare(f"AM step {objective}, {label} (B={B} N={N})", am_step(problem, objective, True),
-                          am_step(problem, objective, False), check_step, repeat=3 if N * B > 16384 or arch == "dgcnn" else 5)
+                          am_step(problem, objective, False), float32_check(f32), repeat=3)
             row["ms per cloud fast / ref"] = f"{row['fast_ms'] / B:.1f} / {row['ref_ms'] / B:.1f}"
+            row["float32 clouds within 1e-4"] = f32["strict"]
             if arch == "dgcnn" and objective == "logit":
                 gflop = dgcnn_step_flops(problem.model, B, N) / 1e9
                 row["GFLOP/s"] = f"{gflop / (row['fast_ms'] * 1e-3):.0f} ({gflop:.0f} GFLOP)"
@@ -209,7 +242,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(markdown(rows(args.quick), extra_cols=("ms per cloud fast / ref", "GFLOP/s")))
+    print(markdown(rows(args.quick), extra_cols=("ms per cloud fast / ref", "float32 clouds within 1e-4", "GFLOP/s")))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@ reference that builds the (B, N, Cout) activation, at PointNet's shapes.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, markdown  # noqa: E402
+from common import compare, script_main  # noqa: E402
 
 from flowam_fast.ops import reference  # noqa: E402
 from flowam_fast.ops.linear_max import linear_max  # noqa: E402
@@ -79,16 +78,5 @@ def rows(quick: bool = False) -> list[dict]:
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small batch (a smoke run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(markdown(rows(args.quick), extra_cols=("GFLOP/s",)))
-
-
 if __name__ == "__main__":
-    main()
+    script_main(rows, __doc__, extra_cols=("GFLOP/s",))

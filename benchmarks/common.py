@@ -91,3 +91,17 @@ def markdown(rows, extra_cols=()) -> str:
                  f"{r['fast_mib']:.0f} / {r['ref_mib']:.0f}", *[str(r.get(c, "")) for c in extra_cols]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def script_main(rows, doc: str, extra_cols=()) -> None:
+    """Command line of a benchmark script: --quick for a smoke run, --threads N."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(markdown(rows(args.quick), extra_cols=extra_cols))

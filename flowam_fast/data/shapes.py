@@ -16,13 +16,13 @@ as they were.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..atomic import atomic_path
 from .modelnet40 import SHAPE_NAMES, normalize_unit_sphere
 
 #: Index of the vertical axis (ModelNet40's HDF5 files are y-up).
@@ -222,24 +222,9 @@ def make_split(split: str, per_class: int, num_points: int = 2048, seed: int = 0
     return points[order], labels[order]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp makes the file private; give it the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def write_h5(path: str | os.PathLike, points: np.ndarray, labels: np.ndarray) -> None:
