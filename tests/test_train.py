@@ -73,5 +73,13 @@ def test_cli_trains_on_synthetic_data_and_cleans_up(tmp_path, monkeypatch, capsy
     assert (keep / "shape_names.txt").exists()
 
 
+def test_bad_training_arguments(tiny):
+    model = PointNet(tiny[0].num_classes, width=0.125)
+    with pytest.raises(ValueError, match="at least 2"):
+        train(model, tiny[0], batch_size=1, quiet=True)
+    with pytest.raises(ValueError, match="epochs"):
+        train(model, tiny[0], epochs=0, quiet=True)
+
+
 def test_demo_config_is_complete():
     assert {"arch", "width", "num_points", "epochs", "batch_size", "lr", "weight_decay", "seed"} <= set(DEMO_CONFIG)

@@ -4,14 +4,16 @@ Twelve classes of simple solids and objects (:data:`CLASSES`). Each class is a f
 canonical surface made of primitive parts; a sample draws points uniformly over the total
 surface area (a multinomial over the parts by area, then uniform on the part), applies a
 random anisotropic scale, a random rotation about the vertical axis (y, as in ModelNet40's
-HDF5 files), normalizes the cloud to the unit sphere and adds small Gaussian noise.
+HDF5 files), normalizes the cloud to the unit sphere and adds small Gaussian noise. Classes
+that share a silhouette family (cube and cylinder, pyramid and cone) also differ in their
+proportions by more than the random scale can undo, so a small model tells them apart.
 
 :func:`generate_shapes` writes the modelnet40_ply_hdf5_2048 layout, so
 ``ModelNet40(out_dir, split)`` reads it. Everything is vectorized numpy: the default 12 x
-(200 + 50) samples of 2048 points take about a second. The output depends only on the
+(200 + 50) samples of 2048 points take about two seconds. The output depends only on the
 arguments: every (split, class) pair has its own random stream seeded by (seed, split,
-class), so adding a class or changing the number of test samples leaves the other samples
-as they were.
+class), so changing the number of test samples leaves the training clouds as they were, and
+choosing other classes leaves each class's clouds as they were (only the shuffled order moves).
 """
 from __future__ import annotations
 
@@ -156,7 +158,7 @@ def _legs(xs, zs, y_top, y_bottom, thickness):
 
 
 def _pyramid():
-    apex, s, y0 = np.array([0, 0.5, 0]), 0.5, -0.5
+    apex, s, y0 = np.array([0, 0.35, 0]), 0.6, -0.35
     base = [np.array(p, float) for p in ((-s, y0, -s), (s, y0, -s), (s, y0, s), (-s, y0, s))]
     sides = [[base[i], base[(i + 1) % 4], apex] for i in range(4)]
     return [triangles(sides + [[base[0], base[1], base[2]], [base[0], base[2], base[3]]])]
@@ -165,8 +167,8 @@ def _pyramid():
 SHAPES: dict[str, Callable[[], list[Part]]] = {
     "sphere": lambda: [sphere(r=0.5)],
     "cube": lambda: [boxes(((0, 0, 0), (1, 1, 1)))],
-    "cylinder": lambda: [cylinder_side(r=0.45, h=1.0), disk((0, 0.5, 0), 0.45), disk((0, -0.5, 0), 0.45)],
-    "cone": lambda: [cone_side((0, -0.5, 0), r=0.55, h=1.1), disk((0, -0.5, 0), 0.55)],
+    "cylinder": lambda: [cylinder_side(r=0.35, h=1.2), disk((0, 0.6, 0), 0.35), disk((0, -0.6, 0), 0.35)],
+    "cone": lambda: [cone_side((0, -0.65, 0), r=0.45, h=1.3), disk((0, -0.65, 0), 0.45)],
     "torus": lambda: [torus(R=0.6, r=0.22)],
     "pyramid": _pyramid,
     "plate": lambda: [boxes(((0, 0, 0), (1.0, 0.06, 1.0)))],
