@@ -47,16 +47,25 @@ def parse_suites(spec: str | None) -> list:
     return names
 
 
-def collect(suites, quick: bool = False, log=None) -> list:
-    """The rows of the named suites, in order. `log(message)` hears of each suite's progress."""
-    out = []
+def collect(suites, quick: bool = False, log=None):
+    """(rows, failures) of the named suites, in order. A suite that raises (an output check
+    that fails, memory running out) is recorded in failures as "bench_<name>: error" and the
+    others still run. `log(message)` hears of each suite as it finishes, with its table, so a
+    long run shows its results before the end."""
+    rows, failures = [], []
     for name in suites:
         t0 = time.perf_counter()
-        rows = _import(f"bench_{name}").rows(quick=quick)
+        try:
+            part = _import(f"bench_{name}").rows(quick=quick)
+        except Exception as exc:  # noqa: BLE001 - reported, and the run fails at the end
+            failures.append(f"bench_{name}: {type(exc).__name__}: {exc}".splitlines()[0])
+            if log:
+                log(f"FAILED {failures[-1]}")
+            continue
         if log:
-            log(f"bench_{name}: {len(rows)} rows in {time.perf_counter() - t0:.0f} s")
-        out.extend(rows)
-    return out
+            log(f"bench_{name}: {len(part)} rows in {time.perf_counter() - t0:.0f} s\n{table(part)}")
+        rows.extend(part)
+    return rows, failures
 
 
 def cpu_model() -> str:
@@ -87,9 +96,12 @@ def table(rows) -> str:
     return markdown(rows, extra_cols=tuple(extra))
 
 
-def report(rows) -> str:
-    return (f"{machine_line()}\n\nTimes are medians; speed-up = reference / fast, both in one process on the "
+def report(rows, failures=()) -> str:
+    text = (f"{machine_line()}\n\nTimes are medians; speed-up = reference / fast, both in one process on the "
             f"same inputs after checking that the outputs agree.\n\n{table(rows)}\n")
+    if failures:
+        text += "\nFailed:\n" + "".join(f"- {f}\n" for f in failures)
+    return text
 
 
 def add_arguments(p) -> None:
@@ -110,14 +122,15 @@ def run(args) -> int:
             raise ValueError(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    text = report(collect(suites, quick=args.quick, log=log))
+    rows, failures = collect(suites, quick=args.quick, log=log)
+    text = report(rows, failures)
     print(text, end="")
     if args.out:
         from .atomic import atomic_path
 
         with atomic_path(args.out) as tmp:
             Path(tmp).write_text(text)
-    return 0
+    return 1 if failures else 0
 
 
 def main(argv=None) -> int:

@@ -46,3 +46,16 @@ def test_table_collects_extra_columns():
     lines = bench.table(rows).splitlines()
     assert lines[0].endswith("| GB/s | GFLOP/s |")
     assert lines[2].endswith("| 7 |  |") and lines[3].endswith("|  | 9 |")
+
+
+def test_a_failing_suite_is_reported_and_fails_the_run(monkeypatch, capsys):
+    class Broken:
+        @staticmethod
+        def rows(quick=False):
+            raise AssertionError("fast and reference disagree")
+
+    real = bench._import
+    monkeypatch.setattr(bench, "_import", lambda name: Broken if name == "bench_knn" else real(name))
+    assert main(["bench", "--only", "knn", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "Failed:\n- bench_knn: AssertionError: fast and reference disagree" in out
