@@ -17,7 +17,6 @@ random too, on the scale of the real activations.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, markdown  # noqa: E402
+from common import compare, script_main  # noqa: E402
 
 from flowam_fast import ops  # noqa: E402
 from flowam_fast.engine import AMConfig, continuity_loss  # noqa: E402
@@ -236,16 +235,5 @@ def rows(quick: bool = False) -> list[dict]:
     return out
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N = 1024 only (skip the 2048- and 4096-point rows)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(markdown(rows(args.quick), extra_cols=("ms per cloud fast / ref", "float32 clouds within 1e-4", "GFLOP/s")))
-
-
 if __name__ == "__main__":
-    main()
+    script_main(rows, __doc__, extra_cols=("ms per cloud fast / ref", "float32 clouds within 1e-4", "GFLOP/s"))

@@ -28,6 +28,19 @@ class TinyNet(torch.nn.Module):
         return self.fc(h.max(dim=2).values)
 
 
+def assert_same_across_runs_and_threads(run):
+    """run() -> tensors; they must be bit-identical on a second run and with one thread."""
+    first = run()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip(first, run(), single):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
 @pytest.fixture
 def tiny_net():
     return TinyNet().eval()

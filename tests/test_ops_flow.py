@@ -6,6 +6,8 @@ import torch
 from flowam_fast.ops import backend, reference
 from flowam_fast.ops.flow import FlowStats, flow_align, flow_stats, flow_std, merge_flow_stats
 
+from .conftest import assert_same_across_runs_and_threads
+
 pytestmark = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
 
 
@@ -182,15 +184,7 @@ def test_align_deterministic_across_runs_and_thread_counts():
         loss.sum().backward()
         return loss.detach(), a.grad
 
-    first = run()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        single = run()
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, c in zip(first, run(), single):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    assert_same_across_runs_and_threads(run)
 
 
 def test_torch_backend_is_the_reference():

@@ -5,6 +5,8 @@ import torch
 from flowam_fast.ops import backend, reference
 from flowam_fast.ops.linear_max import linear_max
 
+from .conftest import assert_same_across_runs_and_threads
+
 pytestmark = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
 
 SLOPES = (0.0, 0.2, 1.0)
@@ -169,15 +171,7 @@ def test_deterministic_across_runs_and_thread_counts():
         (out * g).sum().backward()
         return [out.detach()] + [t.grad for t in ts]
 
-    first = run()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        single = run()
-    finally:
-        torch.set_num_threads(threads)
-    for a, b, c in zip(first, run(), single):
-        assert torch.equal(a, b) and torch.equal(a, c)
+    assert_same_across_runs_and_threads(run)
 
 
 @pytest.mark.parametrize("bad, err, match", [
