@@ -5,7 +5,6 @@ full-width models at a small batch (B=2, N=512).
     pytest benchmarks/test_bench_am_step.py --benchmark-group-by=param:case
 """
 import pytest
-import torch
 
 from flowam_fast.ops import backend
 
@@ -30,7 +29,7 @@ def test_am_step(benchmark, case, impl):
     arch, objective = case.split()
     problem = _problem(arch)
     step = am.am_step(problem, objective, impl == "fast")
-    # The timed step must compute what the other path computes.
+    # The timed step must compute what the other path computes (float32: near-ties allowed).
     other = am.am_step(problem, objective, impl != "fast")
-    am.check_step(step(), other())
+    am.float32_check({})(step(), other())
     benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)

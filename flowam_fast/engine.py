@@ -134,7 +134,9 @@ class FlowAM:
 
     def _check_flows_match_model(self) -> None:
         with torch.no_grad():
-            probe = torch.zeros(1, 3, max(self.config.continuity_k + 1, 16), device=self.device)
+            # One cloud of the run's size: a DGCNN needs at least k points for its graphs.
+            g = torch.Generator().manual_seed(0)
+            probe = torch.rand(1, 3, self.config.num_points, generator=g).to(self.device) - 0.5
             self.model.eval()
             logits, acts = get_activations(self.model, probe, list(self.config.layers))
         self.flows.check_compatible(self.config.layers, {k: v.shape[1] for k, v in acts.items()})
@@ -208,7 +210,7 @@ class FlowAM:
             return self.flows.num_classes
         with torch.no_grad():
             self.model.eval()
-            return int(self.model(torch.zeros(1, 3, 16, device=self.device)).shape[1])
+            return int(self.model(torch.rand(1, 3, self.config.num_points, device=self.device) - 0.5).shape[1])
 
     def _empty_result(self, num_classes: int) -> Explanations:
         n = self.config.num_points

@@ -135,3 +135,14 @@ def test_ply_and_png(tmp_path, tiny_net, flows):
     np.testing.assert_array_equal(np.stack([v["x"], v["y"], v["z"]], 1), res.points[0])
     res.plot(tmp_path / "sheet.png")
     assert (tmp_path / "sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flowam_runs_a_dgcnn_with_more_neighbours_than_16_points():
+    from flowam_fast.models import DGCNN
+
+    model = DGCNN(3, k=20, emb_dims=32, width=0.25).eval()
+    data = _data(num=6, n=40)
+    flows = compute_flows(model, data, quiet=True)
+    res = FlowAM(model, flows, steps=2, num_points=40, quiet=True).run([0, 1], [0])
+    assert res.points.shape == (2, 40, 3) and np.isfinite(res.points).all()
+    assert len(FlowAM(model, None, method="vanilla", steps=1, num_points=40, quiet=True).run([2], [0])) == 1

@@ -37,7 +37,10 @@ def graph_feature(x: torch.Tensor, k: int) -> torch.Tensor:
     b, c, n = x.shape
     idx = knn_indices(x, k)
     pts = x.transpose(2, 1)
-    nb = torch.gather(pts.unsqueeze(1).expand(b, n, n, c), 2, idx.unsqueeze(-1).expand(b, n, k, c))
+    # Index a flat (B*N, C) view, as the reference does: a gather from an expanded (B, N, N, C)
+    # view would cost B*N^2*C memory in its backward.
+    flat = (idx + torch.arange(b, device=x.device).view(-1, 1, 1) * n).reshape(-1)
+    nb = pts.reshape(b * n, c)[flat].view(b, n, k, c)
     center = pts.unsqueeze(2).expand(b, n, k, c)
     return torch.cat((nb - center, center), dim=3).permute(0, 3, 1, 2).contiguous()
 
