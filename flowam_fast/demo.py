@@ -1,12 +1,16 @@
 """`flowam-fast demo`: the whole pipeline on the embedded procedural shapes, end to end.
 
 DIR/data (procedural dataset, ModelNet40 HDF5 layout) -> DIR/model.pt (demo PointNet) ->
-DIR/flows.h5 -> DIR/flowam.h5 and DIR/vanilla.h5 (every class, 2 seeds) ->
-DIR/explanations.png (FlowAM and plain AM side by side), DIR/metrics.json, DIR/report.md.
+DIR/flows.h5 -> DIR/{flowam,vanilla,regularized,ae-latent}.h5 (every class, 2 seeds; ae-latent
+with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by side) and
+DIR/baselines.png (regularized and AE-latent AM) -> DIR/evaluator.pt and the metrics
+(DIR/metrics.json, bar charts) -> the randomization sanity check of FlowAM and AE-latent AM
+on a few classes (DIR/sanity.json, DIR/sanity.png) -> DIR/report.md.
 Finished stages are reused when the demo is run again (use --fresh to redo them).
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -19,21 +23,34 @@ def add_arguments(p) -> None:
     p.add_argument("--seeds", type=int, default=2, help="seeds per class (default: 2)")
     p.add_argument("--steps", type=int, default=None, help="AM steps (default: the engine's, 600)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
+    p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder training epochs (default: its own)")
+    p.add_argument("--evaluator-epochs", type=int, default=None,
+                   help="evaluator training epochs (default: EVALUATOR_CONFIG's)")
+    p.add_argument("--shapes", default="all",
+                   help='procedural classes to generate, "all" or a comma list of names (default: all 12)')
     p.add_argument("--train-per-class", type=int, default=200)
     p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--sanity-classes", default="cube,cone,torus,chair",
+                   help='classes of the sanity check ("none" skips it; default: cube,cone,torus,chair)')
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")
     p.add_argument("--quiet", action="store_true")
 
 
+METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
+
+
 def run(args) -> int:
+    from .autoencoder import load_or_train_autoencoder
     from .data import ModelNet40, generate_shapes
     from .engine import FlowAM
-    from .explanations import Explanations
+    from .evaluate import load_evaluator, real_data, write_report
+    from .explain import parse_classes
     from .flows import Flows, compute_flows
-    from .metrics import references_by_class
     from .models import load_checkpoint
     from .plots import contact_sheet
-    from .report import markdown_tables, method_metrics, write_json
+    from .report import evaluate_sets, method_table
+    from .sanity import markdown as sanity_markdown
+    from .sanity import run_methods, write_outputs
     from .train import DEMO_CONFIG, train_demo_model
 
     out = Path(args.out)
@@ -43,69 +60,78 @@ def run(args) -> int:
     timings = {}
     t_all = time.perf_counter()
 
+    @contextlib.contextmanager
     def stage(name):
-        timings[name] = time.perf_counter()
         print(f"[demo] {name}", flush=True)
-
-    def done(name):
-        timings[name] = time.perf_counter() - timings[name]
+        t = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - t
 
     data_dir = out / "data"
-    stage("data")
-    if not (data_dir / "shape_names.txt").exists():
-        generate_shapes(data_dir, train_per_class=args.train_per_class, test_per_class=args.test_per_class)
-    done("data")
-
-    stage("train")
-    ckpt = out / "model.pt"
-    if not ckpt.exists():
-        train_demo_model(data_dir, ckpt, epochs=args.epochs, quiet=args.quiet)
-    model = load_checkpoint(ckpt)
-    done("train")
-
+    with stage("data"):
+        if not (data_dir / "shape_names.txt").exists():
+            shapes = {} if args.shapes == "all" else {"classes": [c.strip() for c in args.shapes.split(",") if c.strip()]}
+            generate_shapes(data_dir, train_per_class=args.train_per_class, test_per_class=args.test_per_class,
+                            **shapes)
+    with stage("train"):
+        ckpt = out / "model.pt"
+        if not ckpt.exists():
+            train_demo_model(data_dir, ckpt, epochs=args.epochs, quiet=args.quiet)
+        model = load_checkpoint(ckpt)
     num_points = DEMO_CONFIG["num_points"]
     train_set = ModelNet40(data_dir, "train", num_points=num_points)
-    test_set = ModelNet40(data_dir, "test", num_points=num_points)
-
-    stage("flows")
-    flows_path = out / "flows.h5"
-    if flows_path.exists():
-        flows = Flows.load(flows_path)
-    else:
-        flows = compute_flows(model, train_set, quiet=args.quiet)
-        flows.save(flows_path)
-    done("flows")
+    with stage("flows"):
+        flows_path = out / "flows.h5"
+        if flows_path.exists():
+            flows = Flows.load(flows_path)
+        else:
+            flows = compute_flows(model, train_set, quiet=args.quiet)
+            flows.save(flows_path)
+    with stage("autoencoder"):
+        ae = load_or_train_autoencoder(data_dir, None, cache_dir=out, num_points=num_points,
+                                       epochs=args.ae_epochs, quiet=args.quiet)
 
     classes = list(range(flows.num_classes))
     seeds = list(range(args.seeds))
+    am = {} if args.steps is None else {"steps": args.steps}
     results = {}
-    for method in ("flowam", "vanilla"):
-        stage(method)
-        kw = {} if args.steps is None else {"steps": args.steps}
-        engine = FlowAM(model, flows, method=method, num_points=num_points, quiet=args.quiet, **kw)
-        results[method] = engine.run(classes, seeds, store=out / f"{method}.h5")
-        done(method)
+    for method in METHODS:
+        with stage(method):
+            engine = FlowAM(model, flows, method=method, num_points=num_points, quiet=args.quiet,
+                            autoencoder=ae if method == "ae-latent" else None, **am)
+            results[method] = engine.run(classes, seeds, store=out / f"{method}.h5")
 
-    stage("report")
-    contact_sheet([results["flowam"], results["vanilla"]], out / "explanations.png",
-                  labels=["FlowAM", "plain AM"])
-    refs = references_by_class(test_set.points, test_set.labels, num_refs=20)
-    metrics = [method_metrics(results[m], refs) for m in ("flowam", "vanilla")]
-    ratio = metrics[0]["chamfer"] / metrics[1]["chamfer"]
-    done("report")
+    with stage("sheets"):
+        contact_sheet([results["flowam"], results["vanilla"]], out / "explanations.png", labels=["FlowAM", "plain AM"])
+        contact_sheet([results["regularized"], results["ae-latent"]], out / "baselines.png",
+                      labels=["regularized AM", "AE-latent AM"])
+    with stage("evaluator"):
+        evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=args.evaluator_epochs, quiet=args.quiet)
+    sanity = []
+    if args.sanity_classes.strip() != "none":
+        with stage("sanity"):
+            sanity_classes = parse_classes(args.sanity_classes, flows.class_names, flows.num_classes)
+            sanity = run_methods(model, ["flowam", "ae-latent"], sanity_classes, seeds, evaluator, flows, train_set,
+                                 autoencoder=ae, quiet=args.quiet, num_points=num_points, **am)
+            write_outputs(sanity, out)
+    with stage("metrics"):
+        real = real_data(data_dir, num_points, evaluator)
+        metrics = evaluate_sets([results[m] for m in METHODS], real)
     timings["total"] = time.perf_counter() - t_all
-    summary = {"methods": metrics, "chamfer_ratio_flowam_vs_vanilla": ratio,
-               "timings_s": {k: round(v, 1) for k, v in timings.items()},
-               "torch_threads": torch.get_num_threads()}
-    write_json(summary, out / "metrics.json")
-    text = ["# flowam-fast demo report", "",
-            f"Procedural shapes, {flows.num_classes} classes x {len(seeds)} seeds, {num_points} points.",
-            f"Chamfer distance to {refs[0].shape[0]} real test samples of the target class (squared distances, "
-            "mean in both directions).", "", markdown_tables(metrics), "",
-            f"FlowAM / plain AM Chamfer ratio: {ratio:.2f}", "",
-            "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
-            "![explanations](explanations.png)", ""]
-    (out / "report.md").write_text("\n".join(text))
-    print("\n".join(text[4:6]))
+    ratio = metrics[0]["chamfer"] / metrics[1]["chamfer"]
+    preamble = "\n".join([
+        f"Procedural shapes, {flows.num_classes} classes x {len(seeds)} seeds, {num_points} points; "
+        f"FlowAM / plain AM Chamfer ratio: **{ratio:.2f}**.", "",
+        "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
+        "![explanations](explanations.png)", "", "![baselines](baselines.png)"])
+    appendix = ("## Randomization sanity check\n\n" + sanity_markdown(sanity) + "\n\n![sanity](sanity.png)") if sanity else ""
+    write_report(metrics, real, out, title="flowam-fast demo report", preamble=preamble,
+                 appendix=appendix, extra_json={"chamfer_ratio_flowam_vs_vanilla": ratio, "sanity": sanity,
+                                                "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                                                "torch_threads": torch.get_num_threads()})
+    print(method_table(metrics))
+    print(f"FlowAM / plain AM Chamfer ratio: {ratio:.2f}")
+    if sanity:
+        print(sanity_markdown(sanity).split("\n\n")[0])
     print(f"[demo] done in {timings['total']:.0f} s; see {out / 'report.md'}")
     return 0

@@ -6,6 +6,11 @@ Per job j with target class c and points x (N,3):
 and after each Adam step x <- clamp(x, lo, hi). Adam is elementwise and the model is frozen
 in eval mode, so each job's trajectory does not depend on which batch it ran in; the loss is
 summed (not averaged) over jobs so that Adam's epsilon sees the same gradient scale too.
+
+method="ae-latent" is the generative baseline: Adam runs on an autoencoder's latent code z
+(initialized from the training codes' per-dimension Gaussian, seeded by (class, seed),
+projected into the training codes' per-dimension range after each step) and the classifier
+sees x = decode(z); the objective is the target logit alone, as in generative-model AM.
 """
 from __future__ import annotations
 
@@ -23,12 +28,14 @@ from .explanations import Explanations
 from .flows import Flows, describe_model
 from .models.activations import default_layers, get_activations
 
-METHODS = ("flowam", "vanilla", "regularized")
+METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
 # method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
+# For ae-latent the clamp is to the autoencoder's latent range, not the data bounds.
 _PRESETS = {
     "flowam": (100.0, 1.0, True),
     "regularized": (0.0, 1.0, True),
     "vanilla": (0.0, 0.0, False),
+    "ae-latent": (0.0, 0.0, True),
 }
 #: Added to squared neighbour distances inside the continuity log (DESIGN.md).
 CONT_EPS = 1e-7
@@ -47,6 +54,7 @@ class AMConfig:
     init_scale: float = 0.5
     clamp: bool = True
     layers: tuple = ()
+    autoencoder: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -76,6 +84,52 @@ def continuity_loss(x: torch.Tensor, k: int, d2_target: float, backend: str = "a
     return torch.log((d2[..., 1:] + CONT_EPS) / d2_target).abs().mean(dim=(1, 2))
 
 
+def initial_codes(cls: int, seed: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A latent code drawn from N(mean, std^2) per dimension by the job's own generator."""
+    g = torch.Generator().manual_seed(job_seed(cls, seed))
+    return mean.cpu() + std.cpu() * torch.randn(mean.shape, generator=g, dtype=mean.dtype)
+
+
+class PointSpace:
+    """Adam runs on the points themselves; the projection is the data-bounds clamp."""
+
+    def __init__(self, cfg, lo=None, hi=None):
+        self.cfg, self.lo, self.hi = cfg, lo, hi
+
+    def init(self, jobs):
+        cfg = self.cfg
+        return torch.stack([initial_points(c, s, cfg.num_points, cfg.init, cfg.init_scale) for c, s in jobs])
+
+    def points(self, p):
+        return p
+
+    def project(self, p):
+        if self.lo is not None:
+            p.clamp_(self.lo, self.hi)
+
+
+class LatentSpace:
+    """Adam runs on autoencoder codes z; the classifier sees decode(z) (method "ae-latent")."""
+
+    def __init__(self, autoencoder, clamp: bool):
+        self.ae = autoencoder
+        self.clamp = clamp
+
+    def init(self, jobs):
+        return torch.stack([initial_codes(c, s, self.ae.latent_mean, self.ae.latent_std) for c, s in jobs])
+
+    def points(self, z):
+        return self.ae.decode(z)
+
+    def project(self, z):
+        if self.clamp:
+            z.clamp_(self.ae.latent_lo, self.ae.latent_hi)
+
+
+def describe_autoencoder(ae) -> str:
+    return json.dumps({"class": type(ae).__name__, **dict(getattr(ae, "config", {}))}, sort_keys=True)
+
+
 @contextlib.contextmanager
 def frozen(model):
     """Eval mode and no parameter gradients while optimizing inputs; restored afterwards."""
@@ -98,27 +152,33 @@ class FlowAM:
     model: any nn.Module taking (B,3,N) and returning logits (B,K); the built-in PointNet and
     DGCNN run on the fused fast paths in eval mode. flows: a `Flows` for this model (needed
     for method="flowam", and for the bounds and continuity target of "regularized").
-    method: "flowam" | "vanilla" (logit only, no clamp) | "regularized" (continuity + bounds).
+    method: "flowam" | "vanilla" (logit only, no clamp) | "regularized" (continuity + bounds)
+    | "ae-latent" (logit only, optimized in `autoencoder`'s latent space; see the module docstring).
     flow_weight / continuity_weight / clamp: None takes the method's preset.
     """
 
     def __init__(self, model, flows: Flows | None = None, method: str = "flowam", steps: int = 600,
                  lr: float = 0.01, flow_weight: float | None = None, continuity_weight: float | None = None,
                  continuity_k: int = 3, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
-                 clamp: bool | None = None, layers=None, device=None, backend: str = "auto", quiet: bool = False):
+                 clamp: bool | None = None, layers=None, autoencoder=None, device=None, backend: str = "auto",
+                 quiet: bool = False):
         if method not in _PRESETS:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if (method == "ae-latent") != (autoencoder is not None):
+            raise ValueError("method 'ae-latent' needs autoencoder= (see flowam_fast.autoencoder), and only it "
+                             f"takes one (method {method!r})")
         fw, cw, cl = _PRESETS[method]
         fw = fw if flow_weight is None else float(flow_weight)
         cw = cw if continuity_weight is None else float(continuity_weight)
         cl = cl if clamp is None else bool(clamp)
         if steps < 0 or lr <= 0 or num_points < continuity_k + 1:
             raise ValueError("need steps >= 0, lr > 0 and num_points > continuity_k")
-        if (fw > 0 or cw > 0 or cl) and flows is None:
+        if (fw > 0 or cw > 0 or (cl and autoencoder is None)) and flows is None:
             raise ValueError(f"method {method!r} needs flows (bounds, continuity target"
                              f"{', activation flows' if fw > 0 else ''}); compute them with compute_flows")
         self.model = model
         self.flows = flows
+        self.autoencoder = autoencoder
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.backend = backend
         self.quiet = quiet
@@ -127,7 +187,11 @@ class FlowAM:
             layers = tuple(default_layers(model))
         self.config = AMConfig(method=method, steps=int(steps), lr=float(lr), flow_weight=fw, continuity_weight=cw,
                                continuity_k=int(continuity_k), num_points=int(num_points), init=init,
-                               init_scale=float(init_scale), clamp=cl, layers=layers if fw > 0 else ())
+                               init_scale=float(init_scale), clamp=cl, layers=layers if fw > 0 else (),
+                               autoencoder=describe_autoencoder(autoencoder) if autoencoder is not None else "")
+        if autoencoder is not None and int(autoencoder.config["num_points"]) != self.config.num_points:
+            raise ValueError(f"the autoencoder decodes {autoencoder.config['num_points']} points but num_points is "
+                             f"{self.config.num_points}")
         initial_points(0, 0, 1, init)  # reject an unknown init now, not mid-sweep
         if fw > 0:
             self._check_flows_match_model()
@@ -221,20 +285,29 @@ class FlowAM:
                             class_names=list(self.flows.class_names) if self.flows is not None else [])
 
     def _optimize(self, jobs, bar) -> Explanations:
-        with frozen(self.model):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(frozen(self.model))
+            if self.autoencoder is not None:
+                stack.enter_context(frozen(self.autoencoder))
             return self._optimize_frozen(jobs, bar)
+
+    def _space(self):
+        cfg = self.config
+        if self.autoencoder is not None:
+            return LatentSpace(self.autoencoder, cfg.clamp)
+        if cfg.clamp:
+            return PointSpace(cfg, self.flows.lo.to(self.device), self.flows.hi.to(self.device))
+        return PointSpace(cfg)
 
     def _optimize_frozen(self, jobs, bar) -> Explanations:
         cfg = self.config
+        space = self._space()
         cls = torch.tensor([c for c, _ in jobs], dtype=torch.int64, device=self.device)
-        x0 = torch.stack([initial_points(c, s, cfg.num_points, cfg.init, cfg.init_scale) for c, s in jobs])
-        x = x0.to(self.device).requires_grad_(True)
-        opt = torch.optim.Adam([x], lr=cfg.lr)
-        lo = hi = None
-        if cfg.clamp:
-            lo, hi = self.flows.lo.to(self.device), self.flows.hi.to(self.device)
-            with torch.no_grad():
-                x.clamp_(lo, hi)
+        p = space.init(jobs).to(self.device).requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=cfg.lr)
+        with torch.no_grad():
+            space.project(p)
+            x = space.points(p)
         best_x = x.detach().clone()
         best_logit = torch.full((len(jobs),), -math.inf, device=self.device)
         best_logits = None
@@ -242,6 +315,7 @@ class FlowAM:
         for step in range(cfg.steps + 1):
             last = step == cfg.steps
             with torch.set_grad_enabled(not last):
+                x = space.points(p)
                 total, logits, _ = self.objective(x, cls)
             with torch.no_grad():
                 target = logits.gather(1, cls[:, None]).squeeze(1)
@@ -260,9 +334,8 @@ class FlowAM:
             opt.zero_grad(set_to_none=True)
             total.sum().backward()
             opt.step()
-            if cfg.clamp:
-                with torch.no_grad():
-                    x.clamp_(lo, hi)
+            with torch.no_grad():
+                space.project(p)
             if not self.quiet:
                 prob = torch.softmax(logits.detach(), 1).gather(1, cls[:, None]).mean()
                 bar.set_postfix(p_target=f"{float(prob):.3f}", success=f"{float(found.float().mean()):.2f}",

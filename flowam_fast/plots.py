@@ -70,3 +70,34 @@ def bar_chart(values: dict, path, title: str, ylabel: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def sanity_curves(results: list, path) -> None:
+    """The randomization sanity check: similarity to the trained model's explanations per stage
+    (Chamfer, lower = more different is up; Spearman), one line per method for the cascading
+    variant, crosses for the independent one, dashed lines at each method's threshold."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for i, r in enumerate(results):
+        color = f"C{i}"
+        for ax, key, thr_key in ((axes[0], "chamfer_mean", "chamfer"), (axes[1], "spearman_mean", "spearman")):
+            base = 0.0 if key == "chamfer_mean" else 1.0  # the trained model against itself
+            for variant, style in (("cascading", dict(marker="o", ls="-")), ("independent", dict(marker="x", ls=""))):
+                st = [s for s in r["stages"] if s["variant"] == variant]
+                if not st:
+                    continue
+                xs = np.arange(len(st) + 1) if variant == "cascading" else np.arange(1, len(st) + 1)
+                ys = ([base] if variant == "cascading" else []) + [s[key] for s in st]
+                ax.plot(xs, ys, color=color, label=f"{r['method']} {variant}", **style)
+            ax.axhline(r["threshold"][thr_key], color=color, ls="--", lw=0.8)
+    names = ["trained"] + [s["stage"] for s in results[0]["stages"] if s["variant"] == "cascading"] if results else []
+    for ax, title in ((axes[0], "Chamfer to the trained model's explanation"),
+                      (axes[1], "Spearman of evaluator features")):
+        ax.set_xticks(np.arange(len(names)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("randomized down to (cascading) / only (independent)", fontsize=7)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Model-parameter randomization; dashed: seed-to-seed threshold", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -146,3 +146,57 @@ def test_flowam_runs_a_dgcnn_with_more_neighbours_than_16_points():
     res = FlowAM(model, flows, steps=2, num_points=40, quiet=True).run([0, 1], [0])
     assert res.points.shape == (2, 40, 3) and np.isfinite(res.points).all()
     assert len(FlowAM(model, None, method="vanilla", steps=1, num_points=40, quiet=True).run([2], [0])) == 1
+
+
+def _tiny_ae(num_points=48, seed=0):
+    from flowam_fast.autoencoder import PointAutoencoder, encode_all
+
+    torch.manual_seed(seed)
+    ae = PointAutoencoder(num_points=num_points, latent_dim=8, width=0.25).eval()
+    ae.set_latent_stats(encode_all(ae, _data(num=24, n=64).points))
+    return ae
+
+
+def test_ae_latent_optimizes_the_code_and_stores_decoded_points(tiny_net, flows):
+    ae = _tiny_ae()
+    eng = _engine(tiny_net, flows, method="ae-latent", autoencoder=ae, steps=20)
+    assert eng.config.flow_weight == 0 and eng.config.continuity_weight == 0 and '"PointAutoencoder"' in eng.config.autoencoder
+    res = eng.run([0, 1, 2], [0, 1])
+    # Every stored explanation is the decoding of some code inside the latent box, and its
+    # stored logits are the classifier's on those points.
+    with torch.no_grad():
+        logits = tiny_net(torch.from_numpy(res.points).transpose(1, 2))
+    np.testing.assert_allclose(res.logits, logits.numpy(), rtol=1e-4, atol=1e-4)
+    assert res.points.shape == (6, 48, 3)
+    # The target logit went up from the initial code's.
+    from flowam_fast.engine import initial_codes
+
+    z0 = torch.stack([initial_codes(c, s, ae.latent_mean, ae.latent_std).clamp(ae.latent_lo, ae.latent_hi)
+                      for c, s in zip(res.classes.tolist(), res.seeds.tolist())])
+    with torch.no_grad():
+        l0 = tiny_net(ae.decode(z0).transpose(1, 2)).gather(1, torch.from_numpy(res.classes)[:, None])
+    assert (torch.from_numpy(res.logits).gather(1, torch.from_numpy(res.classes)[:, None]) >= l0 - 1e-6).all()
+    assert (torch.from_numpy(res.logits).gather(1, torch.from_numpy(res.classes)[:, None]) > l0 + 1e-4).any()
+
+
+def test_ae_latent_batch_invariance_and_determinism(tiny_net, flows):
+    ae = _tiny_ae()
+    eng = _engine(tiny_net, flows, method="ae-latent", autoencoder=ae)
+    together = eng.run([0, 1, 2], [0, 1]).sorted()
+    alone = Explanations.concat([eng.run([c], [s]) for c in [0, 1, 2] for s in [0, 1]]).sorted()
+    np.testing.assert_allclose(alone.points, together.points, rtol=0, atol=1e-5)
+    again = _engine(tiny_net, flows, method="ae-latent", autoencoder=_tiny_ae()).run([0, 1, 2], [0, 1]).sorted()
+    assert np.array_equal(again.points, together.points)
+
+
+def test_ae_latent_argument_errors(tiny_net, flows):
+    ae = _tiny_ae()
+    with pytest.raises(ValueError, match="needs autoencoder"):
+        _engine(tiny_net, flows, method="ae-latent")
+    with pytest.raises(ValueError, match="only it"):
+        _engine(tiny_net, flows, method="flowam", autoencoder=ae)
+    with pytest.raises(ValueError, match="decodes 48 points"):
+        _engine(tiny_net, flows, method="ae-latent", autoencoder=ae, num_points=64)
+    # No flows needed: the code is bounded by the autoencoder's latent range.
+    assert len(FlowAM(tiny_net, None, method="ae-latent", autoencoder=ae, steps=2, num_points=48, quiet=True)
+               .run([1], [0])) == 1

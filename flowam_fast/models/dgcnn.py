@@ -93,6 +93,13 @@ class DGCNN(nn.Module):
     def num_classes(self) -> int:
         return self.linear3.out_features
 
+    def randomization_groups(self) -> list:
+        """Parameter blocks from the output down, for the cascading randomization sanity check:
+        [(name, [module names])], each a layer with its BatchNorm."""
+        return [("linear3", ["linear3"]), ("linear2", ["linear2", "bn7"]), ("linear1", ["linear1", "bn6"]),
+                ("conv5", ["conv5"]), ("conv4", ["conv4"]), ("conv3", ["conv3"]), ("conv2", ["conv2"]),
+                ("conv1", ["conv1"])]
+
     def edge_blocks(self):
         return ((self.conv1, self.edge1), (self.conv2, self.edge2), (self.conv3, self.edge3), (self.conv4, self.edge4))
 

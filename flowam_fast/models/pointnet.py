@@ -146,6 +146,15 @@ class PointNet(nn.Module):
     def num_classes(self) -> int:
         return self.fc3.out_features
 
+    def randomization_groups(self) -> list:
+        """Parameter blocks from the output down, for the cascading randomization sanity check:
+        [(name, [module names])], each a layer with its BatchNorm (or a whole T-Net)."""
+        groups = [("fc3", ["fc3"]), ("fc2", ["fc2", "bn2"]), ("fc1", ["fc1", "bn1"]),
+                  ("conv3", ["feat.conv3", "feat.bn3"]), ("conv2", ["feat.conv2", "feat.bn2"])]
+        if self.feature_transform:
+            groups.append(("feature T-Net", ["feat.fstn"]))
+        return groups + [("conv1", ["feat.conv1", "feat.bn1"]), ("input T-Net", ["feat.stn"])]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fast.use_fast_path(self):
             return fast.pointnet_forward(self, x)
