@@ -30,3 +30,17 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def cached_file(path, cache_dir, name: str, make, what: str) -> Path:
+    """`path` if given; else cache_dir/name, first made by make(target) if it is missing (a
+    trained helper model kept for the next run)."""
+    if path is not None:
+        return Path(path)
+    if cache_dir is None:
+        raise ValueError(f"no {what} given and nowhere to keep a trained one")
+    target = Path(cache_dir) / name
+    if not target.exists():
+        print(f"training the {what} (kept as {target})", flush=True)
+        make(target)
+    return target

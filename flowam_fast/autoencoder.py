@@ -224,19 +224,15 @@ def load_or_train_autoencoder(data_dir, path=None, cache_dir=None, num_points: i
                               quiet: bool = False):
     """The autoencoder of the ae-latent baseline: from `path`, else cache_dir/autoencoder.pt,
     trained there first (defaults, on data_dir's training split) if it is missing."""
-    from pathlib import Path
-
+    from .atomic import cached_file
     from .data import ModelNet40
 
-    if path is None:
-        if cache_dir is None:
-            raise ValueError("no autoencoder given and nowhere to keep a trained one")
-        path = Path(cache_dir) / "autoencoder.pt"
-        if not path.exists():
-            print(f"training the autoencoder on {data_dir} (kept as {path})", flush=True)
-            model = train_autoencoder(ModelNet40(data_dir, "train", num_points=num_points),
-                                      epochs=epochs or DEFAULT_EPOCHS, quiet=quiet)
-            save_autoencoder(model, path, train_seconds=model.train_history["seconds"])
+    def make(target):
+        model = train_autoencoder(ModelNet40(data_dir, "train", num_points=num_points),
+                                  epochs=epochs or DEFAULT_EPOCHS, quiet=quiet)
+        save_autoencoder(model, target, train_seconds=model.train_history["seconds"])
+
+    path = cached_file(path, cache_dir, "autoencoder.pt", make, f"autoencoder on {data_dir}")
     model = load_autoencoder(path)
     if model.num_points != num_points:
         raise ValueError(f"{path} decodes {model.num_points} points but {num_points} are needed")

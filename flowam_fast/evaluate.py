@@ -14,16 +14,12 @@ from pathlib import Path
 
 def load_evaluator(data_dir, path=None, cache_dir=None, epochs: int | None = None, quiet: bool = False):
     """The evaluator PointNet: from `path`, else cache_dir/evaluator.pt, trained there first if missing."""
+    from .atomic import cached_file
     from .models import load_checkpoint
     from .train import train_evaluator
 
-    if path is None:
-        if cache_dir is None:
-            raise ValueError("no evaluator checkpoint given and nowhere to keep a trained one")
-        path = Path(cache_dir) / "evaluator.pt"
-        if not path.exists():
-            print(f"training the evaluator PointNet on {data_dir} (kept as {path})", flush=True)
-            train_evaluator(data_dir, path, epochs=epochs, quiet=quiet)
+    path = cached_file(path, cache_dir, "evaluator.pt", lambda t: train_evaluator(data_dir, t, epochs=epochs, quiet=quiet),
+                       f"evaluator PointNet on {data_dir}")
     model = load_checkpoint(path)
     if not (hasattr(model, "fc1") and hasattr(model, "fc3")):
         raise ValueError(f"{path}: the evaluator must be a PointNet (its fc1/fc3 inputs are the FID features)")
