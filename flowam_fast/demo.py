@@ -47,10 +47,11 @@ def run(args) -> int:
     from .explain import parse_classes
     from .flows import Flows, compute_flows
     from .models import load_checkpoint
-    from .plots import contact_sheet
+    from .plots import class_examples, contact_sheet
     from .report import evaluate_sets, method_table
     from .sanity import markdown as sanity_markdown
-    from .sanity import run_methods, write_outputs
+    from .metrics import references_by_class
+    from .sanity import REALISM_REFS, run_methods, write_outputs
     from .train import DEMO_CONFIG, train_demo_model
 
     out = Path(args.out)
@@ -101,18 +102,22 @@ def run(args) -> int:
                             autoencoder=ae if method == "ae-latent" else None, **am)
             results[method] = engine.run(classes, seeds, store=out / f"{method}.h5")
 
+    test_set = ModelNet40(data_dir, "test", num_points=num_points)
     with stage("sheets"):
-        contact_sheet([results["flowam"], results["vanilla"]], out / "explanations.png", labels=["FlowAM", "plain AM"])
+        real = class_examples(test_set.points, test_set.labels)
+        contact_sheet([results["flowam"], results["vanilla"]], out / "explanations.png", labels=["FlowAM", "plain AM"],
+                      references=real)
         contact_sheet([results["regularized"], results["ae-latent"]], out / "baselines.png",
-                      labels=["regularized AM", "AE-latent AM"])
+                      labels=["regularized AM", "AE-latent AM"], references=real)
     with stage("evaluator"):
         evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=args.evaluator_epochs, quiet=args.quiet)
     sanity = []
     if args.sanity_classes.strip() != "none":
         with stage("sanity"):
             sanity_classes = parse_classes(args.sanity_classes, flows.class_names, flows.num_classes)
+            refs = references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS)
             sanity = run_methods(model, ["flowam", "ae-latent"], sanity_classes, seeds, evaluator, flows, train_set,
-                                 autoencoder=ae, quiet=args.quiet, num_points=num_points, **am)
+                                 autoencoder=ae, references=refs, quiet=args.quiet, num_points=num_points, **am)
             write_outputs(sanity, out)
     with stage("metrics"):
         real = real_data(data_dir, num_points, evaluator)

@@ -94,6 +94,19 @@ def chamfer_to_class(points, classes, refs: dict, chunk: int = 256, backend: str
     return out
 
 
+
+def nearest_class(points, refs: dict, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Per job: the real class whose samples are closest (mean Chamfer over its refs) and that
+    distance, over every class in refs. Class-agnostic realism: a cloud can look real without
+    looking like the class it was made for. Returns (distance (J,), class (J,))."""
+    points = np.asarray(points)
+    if not refs:
+        raise ValueError("nearest_class needs references of at least one class")
+    names = sorted(refs)
+    d = np.stack([chamfer_to_class(points, np.full(len(points), c), refs, backend=backend) for c in names], 1)
+    best = d.argmin(1)
+    return d[np.arange(len(points)), best], np.asarray(names)[best]
+
 # --------------------------------------------------------------------------------------------
 # Features of an evaluator network
 

@@ -135,6 +135,16 @@ def test_ply_and_png(tmp_path, tiny_net, flows):
     np.testing.assert_array_equal(np.stack([v["x"], v["y"], v["z"]], 1), res.points[0])
     res.plot(tmp_path / "sheet.png")
     assert (tmp_path / "sheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A sheet with a real-sample column: the first cloud of each class, one column more.
+    from matplotlib.image import imread
+
+    from flowam_fast.plots import class_examples, contact_sheet
+
+    data = _data(num=6, n=16)
+    real = class_examples(data.points, data.labels)
+    assert sorted(real) == [0, 1, 2] and np.array_equal(real[1], data.points[np.nonzero(data.labels == 1)[0][0]])
+    contact_sheet([res], tmp_path / "with_real.png", references=real)
+    assert imread(tmp_path / "with_real.png").shape[1] > imread(tmp_path / "sheet.png").shape[1]
 
 
 def test_flowam_runs_a_dgcnn_with_more_neighbours_than_16_points():

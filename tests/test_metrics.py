@@ -46,6 +46,23 @@ def test_chamfer_to_class_is_mean_over_class_refs():
         assert got[j] == pytest.approx(want, rel=1e-5)
 
 
+
+def test_nearest_class_is_the_argmin_over_classes():
+    rng = np.random.default_rng(5)
+    # Three classes at well separated places: a cloud near class k's samples has nearest class k.
+    centers = np.array([[0, 0, 0], [4, 0, 0], [0, 4, 0]], np.float32)
+    labels = np.repeat(np.arange(3), 3)
+    real = (rng.normal(size=(9, 12, 3)) * 0.1).astype(np.float32) + centers[labels][:, None]
+    refs = metrics.references_by_class(real, labels, num_refs=3)
+    which = np.array([2, 0, 1, 1])
+    pts = (rng.normal(size=(4, 10, 3)) * 0.1).astype(np.float32) + centers[which][:, None]
+    dist, cls = metrics.nearest_class(pts, refs)
+    np.testing.assert_array_equal(cls, which)
+    full = np.stack([metrics.chamfer_to_class(pts, np.full(4, c), refs) for c in range(3)], 1)
+    np.testing.assert_allclose(dist, full.min(1))
+    with pytest.raises(ValueError, match="at least one class"):
+        metrics.nearest_class(pts, {})
+
 # ---------------------------------------------------------------------------- Fréchet distance
 
 SHRINKAGES = [None, 0.0, 0.3, "ledoit-wolf"]

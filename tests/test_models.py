@@ -72,6 +72,14 @@ def test_taps_give_per_point_activations():
     p = PointNet(5, width=0.5).eval()
     _, acts = get_activations(p, torch.randn(2, 3, 40), ["feat.act1", "feat.act2", "feat.act3"])
     assert [tuple(a.shape) for a in acts.values()] == [(2, 32, 40), (2, 64, 40), (2, 512, 40)]
+    # The taps sit before the ReLUs (no dead channels to align): the encoder's first tap is
+    # bn1(conv1(.)) of the T-Net-transformed points, negative values included.
+    with torch.no_grad(), plain_path(p):
+        x = torch.randn(2, 3, 40)
+        _, acts = get_activations(p, x, ["feat.act1"])
+        want = p.feat.bn1(p.feat.conv1(torch.bmm(x.transpose(1, 2), p.feat.stn(x)).transpose(1, 2)))
+    torch.testing.assert_close(acts["feat.act1"], want)
+    assert bool((want < 0).any())
     d = DGCNN(5, k=6, emb_dims=96, width=0.5).eval()
     _, acts = get_activations(d, torch.randn(2, 3, 40), d.flow_layers)
     assert [tuple(a.shape) for a in acts.values()] == [(2, 32, 40), (2, 32, 40), (2, 64, 40), (2, 128, 40), (2, 96, 40)]
@@ -102,7 +110,7 @@ def _fast_vs_plain(model, x, layers=None):
     assert cos >= 0.999, float(cos)
 
 
-@pytest.mark.parametrize("layers", [None, PointNet.flow_layers, ("feat.act1", "feat.act2", "feat.act3")])
+@pytest.mark.parametrize("layers", [None, PointNet.flow_layers, ("feat.act3",)])
 def test_pointnet_fast_path_equals_plain_path(layers):
     _fast_vs_plain(randomize(PointNet(6, width=0.5)), torch.randn(3, 3, 128), layers)
 

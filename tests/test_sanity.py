@@ -168,3 +168,20 @@ def test_outputs(setup, tmp_path):
     assert (tmp_path / "sanity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = markdown(res)
     assert "| flowam |" in md and "| vanilla |" in md and md.count("\n| cascading | ") == 2 * len(res[0]["stages"])
+
+
+def test_realism_columns_are_nearest_real_class_per_stage(setup):
+    model, data, _, _ = setup
+    refs = metrics.references_by_class(data.points, data.labels, num_refs=2)
+    check = _check(setup, variants=("cascading",), references=refs)
+    res = check.run([0, 1], [0, 1])
+    base = check.explain(model, [0, 1], [0, 1]).sorted()
+    dist, cls = metrics.nearest_class(base.points, refs)
+    assert res["trained"]["nearest_real"] == pytest.approx(dist.mean(), rel=1e-6)
+    assert res["trained"]["nearest_is_target"] == pytest.approx((cls == base.classes).mean())
+    for s in res["stages"]:
+        assert s["nearest_real"] > 0.0 and 0.0 <= s["nearest_is_target"] <= 1.0
+    # Without references the columns are left out, in the result and in the table.
+    plain = _check(setup, variants=("cascading",)).run([0, 1], [0, 1])
+    assert "nearest_real" not in plain["trained"] and "nearest_real" not in plain["stages"][0]
+    assert "nearest real" in markdown([res]) and "nearest real" not in markdown([plain])

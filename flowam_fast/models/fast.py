@@ -97,12 +97,12 @@ def pointnet_forward(model, x):
     p = x.transpose(1, 2)
     trans = _stn(feat.stn, p)
     p = torch.bmm(p, trans)
-    h = _tap(feat.act1, _dense(p, *fold_bn(feat.conv1, feat.bn1), 0.0))
+    h = F.relu(_tap(feat.act1, _dense(p, *fold_bn(feat.conv1, feat.bn1), None)))
     trans_feat = None
     if feat.feature_transform:
         trans_feat = _stn(feat.fstn, h)
         h = torch.bmm(h, trans_feat)
-    h = _tap(feat.act2, _dense(h, *fold_bn(feat.conv2, feat.bn2), 0.0))
+    h = F.relu(_tap(feat.act2, _dense(h, *fold_bn(feat.conv2, feat.bn2), None)))
     g = _max_block(h, feat.conv3, feat.bn3, None, tap=feat.act3)
     model.last_trans_feat = trans_feat
     g = F.relu(model.bn1(model.fc1(g)))

@@ -5,9 +5,10 @@ So a checkpoint trained with that code loads here as it is (see
 
 - `forward` returns logits (B, num_classes), not (log_softmax, trans, trans_feat); the last
   feature-transform matrix is kept on ``model.last_trans_feat`` for the regularizer.
-- Activation taps (``nn.Identity``) at the per-point layers FlowAM aligns: ``feat.act1``
-  (relu(bn1(conv1)), before the feature transform), ``feat.act2`` (relu(bn2(conv2))) and
-  ``feat.act3`` (bn3(conv3), the pre-pool features), all (B, C, N).
+- Activation taps (``nn.Identity``) at the per-point layers FlowAM aligns, the outputs of
+  conv1..conv3 after their BatchNorm and before any ReLU: ``feat.act1`` (bn1(conv1), before
+  the feature transform), ``feat.act2`` (bn2(conv2)) and ``feat.act3`` (bn3(conv3), the
+  pre-pool features), all (B, C, N).
 - ``width`` scales every hidden width (64, 128, 1024, 512, 256) for small CPU models;
   width=1 gives exactly the reference shapes.
 
@@ -102,12 +103,12 @@ class PointNetfeat(nn.Module):
         """(B, 3, N) -> (global feature (B, C), input transform, feature transform or None)."""
         trans = self.stn(x)
         x = _transform(x, trans)
-        x = self.act1(F.relu(self.bn1(self.conv1(x))))
+        x = F.relu(self.act1(self.bn1(self.conv1(x))))
         trans_feat = None
         if self.feature_transform:
             trans_feat = self.fstn(x)
             x = _transform(x, trans_feat)
-        x = self.act2(F.relu(self.bn2(self.conv2(x))))
+        x = F.relu(self.act2(self.bn2(self.conv2(x))))
         return conv_bn_max(x, self.conv3, self.bn3, relu=False, tap=self.act3), trans, trans_feat
 
 
@@ -115,11 +116,11 @@ class PointNet(nn.Module):
     """PointNet classifier; (B, 3, N) -> logits (B, num_classes). See the module docstring."""
 
     arch = "pointnet"
-    #: The per-point layers FlowAM aligns by default: the pre-pool features. The taps
-    #: feat.act1 and feat.act2 (post-ReLU) can be named too, but their dead channels have
-    #: sigma ~ 0, so s = sigma + 1e-3 makes any activation there dominate the objective; on the
-    #: demo model aligning all three blocked 3 of 12 classes (83% success vs 96%, see README).
-    flow_layers = ("feat.act3",)
+    #: The per-point layers FlowAM aligns by default: conv1..conv3 (DESIGN.md). The taps sit
+    #: before the ReLUs: after a ReLU a dead channel has sigma ~ 0, and s = sigma + 1e-3 then
+    #: lets any activation there dominate the objective (on the demo model, post-ReLU taps kept
+    #: 3 of 12 classes from ever becoming the argmax; see README, "Aligned layers").
+    flow_layers = ("feat.act1", "feat.act2", "feat.act3")
 
     def __init__(self, num_classes: int = 40, feature_transform: bool = True, width: float = 1.0):
         super().__init__()
