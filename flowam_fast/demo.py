@@ -32,6 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--sanity-classes", default="cube,cone,torus,chair",
                    help='classes of the sanity check ("none" skips it; default: cube,cone,torus,chair)')
+    p.add_argument("--sanity-seeds", type=int, default=3,
+                   help="seeds per class in the sanity check, at least 2 (default: 3, i.e. 3 seed pairs per class "
+                        "for its seed-to-seed threshold)")
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")
     p.add_argument("--quiet", action="store_true")
 
@@ -116,7 +119,8 @@ def run(args) -> int:
         with stage("sanity"):
             sanity_classes = parse_classes(args.sanity_classes, flows.class_names, flows.num_classes)
             refs = references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS)
-            sanity = run_methods(model, ["flowam", "ae-latent"], sanity_classes, seeds, evaluator, flows, train_set,
+            sanity = run_methods(model, ["flowam", "ae-latent"], sanity_classes, list(range(args.sanity_seeds)),
+                                 evaluator, flows, train_set,
                                  autoencoder=ae, references=refs, quiet=args.quiet, num_points=num_points, **am)
             write_outputs(sanity, out)
     with stage("metrics"):

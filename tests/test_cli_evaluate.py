@@ -76,7 +76,7 @@ def test_sanity_cli(setup):
 
 
 DEMO_TINY = ["--shapes", "sphere,cube,cone", "--epochs", "1", "--ae-epochs", "1", "--evaluator-epochs", "1", "--steps", "2", "--train-per-class", "3",
-             "--test-per-class", "2", "--sanity-classes", "sphere,cube", "--quiet"]
+             "--test-per-class", "2", "--sanity-classes", "sphere,cube", "--sanity-seeds", "2", "--quiet"]
 
 
 def test_demo_tiny(tmp_path):
@@ -90,5 +90,6 @@ def test_demo_tiny(tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert [m["method"] for m in summary["methods"]] == ["flowam", "vanilla", "regularized", "ae-latent"]
     assert [m["method"] for m in summary["sanity"]] == ["flowam", "ae-latent"]
+    assert all(m["seeds"] == [0, 1] and "nearest_real" in m["trained"] for m in summary["sanity"])
     md = (out / "report.md").read_text()
     assert "Randomization sanity check" in md and "FlowAM / plain AM Chamfer ratio" in md
