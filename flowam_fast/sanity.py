@@ -27,6 +27,9 @@ variant passes when every one of its stages changed the explanations; the method
 sanity check when both variants pass. A method whose explanations survive the
 randomization of the classifier (as generative-model AM can: the generator alone makes
 realistic shapes) fails. At least two seeds are needed for the seed-to-seed reference.
+Each stage also reports how far it moved in seed-to-seed standard deviations
+(``chamfer_margin``, ``spearman_margin``; changed = both above ``SIGMAS``), which tells a
+narrow miss from no change at all.
 
 **Realism under randomization** (reported beside the verdict, not part of it; defined before
 any result was looked at). The paper's argument against generative AM is that it shows
@@ -192,6 +195,10 @@ class SanityCheck:
         sd = (lambda v: float(v.std(ddof=1)) if v.size > 1 else 0.0)
         thr_cd = float(ss_cd.mean()) + SIGMAS * sd(ss_cd)
         thr_sp = float(ss_sp.mean()) - SIGMAS * sd(ss_sp)
+        # How far a stage moved, in seed-to-seed standard deviations (changed = both > SIGMAS):
+        # a graded view of the binary verdict, e.g. to tell a narrow miss from no change at all.
+        # None where the seed-to-seed values do not vary (JSON has no infinity).
+        margin = (lambda delta, s: float(delta / s) if s > 0 else None)
         stages, seen = [], {}
         for variant, name, mods in self.plan:
             key = tuple(sorted(mods))
@@ -203,6 +210,8 @@ class SanityCheck:
                 sp = spearman_rows(base_feat, self._features(expl))
                 seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),
                              "spearman_mean": float(sp.mean()), "spearman_std": float(sp.std()),
+                             "chamfer_margin": margin(cd.mean() - ss_cd.mean(), sd(ss_cd)),
+                             "spearman_margin": margin(ss_sp.mean() - sp.mean(), sd(ss_sp)),
                              "success": float(expl.success.mean()), **self._realism(expl),
                              "changed": bool(cd.mean() > thr_cd and sp.mean() < thr_sp)}
             stages.append({"variant": variant, "stage": name, "randomized": list(mods), **seen[key]})
@@ -234,12 +243,14 @@ def markdown(results: list) -> str:
         if realism:
             head += (f", nearest real class at Chamfer {tr['nearest_real']:.4f}, "
                      f"target class nearest for {tr['nearest_is_target']:.0%}")
-        cols = ["variant", "randomized", "Chamfer", "Spearman", "success"] + \
+        cols = ["variant", "randomized", "Chamfer", "Spearman", "moved (σ: Chamfer / Spearman)", "success"] + \
             (["nearest real", "nearest is target"] if realism else []) + ["changed"]
         lines += ["", f"**{r['method']}** (threshold: Chamfer > {t['chamfer']:.4f} and Spearman < {t['spearman']:.3f}; "
                   f"{head})", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for s in r["stages"]:
-            row = [s["variant"], s["stage"], f"{s['chamfer_mean']:.4f}", f"{s['spearman_mean']:.3f}", f"{s['success']:.0%}"]
+            row = [s["variant"], s["stage"], f"{s['chamfer_mean']:.4f}", f"{s['spearman_mean']:.3f}",
+                   " / ".join("n/a" if m is None else f"{m:+.1f}" for m in (s["chamfer_margin"], s["spearman_margin"])),
+                   f"{s['success']:.0%}"]
             if realism:
                 row += [f"{s['nearest_real']:.4f}", f"{s['nearest_is_target']:.0%}"]
             lines.append("| " + " | ".join(row + ["yes" if s["changed"] else "no"]) + " |")

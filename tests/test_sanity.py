@@ -131,6 +131,10 @@ def test_sanity_check_mechanics(setup):
         assert s["changed"] == (s["chamfer_mean"] > res["threshold"]["chamfer"]
                                 and s["spearman_mean"] < res["threshold"]["spearman"])
         assert 0.0 <= s["success"] <= 1.0 and s["chamfer_mean"] >= 0.0
+        # The margins are the same rule in seed-to-seed standard deviations.
+        assert s["chamfer_margin"] == pytest.approx((s["chamfer_mean"] - cd.mean()) / cd.std(ddof=1))
+        assert s["spearman_margin"] == pytest.approx((sp.mean() - s["spearman_mean"]) / sp.std(ddof=1))
+        assert s["changed"] == (s["chamfer_margin"] > SIGMAS and s["spearman_margin"] > SIGMAS)
     for v in ("cascading", "independent"):
         assert res["verdict"][v] == all(s["changed"] for s in res["stages"] if s["variant"] == v)
     assert res["verdict"]["passes"] == (res["verdict"]["cascading"] and res["verdict"]["independent"])
