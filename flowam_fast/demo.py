@@ -46,6 +46,7 @@ def run(args) -> int:
     from .autoencoder import load_or_train_autoencoder
     from .data import ModelNet40, generate_shapes
     from .engine import FlowAM
+    from .explanations import Explanations
     from .evaluate import load_evaluator, real_data, write_report
     from .explain import parse_classes
     from .flows import Flows, compute_flows
@@ -86,9 +87,14 @@ def run(args) -> int:
     train_set = ModelNet40(data_dir, "train", num_points=num_points)
     with stage("flows"):
         flows_path = out / "flows.h5"
-        if flows_path.exists():
-            flows = Flows.load(flows_path)
-        else:
+        flows = Flows.load(flows_path) if flows_path.exists() else None
+        if flows is not None:
+            try:
+                flows.check_taps(model)
+            except ValueError as e:
+                print(f"[demo] recomputing {flows_path}: {e}", flush=True)
+                flows = None
+        if flows is None:
             flows = compute_flows(model, train_set, quiet=args.quiet)
             flows.save(flows_path)
     with stage("autoencoder"):
@@ -103,7 +109,12 @@ def run(args) -> int:
         with stage(method):
             engine = FlowAM(model, flows, method=method, num_points=num_points, quiet=args.quiet,
                             autoencoder=ae if method == "ae-latent" else None, **am)
-            results[method] = engine.run(classes, seeds, store=out / f"{method}.h5")
+            store = out / f"{method}.h5"
+            if store.exists() and Explanations.load(store).config != engine.config.to_json():
+                # The demo's outputs are its own cache: one made by another version is redone.
+                print(f"[demo] {store} was made with another config; redoing it", flush=True)
+                store.unlink()
+            results[method] = engine.run(classes, seeds, store=store)
 
     test_set = ModelNet40(data_dir, "test", num_points=num_points)
     with stage("sheets"):

@@ -203,7 +203,7 @@ class FlowAM:
             probe = torch.rand(1, 3, self.config.num_points, generator=g).to(self.device) - 0.5
             self.model.eval()
             logits, acts = get_activations(self.model, probe, list(self.config.layers))
-        self.flows.check_compatible(self.config.layers, {k: v.shape[1] for k, v in acts.items()})
+        self.flows.check_compatible(self.config.layers, {k: v.shape[1] for k, v in acts.items()}, self.model)
         if logits.shape[1] != self.flows.num_classes:
             raise ValueError(f"the model has {logits.shape[1]} classes but the flows {self.flows.num_classes}")
 

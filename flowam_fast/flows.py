@@ -23,7 +23,7 @@ from .models.activations import default_layers, get_activations
 def describe_model(model: torch.nn.Module) -> str:
     """A short description stored with flows and explanations (class, size, classes)."""
     n_params = sum(p.numel() for p in model.parameters())
-    extra = {k: getattr(model, k) for k in ("num_classes", "k", "emb_dims", "width", "feature_transform")
+    extra = {k: getattr(model, k) for k in ("num_classes", "k", "emb_dims", "width", "feature_transform", "tap_version")
              if isinstance(getattr(model, k, None), (int, float, bool))}
     return json.dumps({"class": type(model).__name__, "parameters": n_params, **extra}, sort_keys=True)
 
@@ -66,8 +66,21 @@ class Flows:
             if int(self.count[int(c)]) == 0:
                 raise ValueError(f"class {c} has no training samples in the flows")
 
-    def check_compatible(self, layers, channels: dict) -> None:
-        """Raise unless every one of `layers` has flows here, with the model's channel counts."""
+    def check_taps(self, model) -> None:
+        """Raise if the flows were computed at an older version of the model's activation taps."""
+        want = getattr(model, "tap_version", None)
+        if want is None or not self.model:
+            return
+        have = json.loads(self.model).get("tap_version", 1)
+        if have != want:
+            raise ValueError(f"flows were computed at version {have} of {type(model).__name__}'s activation taps, "
+                             f"the model has version {want} (the taps moved); recompute them (flowam-fast flows)")
+
+    def check_compatible(self, layers, channels: dict, model=None) -> None:
+        """Raise unless every one of `layers` has flows here, with the model's channel counts
+        (and, given the model, its tap version)."""
+        if model is not None:
+            self.check_taps(model)
         missing = [layer for layer in layers if layer not in self.layers]
         if missing:
             raise ValueError(f"flows were computed for layers {self.layers}, not {missing}; "

@@ -93,3 +93,20 @@ def test_demo_tiny(tmp_path):
     assert all(m["seeds"] == [0, 1] and "nearest_real" in m["trained"] for m in summary["sanity"])
     md = (out / "report.md").read_text()
     assert "Randomization sanity check" in md and "FlowAM / plain AM Chamfer ratio" in md
+    # Outputs of another version in the same directory are redone, not mixed in or fatal:
+    # flows of older activation taps and a store made with another config.
+    import json as _json
+
+    import h5py
+
+    with h5py.File(out / "flows.h5", "r+") as f:
+        desc = _json.loads(f.attrs["model"])
+        desc.pop("tap_version")
+        f.attrs["model"] = _json.dumps(desc)
+    with h5py.File(out / "flowam.h5", "r+") as f:
+        f.attrs["config"] = f.attrs["config"].replace('"steps": 2', '"steps": 3')
+    assert main(["demo", "--out", str(out), *DEMO_TINY, "--sanity-classes", "none"]) == 0
+    from flowam_fast import Explanations, Flows
+
+    assert "tap_version" in Flows.load(out / "flows.h5").model
+    assert '"steps": 2' in Explanations.load(out / "flowam.h5").config

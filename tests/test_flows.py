@@ -77,3 +77,24 @@ def test_flows_errors(tmp_path, tiny_net):
     (tmp_path / "bad.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match="cannot read"):
         Flows.load(tmp_path / "bad.h5")
+
+
+def test_flows_of_older_activation_taps_are_refused():
+    """PointNet's act1/act2 moved before the ReLUs (tap_version 2): flows of the old taps have
+    the same layer names and channel counts, so only the stored tap version tells them apart."""
+    import json
+
+    from flowam_fast import FlowAM
+    from flowam_fast.models import PointNet
+
+    model = PointNet(3, width=0.125).eval()
+    data = _data(num=6, n=32)
+    flows = compute_flows(model, data, quiet=True)
+    assert json.loads(flows.model)["tap_version"] == PointNet.tap_version == 2
+    FlowAM(model, flows, num_points=32, steps=1)  # current flows are accepted
+    old = json.loads(flows.model)
+    del old["tap_version"]  # as written before the version existed
+    flows.model = json.dumps(old)
+    with pytest.raises(ValueError, match="version 1 of PointNet's activation taps"):
+        FlowAM(model, flows, num_points=32, steps=1)
+    flows.check_taps(torch.nn.Linear(2, 2))  # models without tap versions are not checked

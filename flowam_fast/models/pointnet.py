@@ -121,6 +121,9 @@ class PointNet(nn.Module):
     #: lets any activation there dominate the objective (on the demo model, post-ReLU taps kept
     #: 3 of 12 classes from ever becoming the argmax; see README, "Aligned layers").
     flow_layers = ("feat.act1", "feat.act2", "feat.act3")
+    #: Bumped when a tap moves: 2 = act1/act2 before the ReLUs (1 had them after). Stored with
+    #: flows, so flows of the old taps (same names, same channel counts) are refused, not misused.
+    tap_version = 2
 
     def __init__(self, num_classes: int = 40, feature_transform: bool = True, width: float = 1.0):
         super().__init__()
