@@ -46,15 +46,15 @@ def run(args) -> int:
     from .autoencoder import load_or_train_autoencoder
     from .data import ModelNet40, generate_shapes
     from .engine import FlowAM
-    from .explanations import Explanations
     from .evaluate import load_evaluator, real_data, write_report
     from .explain import parse_classes
+    from .explanations import Explanations
     from .flows import Flows, compute_flows
+    from .metrics import references_by_class
     from .models import load_checkpoint
     from .plots import class_examples, contact_sheet
     from .report import evaluate_sets, method_table
     from .sanity import markdown as sanity_markdown
-    from .metrics import references_by_class
     from .sanity import REALISM_REFS, run_methods, write_outputs
     from .train import DEMO_CONFIG, train_demo_model
 
@@ -118,11 +118,11 @@ def run(args) -> int:
 
     test_set = ModelNet40(data_dir, "test", num_points=num_points)
     with stage("sheets"):
-        real = class_examples(test_set.points, test_set.labels)
+        examples = class_examples(test_set.points, test_set.labels)
         contact_sheet([results["flowam"], results["vanilla"]], out / "explanations.png", labels=["FlowAM", "plain AM"],
-                      references=real)
+                      references=examples)
         contact_sheet([results["regularized"], results["ae-latent"]], out / "baselines.png",
-                      labels=["regularized AM", "AE-latent AM"], references=real)
+                      labels=["regularized AM", "AE-latent AM"], references=examples)
     with stage("evaluator"):
         evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=args.evaluator_epochs, quiet=args.quiet)
     sanity = []

@@ -94,7 +94,6 @@ def chamfer_to_class(points, classes, refs: dict, chunk: int = 256, backend: str
     return out
 
 
-
 def nearest_class(points, refs: dict, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Per job: the real class whose samples are closest (mean Chamfer over its refs) and that
     distance, over every class in refs. Class-agnostic realism: a cloud can look real without
@@ -106,6 +105,7 @@ def nearest_class(points, refs: dict, backend: str = "auto") -> tuple[np.ndarray
     d = np.stack([chamfer_to_class(points, np.full(len(points), c), refs, backend=backend) for c in names], 1)
     best = d.argmin(1)
     return d[np.arange(len(points)), best], np.asarray(names)[best]
+
 
 # --------------------------------------------------------------------------------------------
 # Features of an evaluator network

@@ -55,7 +55,9 @@ def contact_sheet(sets, path, labels=None, references=None, lim: float = 1.0, pa
     seeds = [sorted(set(s.seeds.tolist())) for s in sets]
     lead = 1 if references else 0
     ncols = lead + sum(len(x) for x in seeds)
-    size = 4.0 * (panel / 2.0) ** 2 * min(1.0, 1024 / max(1, sets[0].points.shape[1]) if sets else 1.0) ** 0.5
+    # Marker area grows with the panel and shrinks for clouds denser than 1024 points.
+    n = max([s.points.shape[1] for s in sets] + [1])
+    size = 4.0 * (panel / 2.0) ** 2 * min(1.0, (1024 / n) ** 0.5)
     fig = plt.figure(figsize=(panel * ncols, panel * len(classes) + 0.4))
     for r, c in enumerate(classes):
         name = sets[0].class_name(c) if sets else str(c)
