@@ -46,14 +46,14 @@ def run(args) -> int:
     from .autoencoder import load_or_train_autoencoder
     from .data import ModelNet40, generate_shapes
     from .engine import FlowAM
-    from .evaluate import load_evaluator, real_data, write_report
+    from .evaluate import load_evaluator, write_report
     from .explain import parse_classes
     from .explanations import Explanations
     from .flows import Flows, compute_flows
     from .metrics import references_by_class
     from .models import load_checkpoint
     from .plots import class_examples, contact_sheet
-    from .report import evaluate_sets, method_table
+    from .report import RealData, evaluate_sets, method_table
     from .sanity import markdown as sanity_markdown
     from .sanity import REALISM_REFS, run_methods, write_outputs
     from .train import DEMO_CONFIG, train_demo_model
@@ -135,7 +135,7 @@ def run(args) -> int:
                                  autoencoder=ae, references=refs, quiet=args.quiet, num_points=num_points, **am)
             write_outputs(sanity, out)
     with stage("metrics"):
-        real = real_data(data_dir, num_points, evaluator)
+        real = RealData(test_set.points, test_set.labels, evaluator=evaluator)  # the split loaded above
         metrics = evaluate_sets([results[m] for m in METHODS], real)
     timings["total"] = time.perf_counter() - t_all
     ratio = metrics[0]["chamfer"] / metrics[1]["chamfer"]
