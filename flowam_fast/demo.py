@@ -6,11 +6,14 @@ with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by si
 DIR/baselines.png (regularized and AE-latent AM) -> DIR/evaluator.pt and the metrics
 (DIR/metrics.json, bar charts) -> the randomization sanity check of FlowAM and AE-latent AM
 on a few classes (DIR/sanity.json, DIR/sanity.png) -> DIR/report.md.
-Finished stages are reused when the demo is run again (use --fresh to redo them).
+Finished stages are reused when the demo is run again (use --fresh to redo them); the cached
+data, models, flows and explanation stores of an output directory written by another demo
+version (DIR/demo.json) are redone.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +43,37 @@ def add_arguments(p) -> None:
 
 
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
+#: Bumped when the demo's data or models change. 2: shapes keep one heading, classifiers
+#: learn yaw invariance from augmentation, flows include the input T-Net's layers.
+DEMO_VERSION = 2
+#: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
+CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt") + tuple(f"{m}.h5" for m in METHODS)
+
+
+def _demo_version(out: Path):
+    """The DEMO_VERSION that wrote `out`: None for an empty directory, 1 for one from before
+    the stamp existed or with an unreadable stamp."""
+    stamp = out / "demo.json"
+    if not stamp.exists():
+        return None if not any(out.iterdir()) else 1
+    try:
+        return json.loads(stamp.read_text()).get("version", 1)
+    except (ValueError, AttributeError):
+        return 1
+
+
+def _clear_stale_cache(out: Path) -> None:
+    version = _demo_version(out)
+    if version not in (None, DEMO_VERSION):
+        print(f"[demo] {out} was written by demo version {version}, this is {DEMO_VERSION}: "
+              f"redoing {', '.join(CACHED)}", flush=True)
+        for name in CACHED:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    (out / "demo.json").write_text(json.dumps({"version": DEMO_VERSION}) + "\n")
 
 
 def run(args) -> int:
@@ -52,6 +86,7 @@ def run(args) -> int:
     from .flows import Flows, compute_flows
     from .metrics import references_by_class
     from .models import load_checkpoint
+    from .models.activations import default_layers
     from .plots import class_examples, contact_sheet
     from .report import RealData, evaluate_sets, method_table
     from .sanity import markdown as sanity_markdown
@@ -62,6 +97,7 @@ def run(args) -> int:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    _clear_stale_cache(out)
     timings = {}
     t_all = time.perf_counter()
 
@@ -91,6 +127,8 @@ def run(args) -> int:
         if flows is not None:
             try:
                 flows.check_taps(model)
+                if tuple(flows.layers) != tuple(default_layers(model)):
+                    raise ValueError(f"they align {flows.layers}, the model's defaults are {default_layers(model)}")
             except ValueError as e:
                 print(f"[demo] recomputing {flows_path}: {e}", flush=True)
                 flows = None

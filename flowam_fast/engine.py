@@ -159,7 +159,7 @@ class FlowAM:
 
     def __init__(self, model, flows: Flows | None = None, method: str = "flowam", steps: int = 600,
                  lr: float = 0.01, flow_weight: float | None = None, continuity_weight: float | None = None,
-                 continuity_k: int = 3, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
+                 continuity_k: int | None = None, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
                  clamp: bool | None = None, layers=None, autoencoder=None, device=None, backend: str = "auto",
                  quiet: bool = False):
         if method not in _PRESETS:
@@ -171,6 +171,8 @@ class FlowAM:
         fw = fw if flow_weight is None else float(flow_weight)
         cw = cw if continuity_weight is None else float(continuity_weight)
         cl = cl if clamp is None else bool(clamp)
+        if continuity_k is None:
+            continuity_k = flows.continuity_k if flows is not None else 3
         if steps < 0 or lr <= 0 or num_points < continuity_k + 1:
             raise ValueError("need steps >= 0, lr > 0 and num_points > continuity_k")
         if (fw > 0 or cw > 0 or (cl and autoencoder is None)) and flows is None:
@@ -192,9 +194,20 @@ class FlowAM:
         if autoencoder is not None and int(autoencoder.config["num_points"]) != self.config.num_points:
             raise ValueError(f"the autoencoder decodes {autoencoder.config['num_points']} points but num_points is "
                              f"{self.config.num_points}")
+        self.d2_target = self._continuity_target() if cw > 0 else None
         initial_points(0, 0, 1, init)  # reject an unknown init now, not mid-sweep
         if fw > 0:
             self._check_flows_match_model()
+
+    def _continuity_target(self) -> float:
+        """The flows' d2_target for clouds of num_points points. It was measured on clouds of
+        flows.num_points points; neighbour distances on a surface scale as (area / N)^(1/2), so
+        d2 scales as 1/N. A different k would need another measurement, so it is refused."""
+        cfg, f = self.config, self.flows
+        if cfg.continuity_k != f.continuity_k:
+            raise ValueError(f"continuity_k={cfg.continuity_k}, but the flows' continuity target was measured "
+                             f"with k={f.continuity_k}; recompute the flows with continuity_k={cfg.continuity_k}")
+        return f.d2_target * (f.num_points / cfg.num_points if f.num_points else 1.0)
 
     def _check_flows_match_model(self) -> None:
         with torch.no_grad():
@@ -227,7 +240,7 @@ class FlowAM:
         if cfg.flow_weight > 0:
             total = total + cfg.flow_weight * terms["flow"]
         if cfg.continuity_weight > 0:
-            terms["continuity"] = continuity_loss(x, cfg.continuity_k, self.flows.d2_target, backend=self.backend)
+            terms["continuity"] = continuity_loss(x, cfg.continuity_k, self.d2_target, backend=self.backend)
             total = total + cfg.continuity_weight * terms["continuity"]
         return total, logits, terms
 

@@ -110,3 +110,30 @@ def test_demo_tiny(tmp_path):
 
     assert "tap_version" in Flows.load(out / "flows.h5").model
     assert '"steps": 2' in Explanations.load(out / "flowam.h5").config
+
+
+def test_demo_redoes_the_cache_of_another_version(tmp_path, capsys):
+    from flowam_fast.demo import CACHED, DEMO_VERSION, _clear_stale_cache
+
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    for name in ("model.pt", "flows.h5", "notes.txt"):
+        (out / name).write_text("x")
+    _clear_stale_cache(out)  # no stamp: written before stamps existed
+    assert sorted(p.name for p in out.iterdir()) == ["demo.json", "notes.txt"]
+    assert "version 1" in capsys.readouterr().out
+    assert json.loads((out / "demo.json").read_text()) == {"version": DEMO_VERSION}
+    (out / "model.pt").write_text("x")
+    _clear_stale_cache(out)  # this version: kept
+    assert (out / "model.pt").exists() and capsys.readouterr().out == ""
+    for stamp in ('{"version": 0}', "not json", "[]"):
+        (out / "demo.json").write_text(stamp)
+        (out / "model.pt").write_text("x")
+        _clear_stale_cache(out)
+        assert not (out / "model.pt").exists(), stamp
+    capsys.readouterr()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _clear_stale_cache(empty)
+    assert [p.name for p in empty.iterdir()] == ["demo.json"] and capsys.readouterr().out == ""
+    assert "data" in CACHED and "flowam.h5" in CACHED

@@ -83,3 +83,23 @@ def test_procedural_shapes(tmp_path):
     means = np.stack([np.sort(np.linalg.norm(da.points[da.labels == k], axis=2), axis=1).mean(0)
                       for k in range(len(SHAPE_CLASSES))])
     assert len({tuple(np.round(m[::32], 2)) for m in means}) == len(SHAPE_CLASSES)
+
+
+def _heading(points):
+    """Angle in the horizontal plane of each cloud's principal axis, in [0, pi)."""
+    xz = points[..., [0, 2]] - points[..., [0, 2]].mean(1, keepdims=True)
+    _, _, vt = np.linalg.svd(xz, full_matrices=False)
+    return np.mod(np.arctan2(vt[:, 0, 1], vt[:, 0, 0]), np.pi)
+
+
+def test_shapes_keep_one_heading_unless_rotated(tmp_path):
+    kw = dict(train_per_class=8, test_per_class=1, num_points=256, classes=("dumbbell",))
+    fixed = ModelNet40(generate_shapes(tmp_path / "a", **kw), "train", num_points=256).points
+    turned = ModelNet40(generate_shapes(tmp_path / "b", rotation=180, **kw), "train", num_points=256).points
+    # A dumbbell's bar lies along x by default; turned ones point anywhere.
+    h = _heading(fixed)
+    assert np.minimum(h, np.pi - h).max() < np.radians(3)
+    h = _heading(turned)
+    assert np.minimum(h, np.pi - h).max() > np.radians(30)
+    with pytest.raises(ValueError, match="rotation"):
+        generate_shapes(tmp_path / "c", rotation=200, **kw)

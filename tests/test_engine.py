@@ -97,6 +97,24 @@ def test_vanilla_needs_no_flows_and_others_do(tiny_net, flows):
         _engine(tiny_net, flows).run([9], [0])
 
 
+def test_continuity_target_follows_the_point_count_and_k(tiny_net, flows):
+    # Flows measured on 64-point clouds: clouds of 128 points are twice as dense on a surface.
+    assert flows.num_points == 64 and flows.continuity_k == 3
+    assert _engine(tiny_net, flows, num_points=64).d2_target == pytest.approx(flows.d2_target)
+    assert _engine(tiny_net, flows, num_points=128).d2_target == pytest.approx(flows.d2_target / 2)
+    # The rule is what a surface gives: sampling a sphere twice as densely halves d2.
+    def on_sphere(n):
+        data = _data(num=24, n=n)
+        data.points /= np.linalg.norm(data.points, axis=2, keepdims=True)
+        return compute_flows(tiny_net, data, layers=["act1"], quiet=True).d2_target
+
+    assert on_sphere(256) / on_sphere(512) == pytest.approx(2.0, rel=0.1)
+    assert _engine(tiny_net, flows, method="vanilla").d2_target is None
+    with pytest.raises(ValueError, match="measured with k=3"):
+        _engine(tiny_net, flows, continuity_k=5)
+    assert _engine(tiny_net, flows, continuity_k=5, continuity_weight=0).config.continuity_k == 5
+
+
 def test_flows_of_another_model_are_rejected(flows):
     from .conftest import TinyNet
 

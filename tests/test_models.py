@@ -80,6 +80,19 @@ def test_taps_give_per_point_activations():
         want = p.feat.bn1(p.feat.conv1(torch.bmm(x.transpose(1, 2), p.feat.stn(x)).transpose(1, 2)))
     torch.testing.assert_close(acts["feat.act1"], want)
     assert bool((want < 0).any())
+    # The input T-Net's taps see the raw points (no transform yet), also before the ReLUs; its
+    # max-pooled conv3 is tapped before the pool, on the fast path as on the plain one.
+    stn = p.feat.stn
+    with torch.no_grad(), plain_path(p):
+        _, plain = get_activations(p, x, ["feat.stn.act1", "feat.stn.act3"])
+        want = stn.bn1(stn.conv1(x))
+    torch.testing.assert_close(plain["feat.stn.act1"], want)
+    assert bool((want < 0).any())
+    with torch.no_grad():
+        _, fast = get_activations(p, x, ["feat.stn.act1", "feat.stn.act3"])
+    assert tuple(fast["feat.stn.act3"].shape) == (2, 512, 40) and bool((fast["feat.stn.act3"] < 0).any())
+    for k in plain:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-4, atol=1e-4)
     d = DGCNN(5, k=6, emb_dims=96, width=0.5).eval()
     _, acts = get_activations(d, torch.randn(2, 3, 40), d.flow_layers)
     assert [tuple(a.shape) for a in acts.values()] == [(2, 32, 40), (2, 32, 40), (2, 64, 40), (2, 128, 40), (2, 96, 40)]

@@ -48,6 +48,28 @@ def test_augment_is_seeded_and_bounded():
     assert not torch.equal(a, augment(x + 1, torch.Generator().manual_seed(1)))
 
 
+def test_rotation_augmentation_turns_about_the_vertical_axis():
+    from flowam_fast.data.shapes import yaw_matrices
+
+    r = torch.from_numpy(yaw_matrices(np.array([0.3, 2.0, -1.0])))
+    torch.testing.assert_close(r @ r.transpose(1, 2), torch.eye(3, dtype=r.dtype).expand(3, 3, 3))
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(3, dtype=r.dtype))
+    torch.testing.assert_close(r[:, 1], torch.tensor([0.0, 1.0, 0.0], dtype=r.dtype).expand(3, 3))
+    # A vertical segment stays vertical; a horizontal one turns, by a seeded angle.
+    x = torch.zeros(64, 2, 3)
+    x[:, 1, 0] = 1.0
+    a = augment(x, torch.Generator().manual_seed(0), rotate=True)
+    assert torch.equal(a, augment(x, torch.Generator().manual_seed(0), rotate=True))
+    d = a[:, 1] - a[:, 0]
+    heading = torch.atan2(d[:, 2], d[:, 0])
+    assert float(heading.std()) > 1.0  # spread over the circle, not near 0
+    x = torch.zeros(64, 2, 3)
+    x[:, 1, 1] = 1.0
+    d = augment(x, torch.Generator().manual_seed(0), rotate=True)
+    d = d[:, 1] - d[:, 0]
+    assert float(d[:, [0, 2]].abs().max()) < 0.1 + 1e-6  # only jitter moves it sideways
+
+
 def test_cli_trains_on_synthetic_data_and_cleans_up(tmp_path, monkeypatch, capsys):
     """`--data synthetic` writes the shapes to a temporary directory it removes afterwards (the
     generator is swapped for a tiny one), and the checkpoint loads with no other argument."""

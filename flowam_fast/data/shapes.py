@@ -3,8 +3,13 @@
 Twelve classes of simple solids and objects (:data:`CLASSES`). Each class is a fixed
 canonical surface made of primitive parts; a sample draws points uniformly over the total
 surface area (a multinomial over the parts by area, then uniform on the part), applies a
-random anisotropic scale, a random rotation about the vertical axis (y, as in ModelNet40's
-HDF5 files), normalizes the cloud to the unit sphere and adds small Gaussian noise. Classes
+random anisotropic scale, normalizes the cloud to the unit sphere and adds small Gaussian
+noise. Shapes stand upright (y up) with one heading, as ModelNet40's HDF5 files mostly do;
+``rotation`` adds a random turn about the vertical axis. The default keeps one heading
+because an activation flow pools all points of all samples of a class: with random headings
+a dumbbell's flow is the average over headings, and the shape that matches it best is a
+round blob, not a dumbbell (README, "Aligned layers"). Classifiers learn yaw invariance from
+training augmentation instead (``train(rotate=True)``). Classes
 that share a silhouette family (cube and cylinder, pyramid and cone) also differ in their
 proportions by more than the random scale can undo, so a small model tells them apart.
 
@@ -196,28 +201,35 @@ def sample_surface(parts: list[Part], rng: np.random.Generator, num_samples: int
     return out.reshape(num_samples, num_points, 3)
 
 
-def random_pose(points: np.ndarray, rng: np.random.Generator, noise_std: float = NOISE_STD) -> np.ndarray:
-    """Per sample: anisotropic scale, rotation about the up axis, unit-sphere normalization,
-    Gaussian noise. points (S, P, 3)."""
-    S = points.shape[0]
-    scale = rng.uniform(*SCALE_RANGE, size=(S, 1, 3))
-    angle = rng.uniform(0, 2 * np.pi, S)
+def yaw_matrices(angle: np.ndarray) -> np.ndarray:
+    """(S, 3, 3) rotations about the vertical axis by `angle` (S,) radians."""
     c, s = np.cos(angle), np.sin(angle)
-    rot = np.zeros((S, 3, 3))
+    rot = np.zeros((len(angle), 3, 3))
     rot[:, UP_AXIS, UP_AXIS] = 1
     rot[:, 0, 0], rot[:, 0, 2], rot[:, 2, 0], rot[:, 2, 2] = c, s, -s, c
-    posed = normalize_unit_sphere(np.einsum("spi,sji->spj", points * scale, rot))
+    return rot
+
+
+def random_pose(points: np.ndarray, rng: np.random.Generator, noise_std: float = NOISE_STD,
+                rotation: float = 0.0) -> np.ndarray:
+    """Per sample: anisotropic scale, rotation about the up axis by an angle uniform in
+    [-rotation, rotation] degrees, unit-sphere normalization, Gaussian noise. points (S, P, 3)."""
+    S = points.shape[0]
+    scale = rng.uniform(*SCALE_RANGE, size=(S, 1, 3))
+    angle = np.radians(rotation) * rng.uniform(-1, 1, S)
+    posed = normalize_unit_sphere(np.einsum("spi,sji->spj", points * scale, yaw_matrices(angle)))
     return posed + noise_std * rng.standard_normal(posed.shape)
 
 
-def make_split(split: str, per_class: int, num_points: int = 2048, seed: int = 0, classes=CLASSES):
+def make_split(split: str, per_class: int, num_points: int = 2048, seed: int = 0, classes=CLASSES,
+               rotation: float = 0.0):
     """(points (M, num_points, 3) float32, labels (M,) int64), samples shuffled."""
     split_id = _SPLIT_IDS[split]
     chunks, labels = [], []
     for label, name in enumerate(classes):
         rng = np.random.default_rng([seed, split_id, CLASSES.index(name)])
         pts = sample_surface(SHAPES[name](), rng, per_class, num_points)
-        chunks.append(random_pose(pts, rng))
+        chunks.append(random_pose(pts, rng, rotation=rotation))
         labels.append(np.full(per_class, label, np.int64))
     points, labels = np.concatenate(chunks).astype(np.float32), np.concatenate(labels)
     order = np.random.default_rng([seed, split_id, 1_000_003]).permutation(len(labels))
@@ -242,10 +254,11 @@ def write_h5(path: str | os.PathLike, points: np.ndarray, labels: np.ndarray) ->
 
 
 def generate_shapes(out_dir: str | os.PathLike, train_per_class: int = 200, test_per_class: int = 50,
-                    num_points: int = 2048, seed: int = 0, classes=CLASSES) -> Path:
+                    num_points: int = 2048, seed: int = 0, classes=CLASSES, rotation: float = 0.0) -> Path:
     """Write the procedural dataset in the ModelNet40 HDF5 layout (ply_data_train0.h5,
     ply_data_test0.h5, shape_names.txt) into out_dir, which is created if needed.
-    Returns out_dir as a Path."""
+    rotation: each sample turns about the vertical axis by an angle uniform in [-rotation,
+    rotation] degrees (0, the default: one heading; 180: any). Returns out_dir as a Path."""
     unknown = [c for c in classes if c not in SHAPES]
     if unknown:
         raise ValueError(f"unknown shape classes {unknown}; available: {list(CLASSES)}")
@@ -254,10 +267,12 @@ def generate_shapes(out_dir: str | os.PathLike, train_per_class: int = 200, test
     for name, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class), ("num_points", num_points)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 0.0 <= float(rotation) <= 180.0:
+        raise ValueError(f"rotation must be an angle in [0, 180] degrees, got {rotation!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
-        points, labels = make_split(split, per_class, num_points, seed, tuple(classes))
+        points, labels = make_split(split, per_class, num_points, seed, tuple(classes), rotation)
         write_h5(out / f"ply_data_{split}0.h5", points, labels)
     _atomic_write(out / SHAPE_NAMES, lambda tmp: Path(tmp).write_text("\n".join(classes) + "\n"))
     return out

@@ -76,14 +76,15 @@ def _max_block(x, layer, bn, negative_slope, tap=None):
     """max over points of act(bn(layer(x))): fused unless a hooked tap needs every point."""
     w, scale, shift = fold_bn(layer, bn)
     if tap is not None and _hooked(tap):
-        return _tap(tap, _dense(x, w, scale, shift, negative_slope)).max(dim=1).values
+        y = _tap(tap, _dense(x, w, scale, shift, None))
+        return (y if negative_slope is None else F.leaky_relu(y, negative_slope)).max(dim=1).values
     return ops.linear_max(x, w, scale, shift, 1.0 if negative_slope is None else negative_slope)
 
 
 def _stn(stn, x):
-    h = _dense(x, *fold_bn(stn.conv1, stn.bn1), 0.0)
-    h = _dense(h, *fold_bn(stn.conv2, stn.bn2), 0.0)
-    g = _max_block(h, stn.conv3, stn.bn3, 0.0)
+    h = F.relu(_tap(stn.act1, _dense(x, *fold_bn(stn.conv1, stn.bn1), None)))
+    h = F.relu(_tap(stn.act2, _dense(h, *fold_bn(stn.conv2, stn.bn2), None)))
+    g = _max_block(h, stn.conv3, stn.bn3, 0.0, tap=stn.act3)
     g = F.relu(stn.bn4(stn.fc1(g)))
     g = F.relu(stn.bn5(stn.fc2(g)))
     g = stn.fc3(g)

@@ -8,7 +8,8 @@ So a checkpoint trained with that code loads here as it is (see
 - Activation taps (``nn.Identity``) at the per-point layers FlowAM aligns, the outputs of
   conv1..conv3 after their BatchNorm and before any ReLU: ``feat.act1`` (bn1(conv1), before
   the feature transform), ``feat.act2`` (bn2(conv2)) and ``feat.act3`` (bn3(conv3), the
-  pre-pool features), all (B, C, N).
+  pre-pool features), all (B, C, N); and the same three in each T-Net (``feat.stn.act1..3``,
+  ``feat.fstn.act1..3``).
 - ``width`` scales every hidden width (64, 128, 1024, 512, 256) for small CPU models;
   width=1 gives exactly the reference shapes.
 
@@ -33,13 +34,14 @@ def scaled(channels: int, width: float) -> int:
 def conv_bn_max(x: torch.Tensor, conv: nn.Module, bn: nn.Module, relu: bool, tap: nn.Module | None = None) -> torch.Tensor:
     """max over points of [relu](bn(conv(x))): (B, C_in, N) -> (B, C_out).
 
-    `tap` sees the (B, C_out, N) activation before the pooling (an activation recorder hooks it).
+    `tap` sees the (B, C_out, N) activation before the ReLU and the pooling (an activation
+    recorder hooks it).
     """
     y = bn(conv(x))
-    if relu:
-        y = F.relu(y)
     if tap is not None:
         y = tap(y)
+    if relu:
+        y = F.relu(y)
     return y.max(dim=2).values
 
 
@@ -62,11 +64,15 @@ class STNkd(nn.Module):
         self.bn4 = nn.BatchNorm1d(w[3])
         self.bn5 = nn.BatchNorm1d(w[4])
         self.k = k
+        # Taps on the per-point activations, before the ReLUs (as the encoder's).
+        self.act1 = nn.Identity()
+        self.act2 = nn.Identity()
+        self.act3 = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        x = conv_bn_max(x, self.conv3, self.bn3, relu=True)
+        x = F.relu(self.act1(self.bn1(self.conv1(x))))
+        x = F.relu(self.act2(self.bn2(self.conv2(x))))
+        x = conv_bn_max(x, self.conv3, self.bn3, relu=True, tap=self.act3)
         x = F.relu(self.bn4(self.fc1(x)))
         x = F.relu(self.bn5(self.fc2(x)))
         x = self.fc3(x)
@@ -116,11 +122,16 @@ class PointNet(nn.Module):
     """PointNet classifier; (B, 3, N) -> logits (B, num_classes). See the module docstring."""
 
     arch = "pointnet"
-    #: The per-point layers FlowAM aligns by default: conv1..conv3 (DESIGN.md). The taps sit
+    #: The per-point layers FlowAM aligns by default: the input T-Net's conv1..conv3, then the
+    #: encoder's conv1..conv3 (DESIGN.md's). The encoder's layers see the cloud only after the
+    #: input T-Net's 3x3 transform, which is far from a rotation (singular values 0.03 to 4.7 on
+    #: the demo's real data), so they alone let a distorted cloud whose transform undoes the
+    #: distortion match the flows; the T-Net's own layers see the raw points and close that gap
+    #: (demo Chamfer 0.065 -> 0.047 on yawed data; README, "Aligned layers"). The taps sit
     #: before the ReLUs: after a ReLU a dead channel has sigma ~ 0, and s = sigma + 1e-3 then
-    #: lets any activation there dominate the objective (on the demo model, post-ReLU taps kept
-    #: 3 of 12 classes from ever becoming the argmax; see README, "Aligned layers").
-    flow_layers = ("feat.act1", "feat.act2", "feat.act3")
+    #: lets any activation there dominate the objective (post-ReLU taps kept 3 of 12 demo
+    #: classes from ever becoming the argmax).
+    flow_layers = ("feat.stn.act1", "feat.stn.act2", "feat.stn.act3", "feat.act1", "feat.act2", "feat.act3")
     #: Bumped when a tap moves: 2 = act1/act2 before the ReLUs (1 had them after). Stored with
     #: flows, so flows of the old taps (same names, same channel counts) are refused, not misused.
     tap_version = 2
