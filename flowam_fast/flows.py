@@ -162,11 +162,15 @@ def neighbour_d2(points: torch.Tensor, k: int, backend: str = "auto") -> torch.T
 
 @torch.no_grad()
 def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes: int | None = None,
-                  continuity_k: int = 3, device=None, backend: str = "auto", quiet: bool = False) -> Flows:
+                  continuity_k: int = 3, device=None, backend: str = "auto", quiet: bool = False,
+                  classes=None) -> Flows:
     """One pass over `dataset` (items (points (N,3), label)) through `model` (input (B,3,N)).
 
     layers: names of modules whose outputs are per-point activations (B,C,N); default: the
     model's `flow_layers`. num_classes: default len(dataset.classes) or max label + 1.
+    classes: only the samples of these classes go through the model (the others get count 0,
+    and the bounds and continuity target come from these samples alone). A class's flow
+    depends on its own samples only, so its flow is the same as from the whole pass.
     """
     layers = list(layers) if layers is not None else default_layers(model)
     if num_classes is None:
@@ -181,9 +185,16 @@ def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes
     hi = torch.full((3,), float("-inf"))
     d2_sum, d2_n, num_points = 0.0, 0, 0
     bar = tqdm(total=len(dataset), desc="flows", disable=quiet, unit="sample")
+    wanted = None if classes is None else torch.as_tensor(sorted({int(c) for c in classes}), dtype=torch.int64)
     for pts, labels in _batches(dataset, batch_size):
         if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
             raise ValueError(f"labels outside [0, {num_classes}) in the dataset")
+        if wanted is not None:
+            keep = torch.isin(labels, wanted)
+            bar.update(len(labels) - int(keep.sum()))
+            pts, labels = pts[keep], labels[keep]
+            if len(labels) == 0:
+                continue
         num_points = pts.shape[1]
         samples += torch.bincount(labels, minlength=num_classes)
         flat = pts.reshape(-1, 3)

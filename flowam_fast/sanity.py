@@ -44,6 +44,7 @@ without being supported by the model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import zlib
 
@@ -163,12 +164,15 @@ class SanityCheck:
     def _engine(self, model, flows):
         return FlowAM(model, flows, method=self.method, autoencoder=self.autoencoder, quiet=self.quiet, **self.am)
 
-    def _flows_for(self, model):
+    def _flows_for(self, model, classes):
+        """The flows of `classes` on `model`; only their samples are read (the others' flows
+        are not used). Bounds and continuity target are the data's, as the trained flows have them."""
         if not self._uses_flows:
             return self.flows
         f = self.flows
-        return compute_flows(model, self.train_set, layers=f.layers, num_classes=f.num_classes,
-                             continuity_k=f.continuity_k, quiet=True)
+        new = compute_flows(model, self.train_set, layers=f.layers, num_classes=f.num_classes,
+                            continuity_k=f.continuity_k, quiet=True, classes=classes)
+        return dataclasses.replace(new, lo=f.lo, hi=f.hi, d2_target=f.d2_target, num_points=f.num_points)
 
     def explain(self, model, classes, seeds, flows=None):
         flows = self.flows if flows is None else flows
@@ -205,7 +209,7 @@ class SanityCheck:
             if key not in seen:
                 m = copy.deepcopy(self.model)
                 randomize(m, mods, self.seed)
-                expl = self.explain(m, classes, seeds, self._flows_for(m)).sorted()
+                expl = self.explain(m, classes, seeds, self._flows_for(m, classes)).sorted()
                 cd = _chamfer_pairs(base.points, expl.points)
                 sp = spearman_rows(base_feat, self._features(expl))
                 seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),

@@ -44,6 +44,21 @@ def test_flows_match_direct_computation(tiny_net):
     assert flows.d2_target == pytest.approx(float(brute), rel=1e-5)
 
 
+def test_flows_of_some_classes_equal_those_of_the_whole_pass(tiny_net):
+    data = _data(num=15)
+    full = compute_flows(tiny_net, data, layers=["act1", "act2"], batch_size=4, quiet=True)
+    part = compute_flows(tiny_net, data, layers=["act1", "act2"], batch_size=4, quiet=True, classes=[2, 0])
+    assert part.count.tolist() == [5, 0, 5] and part.num_classes == 3
+    for layer in ("act1", "act2"):
+        for c in (0, 2):
+            torch.testing.assert_close(part.mean[layer][c], full.mean[layer][c])
+            torch.testing.assert_close(part.std[layer][c], full.std[layer][c])
+    keep = np.isin(data.labels, [0, 2])
+    torch.testing.assert_close(part.lo, torch.from_numpy(data.points[keep].reshape(-1, 3).min(0)))
+    with pytest.raises(ValueError, match="no training samples"):
+        part.check_classes([1])
+
+
 def test_flows_do_not_depend_on_batch_size(tiny_net):
     data = _data()
     a = compute_flows(tiny_net, data, layers=["act1"], batch_size=3, quiet=True)
