@@ -11,8 +11,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_max_forward_cpu", &flowam::linear_max_forward_cpu, "linear + affine + act + max-pool");
   m.def("linear_max_backward_cpu", &flowam::linear_max_backward_cpu, "sparse backward of linear_max");
   m.def("flow_stats_cpu", &flowam::flow_stats_cpu, "per-class activation statistics");
-  m.def("flow_align_forward_cpu", &flowam::flow_align_forward_cpu, "flow alignment loss");
-  m.def("flow_align_backward_cpu", &flowam::flow_align_backward_cpu, "flow alignment gradient");
+  m.def("flow_align_forward_cpu", &flowam::flow_align_forward_cpu, "flow alignment loss", py::arg("acts"),
+        py::arg("labels"), py::arg("mu"), py::arg("sigma"), py::arg("points_last") = false);
+  m.def("flow_align_backward_cpu", &flowam::flow_align_backward_cpu, "flow alignment gradient",
+        py::arg("grad_loss"), py::arg("acts"), py::arg("labels"), py::arg("mu"), py::arg("sigma"), py::arg("mean"),
+        py::arg("std"), py::arg("points_last") = false);
 #ifdef FLOWAM_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

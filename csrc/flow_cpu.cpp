@@ -1,13 +1,15 @@
 // Activation-flow ops on the CPU: per-class statistics over points (flow_stats) and the
 // per-sample alignment loss with its gradient (flow_align). acts is (B, C, N), so each
 // (sample, channel) row of N points is contiguous: one row is read from memory once and its
-// second pass (the deviations) runs from L1. Every reduction runs in a fixed order, so
+// second pass (the deviations) runs from L1. flow_align also reads (B, N, C), the layout the
+// fast paths produce, so their activations need no transposing copy in either direction. Every reduction runs in a fixed order, so
 // results are bit-identical from run to run and independent of the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "flow_math.h"
 #include "ops.h"
@@ -33,6 +35,30 @@ void row_moments(const T* a, int64_t n, double& mean, double& m2) {
   m2 = q;
 }
 
+// Points-last (B, N, C): per-channel mean and M2 of one sample's (N, C) block, by the same two
+// passes, reading it point by point so the channel loop is contiguous and vectorizes. The
+// block of a sample (N * C values) stays in L2 between the passes at the sizes FlowAM uses.
+template <typename T>
+void block_moments(const T* a, int64_t n, int64_t c, double* mean, double* m2) {
+  std::fill(mean, mean + c, 0.0);
+  std::fill(m2, m2 + c, 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T* p = a + i * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) mean[j] += static_cast<double>(p[j]);
+  }
+  const double inv_n = 1.0 / static_cast<double>(n);
+  for (int64_t j = 0; j < c; ++j) mean[j] *= inv_n;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* p = a + i * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) {
+      const double d = static_cast<double>(p[j]) - mean[j];
+      m2[j] += d * d;
+    }
+  }
+}
+
 // Rows per parallel task: enough points (~2^16) that a task outweighs waking the thread pool,
 // so small calls run inline.
 int64_t row_grain(int64_t n) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n, 1)); }
@@ -44,12 +70,17 @@ void check_dense(const at::Tensor& t, const char* name, int64_t dim, const char*
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
-void check_acts_labels(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes, const char* op) {
+// The channel and point dimensions of acts: (B, C, N), or (B, N, C) when points_last.
+int64_t channel_dim(bool points_last) { return points_last ? 2 : 1; }
+int64_t point_dim(bool points_last) { return points_last ? 1 : 2; }
+
+void check_acts_labels(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes, const char* op,
+                       bool points_last = false) {
   check_dense(acts, "acts", 3, op);
   check_dense(labels, "labels", 1, op);
   const auto dt = acts.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": acts must be float32 or float64, got ", dt);
-  TORCH_CHECK(acts.size(2) > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
+  TORCH_CHECK(acts.size(point_dim(points_last)) > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
   TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
   TORCH_CHECK(labels.size(0) == acts.size(0), op, ": labels has ", labels.size(0), " entries but acts has ",
               acts.size(0), " samples");
@@ -62,7 +93,9 @@ void check_acts_labels(const at::Tensor& acts, const at::Tensor& labels, int64_t
 }
 
 // mu and sigma: (K, C) floating CPU tensors, returned as contiguous float64 (they are small).
-void check_flow(const at::Tensor& acts, const at::Tensor& mu, const at::Tensor& sigma, const char* op) {
+void check_flow(const at::Tensor& acts, const at::Tensor& mu, const at::Tensor& sigma, const char* op,
+                bool points_last = false) {
+  const int64_t channels = acts.size(channel_dim(points_last));
   for (const auto* t : {&mu, &sigma}) {
     const char* name = t == &mu ? "mu" : "sigma";
     TORCH_CHECK(t->defined(), op, ": ", name, " is undefined");
@@ -71,8 +104,7 @@ void check_flow(const at::Tensor& acts, const at::Tensor& mu, const at::Tensor& 
                 t->sizes());
     TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating point, got ",
                 t->scalar_type());
-    TORCH_CHECK(t->size(1) == acts.size(1), op, ": ", name, " has ", t->size(1), " channels but acts has ",
-                acts.size(1));
+    TORCH_CHECK(t->size(1) == channels, op, ": ", name, " has ", t->size(1), " channels but acts has ", channels);
   }
   TORCH_CHECK(mu.sizes() == sigma.sizes(), op, ": mu and sigma must have one shape, got ", mu.sizes(),
               " and ", sigma.sizes());
@@ -124,8 +156,9 @@ void stats_impl(const at::Tensor& acts, const at::Tensor& labels, int64_t num_cl
 
 template <typename T>
 void align_forward_impl(const at::Tensor& acts, const at::Tensor& labels, const at::Tensor& mu,
-                        const at::Tensor& sigma, at::Tensor& loss, at::Tensor& mean, at::Tensor& std) {
-  const int64_t B = acts.size(0), C = acts.size(1), N = acts.size(2);
+                        const at::Tensor& sigma, at::Tensor& loss, at::Tensor& mean, at::Tensor& std,
+                        bool points_last) {
+  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last)), N = acts.size(point_dim(points_last));
   const T* a = acts.data_ptr<T>();
   const int64_t* lab = labels.data_ptr<int64_t>();
   const double* mup = mu.data_ptr<double>();
@@ -134,15 +167,21 @@ void align_forward_impl(const at::Tensor& acts, const at::Tensor& labels, const 
   double* sp = std.data_ptr<double>();
   at::Tensor terms = at::empty({B, C}, mean.options());
   double* tp = terms.data_ptr<double>();
-  at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / C, c = r % C, kc = lab[b] * C + c;
-      double m2;
-      row_moments(a + r * N, N, mp[r], m2);
-      sp[r] = sample_std(m2, static_cast<double>(N));
-      tp[r] = align_term(mp[r], sp[r], mup[kc], sgp[kc]).loss;
-    }
-  });
+  // std holds M2 until the terms below turn it into the std.
+  if (points_last) {
+    at::parallel_for(0, B, row_grain(N * C), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) block_moments(a + b * N * C, N, C, mp + b * C, sp + b * C);
+    });
+  } else {
+    at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) row_moments(a + r * N, N, mp[r], sp[r]);
+    });
+  }
+  for (int64_t r = 0; r < B * C; ++r) {
+    const int64_t kc = lab[r / C] * C + r % C;
+    sp[r] = sample_std(sp[r], static_cast<double>(N));
+    tp[r] = align_term(mp[r], sp[r], mup[kc], sgp[kc]).loss;
+  }
   T* lp = loss.data_ptr<T>();
   for (int64_t b = 0; b < B; ++b) {
     double s = 0.0;
@@ -154,8 +193,8 @@ void align_forward_impl(const at::Tensor& acts, const at::Tensor& labels, const 
 template <typename T>
 void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, const at::Tensor& labels,
                          const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& mean,
-                         const at::Tensor& std, at::Tensor& grad) {
-  const int64_t C = acts.size(1), N = acts.size(2), rows = acts.size(0) * C;
+                         const at::Tensor& std, at::Tensor& grad, bool points_last) {
+  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last)), N = acts.size(point_dim(points_last));
   const T* a = acts.data_ptr<T>();
   T* ga = grad.data_ptr<T>();
   const double* g = grad_loss.data_ptr<double>();
@@ -164,11 +203,36 @@ void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, co
   const double* sgp = sigma.data_ptr<double>();
   const double* mp = mean.data_ptr<double>();
   const double* sp = std.data_ptr<double>();
-  at::parallel_for(0, rows, row_grain(N), [&](int64_t begin, int64_t end) {
+  // d loss / d a = alpha + beta * (a - m) per (sample, channel) row r.
+  auto coefficients = [&](int64_t r) {
+    const int64_t kc = lab[r / C] * C + r % C;
+    return align_grad(g[r / C], align_term(mp[r], sp[r], mup[kc], sgp[kc]), sp[r], static_cast<double>(N),
+                      static_cast<double>(C));
+  };
+  if (points_last) {
+    at::parallel_for(0, B, row_grain(N * C), [&](int64_t begin, int64_t end) {
+      std::vector<double> alpha(C), beta(C);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t c = 0; c < C; ++c) {
+          const AlignGrad k = coefficients(b * C + c);
+          alpha[c] = k.alpha;
+          beta[c] = k.beta;
+        }
+        const double* m = mp + b * C;
+        for (int64_t i = 0; i < N; ++i) {
+          const T* ap = a + (b * N + i) * C;
+          T* gp = ga + (b * N + i) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c)
+            gp[c] = static_cast<T>(alpha[c] + beta[c] * (static_cast<double>(ap[c]) - m[c]));
+        }
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / C, kc = lab[b] * C + r % C;
-      const AlignGrad k = align_grad(g[b], align_term(mp[r], sp[r], mup[kc], sgp[kc]), sp[r],
-                                     static_cast<double>(N), static_cast<double>(C));
+      const AlignGrad k = coefficients(r);
       const double m = mp[r];
       const T* ar = a + r * N;
       T* gr = ga + r * N;
@@ -193,32 +257,34 @@ std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor&
 }
 
 std::vector<at::Tensor> flow_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
-                                               const at::Tensor& mu, const at::Tensor& sigma) {
+                                               const at::Tensor& mu, const at::Tensor& sigma, bool points_last) {
   static constexpr const char* op = "flow_align_forward_cpu";
   check_dense(acts, "acts", 3, op);
-  check_flow(acts, mu, sigma, op);
-  check_acts_labels(acts, labels, mu.size(0), op);
+  check_flow(acts, mu, sigma, op, points_last);
+  check_acts_labels(acts, labels, mu.size(0), op, points_last);
   const auto dopts = acts.options().dtype(at::kDouble);
+  const int64_t C = acts.size(channel_dim(points_last));
   at::Tensor mu_d = mu.to(at::kDouble).contiguous(), sigma_d = sigma.to(at::kDouble).contiguous();
   at::Tensor loss = at::empty({acts.size(0)}, acts.options());
-  at::Tensor mean = at::empty({acts.size(0), acts.size(1)}, dopts);
-  at::Tensor std = at::empty({acts.size(0), acts.size(1)}, dopts);
-  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op,
-                             [&] { align_forward_impl<scalar_t>(acts, labels, mu_d, sigma_d, loss, mean, std); });
+  at::Tensor mean = at::empty({acts.size(0), C}, dopts);
+  at::Tensor std = at::empty({acts.size(0), C}, dopts);
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op, [&] {
+    align_forward_impl<scalar_t>(acts, labels, mu_d, sigma_d, loss, mean, std, points_last);
+  });
   return {loss, mean, std};
 }
 
 at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& acts, const at::Tensor& labels,
                                    const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& mean,
-                                   const at::Tensor& std) {
+                                   const at::Tensor& std, bool points_last) {
   static constexpr const char* op = "flow_align_backward_cpu";
   check_dense(acts, "acts", 3, op);
-  check_flow(acts, mu, sigma, op);
-  check_acts_labels(acts, labels, mu.size(0), op);
+  check_flow(acts, mu, sigma, op, points_last);
+  check_acts_labels(acts, labels, mu.size(0), op, points_last);
   check_dense(grad_loss, "grad_loss", 1, op);
   check_dense(mean, "mean", 2, op);
   check_dense(std, "std", 2, op);
-  const int64_t B = acts.size(0), C = acts.size(1);
+  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last));
   TORCH_CHECK(at::isFloatingType(grad_loss.scalar_type()), op, ": grad_loss must be floating point, got ",
               grad_loss.scalar_type());
   TORCH_CHECK(grad_loss.size(0) == B, op, ": grad_loss has ", grad_loss.size(0), " entries but acts has ", B,
@@ -234,7 +300,7 @@ at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
   at::Tensor g = grad_loss.to(at::kDouble).contiguous();
   at::Tensor grad = at::empty_like(acts);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op, [&] {
-    align_backward_impl<scalar_t>(g, acts, labels, mu_d, sigma_d, mean, std, grad);
+    align_backward_impl<scalar_t>(g, acts, labels, mu_d, sigma_d, mean, std, grad, points_last);
   });
   return grad;
 }

@@ -36,13 +36,16 @@ std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, cons
 // Returns {count (K) int64 (points), mean (K,C) float64, m2 (K,C) float64}.
 std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes);
 
-// Per-sample flow alignment loss (see DESIGN.md): acts (B,C,N), labels (B), mu/sigma (K,C).
-// Returns {loss (B), mean (B,C), std (B,C)}; mean/std are kept for the backward.
+// Per-sample flow alignment loss (see DESIGN.md): acts (B,C,N), or (B,N,C) with points_last
+// (the fast paths' layout, read without a transposing copy), labels (B), mu/sigma (K,C).
+// Returns {loss (B), mean (B,C), std (B,C)}; mean/std are kept for the backward, whose
+// gradient has acts' layout.
 std::vector<at::Tensor> flow_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
-                                               const at::Tensor& mu, const at::Tensor& sigma);
+                                               const at::Tensor& mu, const at::Tensor& sigma,
+                                               bool points_last);
 at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& acts,
                                    const at::Tensor& labels, const at::Tensor& mu,
                                    const at::Tensor& sigma, const at::Tensor& mean,
-                                   const at::Tensor& std);
+                                   const at::Tensor& std, bool points_last);
 
 }  // namespace flowam

@@ -173,18 +173,59 @@ def test_align_non_contiguous_int32_labels_and_constant_flow():
     assert mu.grad is None and sigma.grad is None  # the flow is a constant
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, N, C", [(4, 50, 6), (1, 1, 3), (3, 129, 70), (2, 7, 1)])
+def test_align_reads_points_last_memory_as_it_is(dtype, B, N, C):
+    """(B,C,N) views of (B,N,C) memory, as the fast paths give them, go to the kernel's
+    points-last loops (no copy) and must agree with the reference, gradient included."""
+    base = _acts(B, N, C, dtype, seed=12, offset=2.0)
+    labels = torch.tensor([2, 0, 2, 1][:B])
+    mu, sigma = _flow(3, C)
+    g = torch.randn(B, dtype=dtype)
+    a = base.clone().requires_grad_(True)
+    r = base.clone().requires_grad_(True)
+    got = flow_align(a.transpose(1, 2), labels, mu, sigma, backend="cpu")
+    want = reference.flow_align(r.transpose(1, 2), labels, mu, sigma)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    (got * g).sum().backward()
+    (want * g).sum().backward()
+    torch.testing.assert_close(a.grad, r.grad, rtol=tol, atol=tol * max(1.0, r.grad.abs().max().item()))
+
+
+def test_align_points_last_gradcheck_and_kernel_layout():
+    base = _acts(3, 6, 4, torch.float64, seed=13).requires_grad_(True)
+    labels = torch.tensor([1, 0, 1])
+    mu, sigma = _flow(2, 4)
+    assert torch.autograd.gradcheck(lambda a: flow_align(a.transpose(1, 2), labels, mu, sigma, backend="cpu"), (base,))
+    # The kernel call itself: points_last on (B,N,C) equals the default on the (B,C,N) copy.
+    x = base.detach()
+    pl = _C().flow_align_forward_cpu(x, labels, mu, sigma, True)
+    cn = _C().flow_align_forward_cpu(x.transpose(1, 2).contiguous(), labels, mu, sigma, False)
+    for p, c in zip(pl, cn):
+        torch.testing.assert_close(p, c, rtol=1e-12, atol=1e-12)
+    gl = torch.tensor([0.5, -2.0, 1.0], dtype=torch.float64)
+    gp = _C().flow_align_backward_cpu(gl, x, labels, mu, sigma, pl[1], pl[2], True)
+    gc = _C().flow_align_backward_cpu(gl, x.transpose(1, 2).contiguous(), labels, mu, sigma, cn[1], cn[2], False)
+    assert gp.shape == x.shape
+    torch.testing.assert_close(gp.transpose(1, 2), gc, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="mu has 4 channels but acts has 6"):
+        _C().flow_align_forward_cpu(x.transpose(1, 2).contiguous(), labels, mu, sigma, True)
+
+
 def test_align_deterministic_across_runs_and_thread_counts():
     acts = _acts(6, 30, 1000, seed=10)  # enough rows per call to split across threads
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
     mu, sigma = _flow(2, 30)
 
-    def run():
-        a = acts.clone().requires_grad_(True)
-        loss = flow_align(a, labels, mu, sigma, backend="cpu")
+    def run(points_last):
+        a = (acts.transpose(1, 2).contiguous() if points_last else acts.clone()).requires_grad_(True)
+        loss = flow_align(a.transpose(1, 2) if points_last else a, labels, mu, sigma, backend="cpu")
         loss.sum().backward()
         return loss.detach(), a.grad
 
-    assert_same_across_runs_and_threads(run)
+    assert_same_across_runs_and_threads(lambda: run(False))
+    assert_same_across_runs_and_threads(lambda: run(True))
 
 
 def test_torch_backend_is_the_reference():

@@ -75,17 +75,21 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backe
 
 
 class _FlowAlignCpu(torch.autograd.Function):
+    """acts: (B,C,N), or (B,N,C) with points_last; the gradient comes back in acts' layout."""
+
     @staticmethod
-    def forward(ctx, acts, labels, mu, sigma):
-        loss, mean, std = _backend.extension().flow_align_forward_cpu(acts, labels, mu, sigma)
+    def forward(ctx, acts, labels, mu, sigma, points_last):
+        loss, mean, std = _backend.extension().flow_align_forward_cpu(acts, labels, mu, sigma, points_last)
         ctx.save_for_backward(acts, labels, mu, sigma, mean, std)
+        ctx.points_last = points_last
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         acts, labels, mu, sigma, mean, std = ctx.saved_tensors
-        grad = _backend.extension().flow_align_backward_cpu(grad_loss.contiguous(), acts, labels, mu, sigma, mean, std)
-        return grad, None, None, None
+        grad = _backend.extension().flow_align_backward_cpu(grad_loss.contiguous(), acts, labels, mu, sigma, mean,
+                                                            std, ctx.points_last)
+        return grad, None, None, None, None
 
 
 def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
@@ -117,6 +121,9 @@ def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma
     b = _backend.resolve(backend, acts.device, op, _IMPLEMENTED)
     if b == "torch":
         return reference.flow_align(acts, labels, mu.detach(), sigma.detach())
-    return _FlowAlignCpu.apply(checks.kernel_float(acts), labels.contiguous(),
-                               mu.detach().to(torch.float64).contiguous(),
-                               sigma.detach().to(torch.float64).contiguous())
+    # The fast paths hand over (B,C,N) views of points-last (B,N,C) memory: the kernel reads
+    # that memory as it is, which saves a transposing copy forward and another backward.
+    points_last = not acts.is_contiguous() and acts.transpose(1, 2).is_contiguous()
+    return _FlowAlignCpu.apply(checks.kernel_float(acts.transpose(1, 2) if points_last else acts),
+                               labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
+                               sigma.detach().to(torch.float64).contiguous(), points_last)
