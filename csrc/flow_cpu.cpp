@@ -111,19 +111,30 @@ void check_flow(const at::Tensor& acts, const at::Tensor& mu, const at::Tensor& 
   TORCH_CHECK(mu.size(0) > 0, op, ": mu and sigma have no classes");
 }
 
+// Per-(sample, channel) mean and M2 over the points into (B, C) arrays, in either layout.
+template <typename T>
+void sample_moments(const T* a, int64_t B, int64_t C, int64_t N, bool points_last, double* mean, double* m2) {
+  if (points_last) {
+    at::parallel_for(0, B, row_grain(N * C), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) block_moments(a + b * N * C, N, C, mean + b * C, m2 + b * C);
+    });
+  } else {
+    at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) row_moments(a + r * N, N, mean[r], m2[r]);
+    });
+  }
+}
+
 template <typename T>
 void stats_impl(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes, at::Tensor& count,
-                at::Tensor& mean, at::Tensor& m2) {
-  const int64_t B = acts.size(0), C = acts.size(1), N = acts.size(2);
-  const T* a = acts.data_ptr<T>();
+                at::Tensor& mean, at::Tensor& m2, bool points_last) {
+  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last)), N = acts.size(point_dim(points_last));
   const int64_t* lab = labels.data_ptr<int64_t>();
   at::Tensor s_mean = at::empty({B, C}, acts.options().dtype(at::kDouble));
   at::Tensor s_m2 = at::empty({B, C}, acts.options().dtype(at::kDouble));
   double* smp = s_mean.data_ptr<double>();
   double* sqp = s_m2.data_ptr<double>();
-  at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) row_moments(a + r * N, N, smp[r], sqp[r]);
-  });
+  sample_moments(acts.data_ptr<T>(), B, C, N, points_last, smp, sqp);
 
   int64_t* cnt = count.data_ptr<int64_t>();
   double* mp = mean.data_ptr<double>();
@@ -168,15 +179,7 @@ void align_forward_impl(const at::Tensor& acts, const at::Tensor& labels, const 
   at::Tensor terms = at::empty({B, C}, mean.options());
   double* tp = terms.data_ptr<double>();
   // std holds M2 until the terms below turn it into the std.
-  if (points_last) {
-    at::parallel_for(0, B, row_grain(N * C), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) block_moments(a + b * N * C, N, C, mp + b * C, sp + b * C);
-    });
-  } else {
-    at::parallel_for(0, B * C, row_grain(N), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) row_moments(a + r * N, N, mp[r], sp[r]);
-    });
-  }
+  sample_moments(a, B, C, N, points_last, mp, sp);
   for (int64_t r = 0; r < B * C; ++r) {
     const int64_t kc = lab[r / C] * C + r % C;
     sp[r] = sample_std(sp[r], static_cast<double>(N));
@@ -244,15 +247,17 @@ void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, co
 
 }  // namespace
 
-std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes) {
+std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes,
+                                       bool points_last) {
   static constexpr const char* op = "flow_stats_cpu";
-  check_acts_labels(acts, labels, num_classes, op);
+  check_acts_labels(acts, labels, num_classes, op, points_last);
   const auto dopts = acts.options().dtype(at::kDouble);
+  const int64_t C = acts.size(channel_dim(points_last));
   at::Tensor count = at::empty({num_classes}, acts.options().dtype(at::kLong));
-  at::Tensor mean = at::empty({num_classes, acts.size(1)}, dopts);
-  at::Tensor m2 = at::empty({num_classes, acts.size(1)}, dopts);
+  at::Tensor mean = at::empty({num_classes, C}, dopts);
+  at::Tensor m2 = at::empty({num_classes, C}, dopts);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op,
-                             [&] { stats_impl<scalar_t>(acts, labels, num_classes, count, mean, m2); });
+                             [&] { stats_impl<scalar_t>(acts, labels, num_classes, count, mean, m2, points_last); });
   return {count, mean, m2};
 }
 

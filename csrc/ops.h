@@ -32,9 +32,11 @@ std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, cons
                                                 const at::Tensor& shift, const at::Tensor& argmax,
                                                 double negative_slope);
 
-// Per-class statistics over all points of all samples: acts (B,C,N), labels (B) int64.
+// Per-class statistics over all points of all samples: acts (B,C,N), or (B,N,C) with
+// points_last, labels (B) int64.
 // Returns {count (K) int64 (points), mean (K,C) float64, m2 (K,C) float64}.
-std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes);
+std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes,
+                                       bool points_last);
 
 // Per-sample flow alignment loss (see DESIGN.md): acts (B,C,N), or (B,N,C) with points_last
 // (the fast paths' layout, read without a transposing copy), labels (B), mu/sigma (K,C).

@@ -57,6 +57,20 @@ def test_stats_match_direct_computation(dtype, B, C, N):
     _assert_stats_close(flow_stats(acts, labels, 5, backend="torch"), want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, N, C", [(5, 40, 6), (1, 1, 3), (7, 300, 33)])
+def test_stats_read_points_last_memory_as_it_is(dtype, B, N, C):
+    base = _acts(B, N, C, dtype, seed=14, offset=5.0)  # (B, N, C) memory, as the fast paths leave it
+    labels = torch.arange(B) % 3
+    got = flow_stats(base.transpose(1, 2), labels, 3, backend="cpu")
+    _assert_stats_close(got, _direct_stats(base.transpose(1, 2), labels, 3), rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    count, mean, m2 = _C().flow_stats_cpu(base, labels, 3, True)
+    want = _C().flow_stats_cpu(base.transpose(1, 2).contiguous(), labels, 3, False)
+    assert torch.equal(count, want[0])
+    torch.testing.assert_close(mean, want[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m2, want[2], rtol=1e-12, atol=1e-10)
+
+
 def test_stats_precise_with_a_large_mean():
     acts = _acts(6, 4, 500, torch.float32, offset=1e4)  # spread ~1 on a mean of 1e4
     labels = torch.tensor([1, 1, 0, 1, 0, 1])

@@ -52,6 +52,13 @@ def flow_std(count: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(m2 / count.to(torch.float64).unsqueeze(1))
 
 
+def _points_last(acts: torch.Tensor) -> bool:
+    """Whether acts (B,C,N) is a view of points-last (B,N,C) memory, as the fast paths hand
+    over: the kernels then read that memory as it is, which saves a transposing copy (and, for
+    flow_align, another one for the gradient)."""
+    return not acts.is_contiguous() and acts.transpose(1, 2).is_contiguous()
+
+
 def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backend: str = "auto") -> FlowStats:
     """Per-class count, mean and M2 over all points of all samples of each class, in float64.
     acts (B,C,N) per-point activations, labels (B) in [0, num_classes). Not differentiable.
@@ -69,8 +76,10 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backe
     with torch.no_grad():
         if b == "torch":
             return FlowStats(*reference.flow_stats(acts, labels.long(), num_classes))
+        points_last = _points_last(acts)
         count, mean, m2 = _backend.extension().flow_stats_cpu(
-            checks.kernel_float(acts), labels.long().contiguous(), num_classes)
+            checks.kernel_float(acts.transpose(1, 2) if points_last else acts), labels.long().contiguous(),
+            num_classes, points_last)
     return FlowStats(count, mean, m2)
 
 
@@ -121,9 +130,7 @@ def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma
     b = _backend.resolve(backend, acts.device, op, _IMPLEMENTED)
     if b == "torch":
         return reference.flow_align(acts, labels, mu.detach(), sigma.detach())
-    # The fast paths hand over (B,C,N) views of points-last (B,N,C) memory: the kernel reads
-    # that memory as it is, which saves a transposing copy forward and another backward.
-    points_last = not acts.is_contiguous() and acts.transpose(1, 2).is_contiguous()
+    points_last = _points_last(acts)
     return _FlowAlignCpu.apply(checks.kernel_float(acts.transpose(1, 2) if points_last else acts),
                                labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
                                sigma.detach().to(torch.float64).contiguous(), points_last)
