@@ -1,9 +1,10 @@
 // Activation-flow ops on the CPU: per-class statistics over points (flow_stats) and the
 // per-sample alignment loss with its gradient (flow_align). acts is (B, C, N), so each
 // (sample, channel) row of N points is contiguous: one row is read from memory once and its
-// second pass (the deviations) runs from L1. flow_align also reads (B, N, C), the layout the
-// fast paths produce, so their activations need no transposing copy in either direction. Every reduction runs in a fixed order, so
-// results are bit-identical from run to run and independent of the thread count.
+// second pass (the deviations) runs from L1. Both ops also read (B, N, C) (points_last), the
+// layout the fast paths produce, so their activations need no transposing copy in either
+// direction. Every reduction runs in a fixed order, so results are bit-identical from run to
+// run and independent of the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 

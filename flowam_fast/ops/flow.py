@@ -52,11 +52,12 @@ def flow_std(count: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(m2 / count.to(torch.float64).unsqueeze(1))
 
 
-def _points_last(acts: torch.Tensor) -> bool:
-    """Whether acts (B,C,N) is a view of points-last (B,N,C) memory, as the fast paths hand
-    over: the kernels then read that memory as it is, which saves a transposing copy (and, for
-    flow_align, another one for the gradient)."""
-    return not acts.is_contiguous() and acts.transpose(1, 2).is_contiguous()
+def _kernel_acts(acts: torch.Tensor):
+    """(tensor for the kernel, points_last). A (B,C,N) view of points-last (B,N,C) memory, as
+    the fast paths hand over, goes as that (B,N,C) memory: the kernels read it as it is, which
+    saves a transposing copy (and, for flow_align, another one for the gradient)."""
+    points_last = not acts.is_contiguous() and acts.transpose(1, 2).is_contiguous()
+    return checks.kernel_float(acts.transpose(1, 2) if points_last else acts), points_last
 
 
 def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backend: str = "auto") -> FlowStats:
@@ -76,10 +77,9 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backe
     with torch.no_grad():
         if b == "torch":
             return FlowStats(*reference.flow_stats(acts, labels.long(), num_classes))
-        points_last = _points_last(acts)
-        count, mean, m2 = _backend.extension().flow_stats_cpu(
-            checks.kernel_float(acts.transpose(1, 2) if points_last else acts), labels.long().contiguous(),
-            num_classes, points_last)
+        kernel_acts, points_last = _kernel_acts(acts)
+        count, mean, m2 = _backend.extension().flow_stats_cpu(kernel_acts, labels.long().contiguous(), num_classes,
+                                                              points_last)
     return FlowStats(count, mean, m2)
 
 
@@ -130,7 +130,6 @@ def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma
     b = _backend.resolve(backend, acts.device, op, _IMPLEMENTED)
     if b == "torch":
         return reference.flow_align(acts, labels, mu.detach(), sigma.detach())
-    points_last = _points_last(acts)
-    return _FlowAlignCpu.apply(checks.kernel_float(acts.transpose(1, 2) if points_last else acts),
-                               labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
+    kernel_acts, points_last = _kernel_acts(acts)
+    return _FlowAlignCpu.apply(kernel_acts, labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
                                sigma.detach().to(torch.float64).contiguous(), points_last)
