@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import compare, script_main  # noqa: E402
 
 from flowam_fast import ops  # noqa: E402
-from flowam_fast.engine import AMConfig, continuity_loss  # noqa: E402
-from flowam_fast.flows import Flows, neighbour_d2  # noqa: E402
+from flowam_fast.am.engine import AMConfig, continuity_loss  # noqa: E402
+from flowam_fast.am.flows import Flows, neighbour_d2  # noqa: E402
 from flowam_fast.models import DGCNN, PointNet, get_activations, plain_path  # noqa: E402
 
 NUM_CLASSES = 40  # ModelNet40

@@ -1,0 +1,303 @@
+"""The batched activation-maximization engine: FlowAM and its baselines over a (class x seed)
+grid, all jobs optimized together (DESIGN.md, "The FlowAM objective").
+
+Per job j with target class c and points x (N,3):
+    L(x) = -z_c(x) + flow_weight * mean_l flow_align_l(x) + continuity_weight * cont(x)
+and after each Adam step x <- clamp(x, lo, hi). Adam is elementwise and the model is frozen
+in eval mode, so each job's trajectory does not depend on which batch it ran in; the loss is
+summed (not averaged) over jobs so that Adam's epsilon sees the same gradient scale too.
+
+method="ae-latent" is the generative baseline: Adam runs on an autoencoder's latent code z
+(initialized from the training codes' per-dimension Gaussian, seeded by (class, seed),
+projected into the training codes' per-dimension range after each step) and the classifier
+sees x = decode(z); the objective is the target logit alone, as in generative-model AM.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import ops
+from .explanations import Explanations
+from .flows import Flows, describe_model
+from .spaces import LatentSpace, PointSpace, initial_points
+from ..models.activations import default_layers, get_activations
+
+METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
+# method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
+# For ae-latent the clamp is to the autoencoder's latent range, not the data bounds.
+_PRESETS = {
+    "flowam": (100.0, 1.0, True),
+    "regularized": (0.0, 1.0, True),
+    "vanilla": (0.0, 0.0, False),
+    "ae-latent": (0.0, 0.0, True),
+}
+#: Added to squared neighbour distances inside the continuity log (DESIGN.md).
+CONT_EPS = 1e-7
+
+
+@dataclass
+class AMConfig:
+    method: str = "flowam"
+    steps: int = 600
+    lr: float = 0.01
+    flow_weight: float = 100.0
+    continuity_weight: float = 1.0
+    continuity_k: int = 3
+    num_points: int = 1024
+    init: str = "uniform"
+    init_scale: float = 0.5
+    clamp: bool = True
+    layers: tuple = ()
+    autoencoder: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def continuity_loss(x: torch.Tensor, k: int, d2_target: float, backend: str = "auto") -> torch.Tensor:
+    """Per-job mean over points and their k nearest neighbours (self excluded) of
+    |log((d2 + eps) / d2_target)|. x (J,N,3) -> (J,)."""
+    d2, _ = ops.knn(x, k + 1, backend=backend)
+    return torch.log((d2[..., 1:] + CONT_EPS) / d2_target).abs().mean(dim=(1, 2))
+
+
+def describe_autoencoder(ae) -> str:
+    return json.dumps({"class": type(ae).__name__, **dict(getattr(ae, "config", {}))}, sort_keys=True)
+
+
+@contextlib.contextmanager
+def frozen(model):
+    """Eval mode and no parameter gradients while optimizing inputs; restored afterwards."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+class FlowAM:
+    """Activation maximization over a (class x seed) grid.
+
+    model: any nn.Module taking (B,3,N) and returning logits (B,K); the built-in PointNet and
+    DGCNN run on the fused fast paths in eval mode. flows: a `Flows` for this model (needed
+    for method="flowam", and for the bounds and continuity target of "regularized").
+    method: "flowam" | "vanilla" (logit only, no clamp) | "regularized" (continuity + bounds)
+    | "ae-latent" (logit only, optimized in `autoencoder`'s latent space; see the module docstring).
+    flow_weight / continuity_weight / clamp: None takes the method's preset.
+    """
+
+    def __init__(self, model, flows: Flows | None = None, method: str = "flowam", steps: int = 600,
+                 lr: float = 0.01, flow_weight: float | None = None, continuity_weight: float | None = None,
+                 continuity_k: int | None = None, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
+                 clamp: bool | None = None, layers=None, autoencoder=None, device=None, backend: str = "auto",
+                 quiet: bool = False):
+        if method not in _PRESETS:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if (method == "ae-latent") != (autoencoder is not None):
+            raise ValueError("method 'ae-latent' needs autoencoder= (see flowam_fast.autoencoder), and only it "
+                             f"takes one (method {method!r})")
+        fw, cw, cl = _PRESETS[method]
+        fw = fw if flow_weight is None else float(flow_weight)
+        cw = cw if continuity_weight is None else float(continuity_weight)
+        cl = cl if clamp is None else bool(clamp)
+        if continuity_k is None:
+            continuity_k = flows.continuity_k if flows is not None else 3
+        if steps < 0 or lr <= 0 or num_points < continuity_k + 1:
+            raise ValueError("need steps >= 0, lr > 0 and num_points > continuity_k")
+        if (fw > 0 or cw > 0 or (cl and autoencoder is None)) and flows is None:
+            raise ValueError(f"method {method!r} needs flows (bounds, continuity target"
+                             f"{', activation flows' if fw > 0 else ''}); compute them with compute_flows")
+        self.model = model
+        self.flows = flows
+        self.autoencoder = autoencoder
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.backend = backend
+        self.quiet = quiet
+        layers = tuple(layers) if layers is not None else (tuple(flows.layers) if (flows is not None and fw > 0) else ())
+        if fw > 0 and not layers:
+            layers = tuple(default_layers(model))
+        self.config = AMConfig(method=method, steps=int(steps), lr=float(lr), flow_weight=fw, continuity_weight=cw,
+                               continuity_k=int(continuity_k), num_points=int(num_points), init=init,
+                               init_scale=float(init_scale), clamp=cl, layers=layers if fw > 0 else (),
+                               autoencoder=describe_autoencoder(autoencoder) if autoencoder is not None else "")
+        if autoencoder is not None and int(autoencoder.config["num_points"]) != self.config.num_points:
+            raise ValueError(f"the autoencoder decodes {autoencoder.config['num_points']} points but num_points is "
+                             f"{self.config.num_points}")
+        self.d2_target = self._continuity_target() if cw > 0 else None
+        initial_points(0, 0, 1, init)  # reject an unknown init now, not mid-sweep
+        if fw > 0:
+            self._check_flows_match_model()
+
+    def _continuity_target(self) -> float:
+        """The flows' d2_target for clouds of num_points points. It was measured on clouds of
+        flows.num_points points; neighbour distances on a surface scale as (area / N)^(1/2), so
+        d2 scales as 1/N. A different k would need another measurement, so it is refused."""
+        cfg, f = self.config, self.flows
+        if cfg.continuity_k != f.continuity_k:
+            raise ValueError(f"continuity_k={cfg.continuity_k}, but the flows' continuity target was measured "
+                             f"with k={f.continuity_k}; recompute the flows with continuity_k={cfg.continuity_k}")
+        return f.d2_target * (f.num_points / cfg.num_points if f.num_points else 1.0)
+
+    def _check_flows_match_model(self) -> None:
+        with torch.no_grad():
+            # One cloud of the run's size: a DGCNN needs at least k points for its graphs.
+            g = torch.Generator().manual_seed(0)
+            probe = torch.rand(1, 3, self.config.num_points, generator=g).to(self.device) - 0.5
+            self.model.eval()
+            logits, acts = get_activations(self.model, probe, list(self.config.layers))
+        self.flows.check_compatible(self.config.layers, {k: v.shape[1] for k, v in acts.items()}, self.model)
+        if logits.shape[1] != self.flows.num_classes:
+            raise ValueError(f"the model has {logits.shape[1]} classes but the flows {self.flows.num_classes}")
+
+    # -- the objective -------------------------------------------------------------------
+    def objective(self, x: torch.Tensor, classes: torch.Tensor):
+        """Per-job loss terms for points x (J,N,3): (total (J,), logits (J,K), terms dict)."""
+        cfg = self.config
+        inp = x.transpose(1, 2)
+        terms = {}
+        if cfg.flow_weight > 0:
+            logits, acts = get_activations(self.model, inp, list(cfg.layers))
+            align = torch.stack([
+                ops.flow_align(acts[layer], classes, *self._flow_tensors(layer), backend=self.backend)
+                for layer in cfg.layers]).mean(0)
+            terms["flow"] = align
+        else:
+            logits = self.model(inp)
+        target = logits.gather(1, classes[:, None]).squeeze(1)
+        terms["logit"] = target
+        total = -target
+        if cfg.flow_weight > 0:
+            total = total + cfg.flow_weight * terms["flow"]
+        if cfg.continuity_weight > 0:
+            terms["continuity"] = continuity_loss(x, cfg.continuity_k, self.d2_target, backend=self.backend)
+            total = total + cfg.continuity_weight * terms["continuity"]
+        return total, logits, terms
+
+    def _flow_tensors(self, layer):
+        cache = self.__dict__.setdefault("_flow_cache", {})
+        if layer not in cache:
+            mu, sd = self.flows.class_flow(layer)
+            cache[layer] = (mu.to(self.device), sd.to(self.device))
+        return cache[layer]
+
+    # -- the sweep -------------------------------------------------------------------------
+    def run(self, classes, seeds, batch_size: int | None = None, store=None) -> Explanations:
+        """Optimize every (class, seed) job. batch_size: jobs per batch (default: all).
+        store: an HDF5 path; jobs already stored there (same method and config) are skipped,
+        and the store is rewritten atomically after each batch."""
+        # Repeated classes or seeds would make repeated jobs; keep the first of each.
+        classes = list(dict.fromkeys(int(c) for c in classes))
+        seeds = list(dict.fromkeys(int(s) for s in seeds))
+        num_classes = self._num_classes()
+        for c in classes:
+            if not 0 <= c < num_classes:
+                raise ValueError(f"unknown class {c}: the model has classes 0..{num_classes - 1}")
+        if self.flows is not None and self.config.flow_weight > 0:
+            self.flows.check_classes(classes)
+        jobs = [(c, s) for c in classes for s in seeds]
+        done = self._empty_result(num_classes)
+        if store is not None:
+            done = Explanations.resume(store, self.config.to_json(), done)
+            have = set(zip(done.classes.tolist(), done.seeds.tolist()))
+            jobs = [j for j in jobs if j not in have]
+        batch_size = batch_size or max(1, len(jobs))
+        bar = tqdm(total=len(jobs) * self.config.steps, desc=self.config.method, disable=self.quiet, unit="step")
+        results = [done]
+        for start in range(0, len(jobs), batch_size):
+            part = self._optimize(jobs[start:start + batch_size], bar)
+            results.append(part)
+            if store is not None:
+                Explanations.concat(results).save(store)
+        bar.close()
+        return Explanations.concat(results)
+
+    def _num_classes(self) -> int:
+        if self.flows is not None:
+            return self.flows.num_classes
+        with torch.no_grad():
+            self.model.eval()
+            return int(self.model(torch.rand(1, 3, self.config.num_points, device=self.device) - 0.5).shape[1])
+
+    def _empty_result(self, num_classes: int) -> Explanations:
+        n = self.config.num_points
+        return Explanations(points=np.zeros((0, n, 3), np.float32), classes=np.zeros(0, np.int64),
+                            seeds=np.zeros(0, np.int64), logits=np.zeros((0, num_classes), np.float32),
+                            method=self.config.method, config=self.config.to_json(),
+                            model=describe_model(self.model),
+                            class_names=list(self.flows.class_names) if self.flows is not None else [])
+
+    def _optimize(self, jobs, bar) -> Explanations:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(frozen(self.model))
+            if self.autoencoder is not None:
+                stack.enter_context(frozen(self.autoencoder))
+            return self._optimize_frozen(jobs, bar)
+
+    def _space(self):
+        cfg = self.config
+        if self.autoencoder is not None:
+            return LatentSpace(self.autoencoder, cfg.clamp)
+        if cfg.clamp:
+            return PointSpace(cfg, self.flows.lo.to(self.device), self.flows.hi.to(self.device))
+        return PointSpace(cfg)
+
+    def _optimize_frozen(self, jobs, bar) -> Explanations:
+        cfg = self.config
+        space = self._space()
+        cls = torch.tensor([c for c, _ in jobs], dtype=torch.int64, device=self.device)
+        p = space.init(jobs).to(self.device).requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=cfg.lr)
+        with torch.no_grad():
+            space.project(p)
+            x = space.points(p)
+        best_x = x.detach().clone()
+        best_logit = torch.full((len(jobs),), -math.inf, device=self.device)
+        best_logits = None
+        found = torch.zeros(len(jobs), dtype=torch.bool, device=self.device)
+        for step in range(cfg.steps + 1):
+            last = step == cfg.steps
+            with torch.set_grad_enabled(not last):
+                x = space.points(p)
+                total, logits, _ = self.objective(x, cls)
+            with torch.no_grad():
+                target = logits.gather(1, cls[:, None]).squeeze(1)
+                success = logits.argmax(1) == cls
+                better = success & (target > best_logit)
+                # Where no step has succeeded yet the latest iterate stands in (the fallback).
+                take = better | (~found & ~success)
+                if best_logits is None:
+                    best_logits = logits.detach().clone()
+                best_x[take] = x.detach()[take]
+                best_logits[take] = logits.detach()[take]
+                best_logit[better] = target[better]
+                found |= success
+            if last:
+                break
+            opt.zero_grad(set_to_none=True)
+            total.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                space.project(p)
+            if not self.quiet:
+                prob = torch.softmax(logits.detach(), 1).gather(1, cls[:, None]).mean()
+                bar.set_postfix(p_target=f"{float(prob):.3f}", success=f"{float(found.float().mean()):.2f}",
+                                refresh=False)
+                bar.update(len(jobs))
+        return Explanations(points=best_x.cpu().numpy().astype(np.float32), classes=cls.cpu().numpy(),
+                            seeds=np.array([s for _, s in jobs], np.int64),
+                            logits=best_logits.cpu().numpy().astype(np.float32), method=cfg.method,
+                            config=cfg.to_json(), model=describe_model(self.model),
+                            class_names=list(self.flows.class_names) if self.flows is not None else [])

@@ -1,0 +1,223 @@
+"""Activation flows: per-class, per-channel statistics of a model's per-point activations over
+all points of all training samples of each class (DESIGN.md), plus the data bounds and the
+continuity target the FlowAM objective needs.
+
+`compute_flows` makes one pass over the data; the reduction runs in the fused `flow_stats`
+op and batches are merged with Chan's parallel update.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import __version__, ops
+from ..atomic import atomic_path
+from ..models.activations import default_layers, get_activations
+
+
+def describe_model(model: torch.nn.Module) -> str:
+    """A short description stored with flows and explanations (class, size, classes)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    extra = {k: getattr(model, k) for k in ("num_classes", "k", "emb_dims", "width", "feature_transform", "tap_version")
+             if isinstance(getattr(model, k, None), (int, float, bool))}
+    return json.dumps({"class": type(model).__name__, "parameters": n_params, **extra}, sort_keys=True)
+
+
+@dataclass
+class Flows:
+    """Per-class activation flows of one model.
+
+    mean[layer], std[layer]: (K, C_l) float32; count: (K,) number of training samples per
+    class; lo, hi: (3,) per-axis bounds of the data; d2_target: mean squared distance to the
+    `continuity_k` nearest neighbours (self excluded) in the training data.
+    """
+
+    layers: list
+    mean: dict
+    std: dict
+    count: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    d2_target: float
+    continuity_k: int = 3
+    class_names: list = field(default_factory=list)
+    model: str = ""
+    num_points: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.count.shape[0])
+
+    def channels(self) -> dict:
+        return {layer: int(self.mean[layer].shape[1]) for layer in self.layers}
+
+    def class_flow(self, layer: str):
+        return self.mean[layer], self.std[layer]
+
+    def check_classes(self, classes) -> None:
+        for c in classes:
+            if not 0 <= int(c) < self.num_classes:
+                raise ValueError(f"unknown class {c}: the flows cover classes 0..{self.num_classes - 1}")
+            if int(self.count[int(c)]) == 0:
+                raise ValueError(f"class {c} has no training samples in the flows")
+
+    def check_taps(self, model) -> None:
+        """Raise if the flows were computed at an older version of the model's activation taps."""
+        want = getattr(model, "tap_version", None)
+        if want is None or not self.model:
+            return
+        have = json.loads(self.model).get("tap_version", 1)
+        if have != want:
+            raise ValueError(f"flows were computed at version {have} of {type(model).__name__}'s activation taps, "
+                             f"the model has version {want} (the taps moved); recompute them (flowam-fast flows)")
+
+    def check_compatible(self, layers, channels: dict, model=None) -> None:
+        """Raise unless every one of `layers` has flows here, with the model's channel counts
+        (and, given the model, its tap version)."""
+        if model is not None:
+            self.check_taps(model)
+        missing = [layer for layer in layers if layer not in self.layers]
+        if missing:
+            raise ValueError(f"flows were computed for layers {self.layers}, not {missing}; "
+                             "recompute them for this model (flowam-fast flows)")
+        mine = self.channels()
+        bad = {k: (mine[k], channels[k]) for k in layers if mine[k] != channels[k]}
+        if bad:
+            raise ValueError("flows do not match the model's channel counts "
+                             + ", ".join(f"{k}: flows {a} vs model {b}" for k, (a, b) in bad.items())
+                             + "; they were computed for another model (" + self.model + ")")
+
+    def save(self, path) -> None:
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+            f.attrs["format"] = "flowam_fast.flows"
+            f.attrs["version"] = __version__
+            f.attrs["model"] = self.model
+            f.attrs["layers"] = json.dumps(self.layers)
+            f.attrs["class_names"] = json.dumps(list(self.class_names))
+            f.attrs["d2_target"] = float(self.d2_target)
+            f.attrs["continuity_k"] = int(self.continuity_k)
+            f.attrs["num_points"] = int(self.num_points)
+            f["count"] = self.count.numpy()
+            f["lo"] = self.lo.numpy()
+            f["hi"] = self.hi.numpy()
+            for i, layer in enumerate(self.layers):
+                g = f.create_group(f"layer{i}")
+                g.attrs["name"] = layer
+                g["mean"] = self.mean[layer].numpy()
+                g["std"] = self.std[layer].numpy()
+
+    @classmethod
+    def load(cls, path) -> "Flows":
+        try:
+            f = h5py.File(path, "r")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"flows file not found: {path}") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read flows file {path}: {exc}") from None
+        with f:
+            if f.attrs.get("format") != "flowam_fast.flows":
+                raise ValueError(f"{path} is not a flowam_fast flows file")
+            try:
+                layers = json.loads(f.attrs["layers"])
+                mean, std = {}, {}
+                for i, layer in enumerate(layers):
+                    g = f[f"layer{i}"]
+                    mean[layer] = torch.from_numpy(g["mean"][()])
+                    std[layer] = torch.from_numpy(g["std"][()])
+                return cls(layers=layers, mean=mean, std=std, count=torch.from_numpy(f["count"][()]),
+                           lo=torch.from_numpy(f["lo"][()]), hi=torch.from_numpy(f["hi"][()]),
+                           d2_target=float(f.attrs["d2_target"]), continuity_k=int(f.attrs["continuity_k"]),
+                           class_names=json.loads(f.attrs["class_names"]), model=str(f.attrs["model"]),
+                           num_points=int(f.attrs["num_points"]))
+            except KeyError as exc:
+                raise ValueError(f"flows file {path} is incomplete: missing {exc}") from None
+
+
+def _batches(dataset, batch_size):
+    """(points (B,N,3), labels (B,)) batches; uses the dataset's arrays when it has them."""
+    pts = getattr(dataset, "points", None)
+    labels = getattr(dataset, "labels", None)
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        if pts is not None and labels is not None:
+            yield torch.as_tensor(np.asarray(pts[start:stop]), dtype=torch.float32), \
+                torch.as_tensor(np.asarray(labels[start:stop]), dtype=torch.int64)
+        else:
+            items = [dataset[i] for i in range(start, stop)]
+            yield torch.stack([torch.as_tensor(p, dtype=torch.float32) for p, _ in items]), \
+                torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+
+
+def neighbour_d2(points: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
+    """Squared distances (B,N,k) to the k nearest neighbours of each point, self excluded."""
+    d2, _ = ops.knn(points, k + 1, backend=backend)
+    return d2[..., 1:]
+
+
+@torch.no_grad()
+def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes: int | None = None,
+                  continuity_k: int = 3, device=None, backend: str = "auto", quiet: bool = False,
+                  classes=None) -> Flows:
+    """One pass over `dataset` (items (points (N,3), label)) through `model` (input (B,3,N)).
+
+    layers: names of modules whose outputs are per-point activations (B,C,N); default: the
+    model's `flow_layers`. num_classes: default len(dataset.classes) or max label + 1.
+    classes: only the samples of these classes go through the model (the others get count 0,
+    and the bounds and continuity target come from these samples alone). A class's flow
+    depends on its own samples only, so its flow is the same as from the whole pass.
+    """
+    layers = list(layers) if layers is not None else default_layers(model)
+    if num_classes is None:
+        names = getattr(dataset, "classes", None)
+        num_classes = len(names) if names else int(np.max(getattr(dataset, "labels"))) + 1
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    stats = {layer: None for layer in layers}
+    samples = torch.zeros(num_classes, dtype=torch.int64)
+    lo = torch.full((3,), float("inf"))
+    hi = torch.full((3,), float("-inf"))
+    d2_sum, d2_n, num_points = 0.0, 0, 0
+    bar = tqdm(total=len(dataset), desc="flows", disable=quiet, unit="sample")
+    wanted = None if classes is None else torch.as_tensor(sorted({int(c) for c in classes}), dtype=torch.int64)
+    for pts, labels in _batches(dataset, batch_size):
+        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            raise ValueError(f"labels outside [0, {num_classes}) in the dataset")
+        if wanted is not None:
+            keep = torch.isin(labels, wanted)
+            bar.update(len(labels) - int(keep.sum()))
+            pts, labels = pts[keep], labels[keep]
+            if len(labels) == 0:
+                continue
+        num_points = pts.shape[1]
+        samples += torch.bincount(labels, minlength=num_classes)
+        flat = pts.reshape(-1, 3)
+        lo = torch.minimum(lo, flat.min(0).values)
+        hi = torch.maximum(hi, flat.max(0).values)
+        d2 = neighbour_d2(pts, continuity_k, backend=backend)
+        d2_sum += float(d2.double().sum())
+        d2_n += d2.numel()
+        _, acts = get_activations(model, pts.to(device).transpose(1, 2), layers)
+        for layer in layers:
+            part = ops.flow_stats(acts[layer], labels.to(device), num_classes, backend=backend)
+            stats[layer] = part if stats[layer] is None else ops.merge_flow_stats(stats[layer], part)
+        bar.update(len(labels))
+    bar.close()
+    model.train(was_training)
+    if d2_n == 0:
+        raise ValueError("the dataset is empty")
+    mean, std = {}, {}
+    for layer in layers:
+        count, m, m2 = (t.cpu() for t in stats[layer])
+        mean[layer] = m.float()
+        std[layer] = ops.flow_std(count, m2).float()
+    return Flows(layers=layers, mean=mean, std=std, count=samples, lo=lo, hi=hi,
+                 d2_target=d2_sum / d2_n, continuity_k=continuity_k,
+                 class_names=list(getattr(dataset, "classes", []) or []), model=describe_model(model),
+                 num_points=num_points)

@@ -1,0 +1,28 @@
+"""`flowam-fast flows`: per-class activation flows of a model on a dataset's training split."""
+from __future__ import annotations
+
+from ..am.flows import compute_flows
+from ..data import ModelNet40
+from ..models import load_checkpoint
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="checkpoint (.pt) written by `flowam-fast train` or a reference layout")
+    p.add_argument("--arch", choices=["pointnet", "dgcnn"], help="architecture, for reference checkpoints")
+    p.add_argument("--data", required=True, help="dataset directory in the ModelNet40 HDF5 layout")
+    p.add_argument("--out", required=True, help="output flows file (.h5)")
+    p.add_argument("--layers", help="comma-separated module names (default: the model's flow_layers)")
+    p.add_argument("--num-points", type=int, default=None, help="points per sample (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
+
+
+def run(args) -> int:
+    model = load_checkpoint(args.model, arch=args.arch)
+    num_points = args.num_points or getattr(model, "num_points", None) or 1024
+    data = ModelNet40(args.data, split="train", num_points=num_points)
+    layers = args.layers.split(",") if args.layers else None
+    flows = compute_flows(model, data, layers=layers, batch_size=args.batch_size, quiet=args.quiet)
+    flows.save(args.out)
+    print(f"flows of {len(flows.layers)} layers for {flows.num_classes} classes written to {args.out}")
+    return 0

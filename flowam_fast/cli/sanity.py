@@ -1,0 +1,60 @@
+"""`flowam-fast sanity`: the model-parameter randomization sanity check (cascading and
+independent) of one or more AM methods; writes sanity.json, sanity.md and sanity.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..am.autoencoder import load_or_train_autoencoder
+from ..am.engine import METHODS
+from ..am.flows import Flows
+from ..am.grid import parse_classes, parse_seeds
+from ..data import ModelNet40
+from ..evaluation.evaluator import load_evaluator
+from ..evaluation.metrics import references_by_class
+from ..evaluation.sanity import REALISM_REFS, markdown, run_methods, write_outputs
+from ..models import load_checkpoint
+from .options import add_am_arguments
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="classifier checkpoint")
+    p.add_argument("--arch", choices=["pointnet", "dgcnn"], help="architecture, for reference checkpoints")
+    p.add_argument("--flows", required=True, help="the model's flows (`flowam-fast flows`)")
+    p.add_argument("--data", required=True, help="dataset directory (ModelNet40 HDF5 layout)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--methods", default="flowam", help='comma list of flowam, vanilla, regularized, ae-latent')
+    p.add_argument("--classes", default="all", help='"all" or a comma list of indices or names')
+    p.add_argument("--seeds", default="0-1", help="at least two seeds (the threshold is their variation)")
+    p.add_argument("--variants", default="cascading,independent")
+    p.add_argument("--evaluator", help="evaluator PointNet checkpoint (default: train one, kept in --out)")
+    p.add_argument("--autoencoder", help="autoencoder for ae-latent (default: train one, kept in --out)")
+    add_am_arguments(p)
+
+
+def run(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    model = load_checkpoint(args.model, arch=args.arch)
+    flows = Flows.load(args.flows)
+    classes = parse_classes(args.classes, flows.class_names, flows.num_classes)
+    seeds = parse_seeds(args.seeds)
+    num_points = args.num_points or flows.num_points or 1024
+    train_set = ModelNet40(args.data, "train", num_points=num_points)
+    test_set = ModelNet40(args.data, "test", num_points=num_points)
+    evaluator = load_evaluator(args.data, args.evaluator, cache_dir=args.out, quiet=args.quiet)
+    ae = None
+    if "ae-latent" in methods:
+        ae = load_or_train_autoencoder(args.data, args.autoencoder, cache_dir=args.out, num_points=num_points,
+                                       quiet=args.quiet)
+    refs = references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS)
+    results = run_methods(model, methods, classes, seeds, evaluator, flows, train_set, autoencoder=ae,
+                          variants=variants, references=refs, quiet=args.quiet, steps=args.steps, lr=args.lr,
+                          flow_weight=args.flow_weight, continuity_weight=args.continuity_weight,
+                          num_points=num_points)
+    write_outputs(results, args.out)
+    print(markdown(results).split("\n\n")[0])
+    print(f"sanity check: {Path(args.out) / 'sanity.json'}, {Path(args.out) / 'sanity.png'}")
+    return 0

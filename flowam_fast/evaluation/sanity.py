@@ -1,0 +1,287 @@
+"""Model-parameter randomization sanity checks (Adebayo et al., 2018), adapted to AM.
+
+An explanation method is faithful to the model only if its explanations change when the
+model's parameters are destroyed. Here:
+
+- **Cascading**: the classifier's parameter blocks (``model.randomization_groups()``: a layer
+  with its BatchNorm, or a whole T-Net) are re-initialized from the output down, one more
+  block per stage, cumulatively. **Independent**: one block at a time, the rest trained.
+  A block is re-initialized as at construction (``reset_parameters``: PyTorch's default
+  random weights; BatchNorm back to the identity with fresh running statistics), seeded by
+  the block's module names, so a block gets the same random weights in both variants.
+- At each stage the explanations are regenerated with the same classes, seeds and config.
+  Everything the method derives from the model is derived again: FlowAM's activation flows
+  are recomputed on the randomized model (its data bounds and continuity target come from
+  the data and do not change). The autoencoder of "ae-latent" is not the classifier and
+  stays as it is.
+- Similarity of each job's explanation to the trained model's explanation of the same
+  (class, seed): the Chamfer distance (lower = more similar) and the Spearman rank
+  correlation of the evaluator PointNet's 1024-d global features (higher = more similar).
+
+**Threshold.** The reference is the trained model's own seed-to-seed variation: the same
+two measures between explanations of the same class from different seeds (every pair).
+A stage has *changed* the explanations when its mean Chamfer distance exceeds the seed-to-seed
+mean by more than ``SIGMAS`` (2) seed-to-seed standard deviations **and** its mean Spearman
+correlation is below the seed-to-seed mean by more than ``SIGMAS`` standard deviations. A
+variant passes when every one of its stages changed the explanations; the method passes the
+sanity check when both variants pass. A method whose explanations survive the
+randomization of the classifier (as generative-model AM can: the generator alone makes
+realistic shapes) fails. At least two seeds are needed for the seed-to-seed reference.
+Each stage also reports how far it moved in seed-to-seed standard deviations
+(``chamfer_margin``, ``spearman_margin``; changed = both above ``SIGMAS``), which tells a
+narrow miss from no change at all.
+
+**Realism under randomization** (reported beside the verdict, not part of it; defined before
+any result was looked at). The paper's argument against generative AM is that it shows
+realistic shapes whatever the model. With real references (``references=``), every stage
+also reports, per explanation, the real class whose samples are nearest (mean Chamfer over
+its references, ``metrics.nearest_class``): ``nearest_real`` is the mean of that distance
+(lower = looks more like some real shape) and ``nearest_is_target`` the share of
+explanations whose nearest real class is their target class. An explanation of a randomized
+model that still looks like a real object, or still like its target class, is plausible
+without being supported by the model.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import zlib
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from . import metrics
+from ..am.engine import FlowAM
+from ..am.flows import compute_flows
+
+VARIANTS = ("cascading", "independent")
+#: Real test samples per class for the realism columns (every class is compared with every job).
+REALISM_REFS = 5
+#: How many seed-to-seed standard deviations a stage must move past the seed-to-seed mean.
+SIGMAS = 2.0
+
+
+def randomization_groups(model) -> list:
+    """[(name, [module names])] from the output down. Built-in models list their blocks; for
+    any other module every leaf module with parameters is a block, last registered first."""
+    if hasattr(model, "randomization_groups"):
+        return [(name, list(mods)) for name, mods in model.randomization_groups()]
+    leaves = [name for name, m in model.named_modules()
+              if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
+    if not leaves:
+        raise ValueError(f"{type(model).__name__} has no parameters to randomize")
+    return [(name, [name]) for name in reversed(leaves)]
+
+
+def randomize(model, module_names, seed: int = 0) -> None:
+    """Re-initialize the named modules (and their submodules) in place, as at construction,
+    from a generator seeded by (seed, module name): the same module always gets the same
+    weights, whatever else is randomized with it."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in module_names if n not in modules]
+    if unknown:
+        raise ValueError(f"unknown module names {unknown} in {type(model).__name__}")
+    for name in module_names:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 63))
+            for m in modules[name].modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+
+
+def stage_plan(groups, variants=VARIANTS) -> list:
+    """[(variant, stage name, [module names randomized])] in the order they are run."""
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    plan = []
+    if "cascading" in variants:
+        done = []
+        for name, mods in groups:
+            done = done + list(mods)
+            plan.append(("cascading", name, done))
+    if "independent" in variants:
+        plan += [("independent", name, list(mods)) for name, mods in groups]
+    return plan
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of each row of a with the same row of b (ties get mean ranks)."""
+    ra = rankdata(np.asarray(a, np.float64), axis=1)
+    rb = rankdata(np.asarray(b, np.float64), axis=1)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    den = np.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
+    # A constant row has no ranking; call it uncorrelated rather than divide by zero.
+    return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _chamfer_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return metrics.chamfer(torch.as_tensor(a, dtype=torch.float32),
+                           torch.as_tensor(b, dtype=torch.float32)).double().numpy()
+
+
+def seed_pairs(classes: np.ndarray, seeds: np.ndarray):
+    """Index pairs (i, j), i < j, of jobs with the same class and different seeds."""
+    same = (classes[:, None] == classes[None, :]) & (seeds[:, None] != seeds[None, :])
+    i, j = np.nonzero(np.triu(same, k=1))
+    return i, j
+
+
+class SanityCheck:
+    """Runs the randomization stages for one method and measures how far explanations move.
+
+    model: the trained classifier (left untouched; stages work on copies). evaluator: a
+    PointNet for the features (see flowam_fast.metrics.evaluator_features). train_set: the
+    training data, to recompute the flows of randomized models (needed when the method has a
+    flow term). flows: the trained model's flows (bounds, continuity target, layers).
+    references: real clouds per class, {class: (R, M, 3)} (``metrics.references_by_class``),
+    for the realism columns; None leaves them out. am: keyword arguments of FlowAM.
+    """
+
+    def __init__(self, model, evaluator, flows=None, train_set=None, method: str = "flowam", autoencoder=None,
+                 variants=VARIANTS, seed: int = 0, references: dict | None = None, quiet: bool = False, **am):
+        self.model = model
+        self.evaluator = evaluator
+        self.flows = flows
+        self.train_set = train_set
+        self.method = method
+        self.autoencoder = autoencoder
+        self.seed = int(seed)
+        self.references = references
+        self.quiet = quiet
+        self.am = am
+        self.plan = stage_plan(randomization_groups(model), variants)
+        self.variants = tuple(variants)
+        # Built once here to validate the method and its arguments before any stage runs.
+        self._uses_flows = self._engine(model, flows).config.flow_weight > 0
+        if self._uses_flows and train_set is None:
+            raise ValueError(f"method {method!r} aligns activation flows, which must be recomputed for each "
+                             "randomized model: pass train_set=")
+
+    def _engine(self, model, flows):
+        return FlowAM(model, flows, method=self.method, autoencoder=self.autoencoder, quiet=self.quiet, **self.am)
+
+    def _flows_for(self, model, classes):
+        """The flows of `classes` on `model`; only their samples are read (the others' flows
+        are not used). Bounds and continuity target are the data's, as the trained flows have them."""
+        if not self._uses_flows:
+            return self.flows
+        f = self.flows
+        new = compute_flows(model, self.train_set, layers=f.layers, num_classes=f.num_classes,
+                            continuity_k=f.continuity_k, quiet=True, classes=classes)
+        return dataclasses.replace(new, lo=f.lo, hi=f.hi, d2_target=f.d2_target, num_points=f.num_points)
+
+    def explain(self, model, classes, seeds, flows=None):
+        flows = self.flows if flows is None else flows
+        return self._engine(model, flows).run(classes, seeds)
+
+    def _features(self, expl) -> np.ndarray:
+        return metrics.evaluator_features(self.evaluator, expl.points)["global"]
+
+    def _realism(self, expl) -> dict:
+        if not self.references:
+            return {}
+        dist, cls = metrics.nearest_class(expl.points, self.references)
+        return {"nearest_real": float(dist.mean()), "nearest_is_target": float((cls == expl.classes).mean())}
+
+    def run(self, classes, seeds) -> dict:
+        seeds = list(dict.fromkeys(int(s) for s in seeds))
+        if len(seeds) < 2:
+            raise ValueError("the sanity check needs at least 2 seeds: its threshold is the seed-to-seed variation")
+        base = self.explain(self.model, classes, seeds).sorted()
+        base_feat = self._features(base)
+        i, j = seed_pairs(base.classes, base.seeds)
+        ss_cd = _chamfer_pairs(base.points[i], base.points[j])
+        ss_sp = spearman_rows(base_feat[i], base_feat[j])
+        sd = (lambda v: float(v.std(ddof=1)) if v.size > 1 else 0.0)
+        thr_cd = float(ss_cd.mean()) + SIGMAS * sd(ss_cd)
+        thr_sp = float(ss_sp.mean()) - SIGMAS * sd(ss_sp)
+        # How far a stage moved, in seed-to-seed standard deviations (changed = both > SIGMAS):
+        # a graded view of the binary verdict, e.g. to tell a narrow miss from no change at all.
+        # None where the seed-to-seed values do not vary (JSON has no infinity).
+        margin = (lambda delta, s: float(delta / s) if s > 0 else None)
+        stages, seen = [], {}
+        for variant, name, mods in self.plan:
+            key = tuple(sorted(mods))
+            if key not in seen:
+                m = copy.deepcopy(self.model)
+                randomize(m, mods, self.seed)
+                expl = self.explain(m, classes, seeds, self._flows_for(m, classes)).sorted()
+                cd = _chamfer_pairs(base.points, expl.points)
+                sp = spearman_rows(base_feat, self._features(expl))
+                seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),
+                             "spearman_mean": float(sp.mean()), "spearman_std": float(sp.std()),
+                             "chamfer_margin": margin(cd.mean() - ss_cd.mean(), sd(ss_cd)),
+                             "spearman_margin": margin(ss_sp.mean() - sp.mean(), sd(ss_sp)),
+                             "success": float(expl.success.mean()), **self._realism(expl),
+                             "changed": bool(cd.mean() > thr_cd and sp.mean() < thr_sp)}
+            stages.append({"variant": variant, "stage": name, "randomized": list(mods), **seen[key]})
+        verdict = {v: all(s["changed"] for s in stages if s["variant"] == v) for v in self.variants}
+        verdict["passes"] = all(verdict[v] for v in self.variants)
+        return {"method": self.method, "config": json.loads(base.config), "classes": sorted(set(base.classes.tolist())),
+                "seeds": seeds, "sigmas": SIGMAS,
+                "trained": {"success": float(base.success.mean()), **self._realism(base)},
+                "seed_to_seed": {"pairs": int(i.size), "chamfer_mean": float(ss_cd.mean()), "chamfer_std": sd(ss_cd),
+                                 "spearman_mean": float(ss_sp.mean()), "spearman_std": sd(ss_sp)},
+                "threshold": {"chamfer": thr_cd, "spearman": thr_sp},
+                "stages": stages, "verdict": verdict}
+
+
+def markdown(results: list) -> str:
+    """A verdict table, then the stages of each method."""
+    lines = ["| method | cascading | independent | verdict | seed-to-seed Chamfer | seed-to-seed Spearman |",
+             "|---|---|---|---|---|---|"]
+    word = {True: "changed at every stage", False: "survives some stage", None: "not run"}
+    for r in results:
+        v, ss = r["verdict"], r["seed_to_seed"]
+        lines.append(f"| {r['method']} | {word[v.get('cascading')]} | {word[v.get('independent')]} | "
+                     f"**{'passes' if v['passes'] else 'fails'}** | {ss['chamfer_mean']:.4f} ± {ss['chamfer_std']:.4f} | "
+                     f"{ss['spearman_mean']:.3f} ± {ss['spearman_std']:.3f} |")
+    for r in results:
+        t, tr = r["threshold"], r["trained"]
+        realism = "nearest_real" in tr
+        head = f"trained-model success {tr['success']:.0%}"
+        if realism:
+            head += (f", nearest real class at Chamfer {tr['nearest_real']:.4f}, "
+                     f"target class nearest for {tr['nearest_is_target']:.0%}")
+        cols = ["variant", "randomized", "Chamfer", "Spearman", "moved (σ: Chamfer / Spearman)", "success"] + \
+            (["nearest real", "nearest is target"] if realism else []) + ["changed"]
+        lines += ["", f"**{r['method']}** (threshold: Chamfer > {t['chamfer']:.4f} and Spearman < {t['spearman']:.3f}; "
+                  f"{head})", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for s in r["stages"]:
+            row = [s["variant"], s["stage"], f"{s['chamfer_mean']:.4f}", f"{s['spearman_mean']:.3f}",
+                   " / ".join("n/a" if m is None else f"{m:+.1f}" for m in (s["chamfer_margin"], s["spearman_margin"])),
+                   f"{s['success']:.0%}"]
+            if realism:
+                row += [f"{s['nearest_real']:.4f}", f"{s['nearest_is_target']:.0%}"]
+            lines.append("| " + " | ".join(row + ["yes" if s["changed"] else "no"]) + " |")
+    return "\n".join(lines)
+
+
+def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, autoencoder=None, variants=VARIANTS,
+                references=None, quiet: bool = False, **am) -> list:
+    """SanityCheck.run for each method (the autoencoder goes to "ae-latent" only)."""
+    out = []
+    for method in methods:
+        check = SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
+                            autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
+                            references=references, quiet=quiet, **am)
+        out.append(check.run(classes, seeds))
+    return out
+
+
+def write_outputs(results: list, out_dir) -> None:
+    """out_dir/sanity.json, out_dir/sanity.png (the curves) and out_dir/sanity.md."""
+    from pathlib import Path
+
+    from .plots import sanity_curves
+    from .report import write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"sigmas": SIGMAS, "methods": results}, out_dir / "sanity.json")
+    sanity_curves(results, out_dir / "sanity.png")
+    (out_dir / "sanity.md").write_text("# Randomization sanity check\n\n" + markdown(results) + "\n\n![sanity](sanity.png)\n")
