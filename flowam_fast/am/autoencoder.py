@@ -46,6 +46,7 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..ops.chamfer import chamfer
 from ..models.checkpoint import CheckpointError, _read, load_state
+from ..models.linear import RowLinear
 from ..models.pointnet import scaled
 
 FORMAT = "flowam_fast.autoencoder"
@@ -70,9 +71,9 @@ class PointAutoencoder(nn.Module):
         self.bn2 = nn.BatchNorm1d(c2)
         self.conv3 = nn.Conv1d(c2, latent_dim, 1)
         h1, h2 = scaled(256, width), scaled(512, width)
-        self.fc1 = nn.Linear(latent_dim, h1)
-        self.fc2 = nn.Linear(h1, h2)
-        self.fc3 = nn.Linear(h2, num_points * 3)
+        self.fc1 = RowLinear(latent_dim, h1)
+        self.fc2 = RowLinear(h1, h2)
+        self.fc3 = RowLinear(h2, num_points * 3)
         # Neutral values until set_latent_stats: a standard normal and no bounds.
         self.register_buffer("latent_mean", torch.zeros(latent_dim))
         self.register_buffer("latent_std", torch.ones(latent_dim))

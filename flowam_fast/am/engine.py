@@ -198,16 +198,21 @@ class FlowAM:
         """Optimize every (class, seed) job. batch_size: jobs per batch (default: all).
         store: an HDF5 path; jobs already stored there (same method and config) are skipped,
         and the store is rewritten atomically after each batch."""
-        # Repeated classes or seeds would make repeated jobs; keep the first of each.
-        classes = list(dict.fromkeys(int(c) for c in classes))
-        seeds = list(dict.fromkeys(int(s) for s in seeds))
+        classes = [int(c) for c in classes]
+        seeds = [int(s) for s in seeds]
+        return self.run_jobs([(c, s) for c in classes for s in seeds], batch_size=batch_size, store=store)
+
+    def run_jobs(self, jobs, batch_size: int | None = None, store=None) -> Explanations:
+        """As `run`, for any list of (class, seed) jobs rather than a full grid (a sweep's shard)."""
+        # A repeated job would be optimized twice and stored twice; keep the first.
+        jobs = list(dict.fromkeys((int(c), int(s)) for c, s in jobs))
+        classes = list(dict.fromkeys(c for c, _ in jobs))
         num_classes = self._num_classes()
         for c in classes:
             if not 0 <= c < num_classes:
                 raise ValueError(f"unknown class {c}: the model has classes 0..{num_classes - 1}")
         if self.flows is not None and self.config.flow_weight > 0:
             self.flows.check_classes(classes)
-        jobs = [(c, s) for c in classes for s in seeds]
         done = self._empty_result(num_classes)
         if store is not None:
             done = Explanations.resume(store, self.config.to_json(), done)

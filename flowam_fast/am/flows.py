@@ -163,7 +163,7 @@ def neighbour_d2(points: torch.Tensor, k: int, backend: str = "auto") -> torch.T
 @torch.no_grad()
 def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes: int | None = None,
                   continuity_k: int = 3, device=None, backend: str = "auto", quiet: bool = False,
-                  classes=None) -> Flows:
+                  classes=None, geometry_of: Flows | None = None) -> Flows:
     """One pass over `dataset` (items (points (N,3), label)) through `model` (input (B,3,N)).
 
     layers: names of modules whose outputs are per-point activations (B,C,N); default: the
@@ -171,7 +171,12 @@ def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes
     classes: only the samples of these classes go through the model (the others get count 0,
     and the bounds and continuity target come from these samples alone). A class's flow
     depends on its own samples only, so its flow is the same as from the whole pass.
+    geometry_of: flows whose data bounds, continuity target (and k) and point count are taken
+    as they are instead of measured again: they depend on the data alone, not on the model, so
+    flows of another model on the same data (a randomized one, say) skip that work.
     """
+    if geometry_of is not None:
+        continuity_k = geometry_of.continuity_k
     layers = list(layers) if layers is not None else default_layers(model)
     if num_classes is None:
         names = getattr(dataset, "classes", None)
@@ -197,26 +202,31 @@ def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes
                 continue
         num_points = pts.shape[1]
         samples += torch.bincount(labels, minlength=num_classes)
-        flat = pts.reshape(-1, 3)
-        lo = torch.minimum(lo, flat.min(0).values)
-        hi = torch.maximum(hi, flat.max(0).values)
-        d2 = neighbour_d2(pts, continuity_k, backend=backend)
-        d2_sum += float(d2.double().sum())
-        d2_n += d2.numel()
-        _, acts = get_activations(model, pts.to(device).transpose(1, 2), layers)
+        pts = pts.to(device)
+        if geometry_of is None:
+            flat = pts.reshape(-1, 3)
+            lo = torch.minimum(lo, flat.min(0).values.cpu())
+            hi = torch.maximum(hi, flat.max(0).values.cpu())
+            d2 = neighbour_d2(pts, continuity_k, backend=backend)
+            d2_sum += float(d2.double().sum())
+            d2_n += d2.numel()
+        _, acts = get_activations(model, pts.transpose(1, 2), layers)
         for layer in layers:
             part = ops.flow_stats(acts[layer], labels.to(device), num_classes, backend=backend)
             stats[layer] = part if stats[layer] is None else ops.merge_flow_stats(stats[layer], part)
         bar.update(len(labels))
     bar.close()
     model.train(was_training)
-    if d2_n == 0:
-        raise ValueError("the dataset is empty")
+    if int(samples.sum()) == 0:
+        raise ValueError("the dataset is empty" if classes is None else f"the dataset has no samples of classes {sorted(set(classes))}")
     mean, std = {}, {}
     for layer in layers:
         count, m, m2 = (t.cpu() for t in stats[layer])
         mean[layer] = m.float()
         std[layer] = ops.flow_std(count, m2).float()
+    if geometry_of is not None:
+        g = geometry_of
+        lo, hi, d2_sum, d2_n, num_points = g.lo.clone(), g.hi.clone(), g.d2_target, 1, g.num_points
     return Flows(layers=layers, mean=mean, std=std, count=samples, lo=lo, hi=hi,
                  d2_target=d2_sum / d2_n, continuity_k=continuity_k,
                  class_names=list(getattr(dataset, "classes", []) or []), model=describe_model(model),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..pipelines.demo import run_demo
+from .options import add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
@@ -24,11 +25,12 @@ def add_arguments(p) -> None:
                         "for its seed-to-seed threshold)")
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")
     p.add_argument("--quiet", action="store_true")
+    add_device_argument(p)
 
 
 def run(args) -> int:
     run_demo(args.out, seeds=args.seeds, steps=args.steps, epochs=args.epochs, ae_epochs=args.ae_epochs,
              evaluator_epochs=args.evaluator_epochs, shapes=args.shapes, train_per_class=args.train_per_class,
              test_per_class=args.test_per_class, sanity_classes=args.sanity_classes, sanity_seeds=args.sanity_seeds,
-             fresh=args.fresh, quiet=args.quiet)
+             fresh=args.fresh, quiet=args.quiet, device=device_of(args))
     return 0

@@ -15,6 +15,7 @@ from ..am.explanations import Explanations
 from ..data.modelnet40 import read_shape_names
 from ..evaluation.evaluator import load_evaluator, real_data
 from ..evaluation.report import check_same_classes, evaluate_sets, method_table, write_report
+from .options import add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
@@ -26,6 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--emd-refs", type=int, default=5, help="real samples per class for EMD (default 5)")
     p.add_argument("--emd-points", type=int, default=256, help="points per cloud for EMD (default 256)")
     p.add_argument("--quiet", action="store_true")
+    add_device_argument(p)
 
 
 def run(args) -> int:
@@ -35,9 +37,10 @@ def run(args) -> int:
         raise ValueError(f"two stores hold the same method ({methods}); evaluate one store per method")
     check_same_classes(sets, read_shape_names(args.data))
     num_points = sets[0].points.shape[1]
-    evaluator = load_evaluator(args.data, args.evaluator, cache_dir=args.out, quiet=args.quiet)
+    device = device_of(args)
+    evaluator = load_evaluator(args.data, args.evaluator, cache_dir=args.out, quiet=args.quiet).to(device)
     real = real_data(args.data, num_points, evaluator, num_refs=args.refs, emd_refs=args.emd_refs,
-                     emd_points=args.emd_points)
+                     emd_points=args.emd_points, device=device)
     results = evaluate_sets(sets, real)
     write_report(results, real, args.out)
     print(method_table(results))

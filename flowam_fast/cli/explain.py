@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from ..am.engine import METHODS, FlowAM
 from ..am.flows import Flows
+from ..am.autoencoder import load_autoencoder
 from ..am.grid import parse_classes, parse_seeds
-from .options import add_am_arguments
+from ..models import load_checkpoint
+from .options import add_am_arguments, add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
@@ -19,26 +21,24 @@ def add_arguments(p) -> None:
     p.add_argument("--ply", help="also write one PLY per job into this directory")
     p.add_argument("--png", help="also write a contact sheet PNG")
     add_am_arguments(p)
+    add_device_argument(p)
 
 
 def run(args) -> int:
-    from ..models import load_checkpoint
-
-    model = load_checkpoint(args.model, arch=args.arch)
+    device = device_of(args)
+    model = load_checkpoint(args.model, arch=args.arch).to(device)
     flows = Flows.load(args.flows)
     classes = parse_classes(args.classes, flows.class_names, flows.num_classes)
     seeds = parse_seeds(args.seeds)
     ae = None
     if args.method == "ae-latent":
-        from ..am.autoencoder import load_autoencoder
-
         if not args.autoencoder:
             raise ValueError("--method ae-latent needs --autoencoder CKPT")
-        ae = load_autoencoder(args.autoencoder)
+        ae = load_autoencoder(args.autoencoder).to(device)
     engine = FlowAM(model, flows, method=args.method, autoencoder=ae, steps=args.steps, lr=args.lr,
                     flow_weight=args.flow_weight, continuity_weight=args.continuity_weight,
                     num_points=args.num_points or (ae.num_points if ae is not None else flows.num_points) or 1024,
-                    quiet=args.quiet)
+                    quiet=args.quiet, device=device)
     result = engine.run(classes, seeds, batch_size=args.batch_size, store=args.out)
     if args.ply:
         result.to_ply(args.ply)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..am.flows import compute_flows
 from ..data import ModelNet40
 from ..models import load_checkpoint
+from .options import add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
@@ -15,10 +16,11 @@ def add_arguments(p) -> None:
     p.add_argument("--num-points", type=int, default=None, help="points per sample (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quiet", action="store_true")
+    add_device_argument(p)
 
 
 def run(args) -> int:
-    model = load_checkpoint(args.model, arch=args.arch)
+    model = load_checkpoint(args.model, arch=args.arch).to(device_of(args))
     num_points = args.num_points or getattr(model, "num_points", None) or 1024
     data = ModelNet40(args.data, split="train", num_points=num_points)
     layers = args.layers.split(",") if args.layers else None

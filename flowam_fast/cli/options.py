@@ -2,6 +2,21 @@
 from __future__ import annotations
 
 
+def add_device_argument(p) -> None:
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="where models and the engine run (default: cpu; cuda: the current CUDA device)")
+
+
+def device_of(args):
+    """The torch device named by --device, with a clear error where it does not exist."""
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is visible to this torch "
+                           f"({torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)")
+    return torch.device(args.device)
+
+
 def add_am_arguments(p) -> None:
     """Options of the objective, shared by the commands that run the engine."""
     p.add_argument("--steps", type=int, default=600)

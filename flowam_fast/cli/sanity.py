@@ -10,10 +10,10 @@ from ..am.flows import Flows
 from ..am.grid import parse_classes, parse_seeds
 from ..data import ModelNet40
 from ..evaluation.evaluator import load_evaluator
-from ..evaluation.metrics import references_by_class
+from ..evaluation.metrics import references_by_class, to_device
 from ..evaluation.sanity import REALISM_REFS, markdown, run_methods, write_outputs
 from ..models import load_checkpoint
-from .options import add_am_arguments
+from .options import add_am_arguments, add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
@@ -29,6 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--evaluator", help="evaluator PointNet checkpoint (default: train one, kept in --out)")
     p.add_argument("--autoencoder", help="autoencoder for ae-latent (default: train one, kept in --out)")
     add_am_arguments(p)
+    add_device_argument(p)
 
 
 def run(args) -> int:
@@ -37,19 +38,20 @@ def run(args) -> int:
     if bad or not methods:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-    model = load_checkpoint(args.model, arch=args.arch)
+    device = device_of(args)
+    model = load_checkpoint(args.model, arch=args.arch).to(device)
     flows = Flows.load(args.flows)
     classes = parse_classes(args.classes, flows.class_names, flows.num_classes)
     seeds = parse_seeds(args.seeds)
     num_points = args.num_points or flows.num_points or 1024
     train_set = ModelNet40(args.data, "train", num_points=num_points)
     test_set = ModelNet40(args.data, "test", num_points=num_points)
-    evaluator = load_evaluator(args.data, args.evaluator, cache_dir=args.out, quiet=args.quiet)
+    evaluator = load_evaluator(args.data, args.evaluator, cache_dir=args.out, quiet=args.quiet).to(device)
     ae = None
     if "ae-latent" in methods:
         ae = load_or_train_autoencoder(args.data, args.autoencoder, cache_dir=args.out, num_points=num_points,
-                                       quiet=args.quiet)
-    refs = references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS)
+                                       quiet=args.quiet).to(device)
+    refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS), device)
     results = run_methods(model, methods, classes, seeds, evaluator, flows, train_set, autoencoder=ae,
                           variants=variants, references=refs, quiet=args.quiet, steps=args.steps, lr=args.lr,
                           flow_weight=args.flow_weight, continuity_weight=args.continuity_weight,

@@ -11,6 +11,7 @@ import torch
 from ..data import ModelNet40, generate_shapes
 from ..models import build_model, save_checkpoint
 from ..training import DEMO_CONFIG, train
+from .options import add_device_argument, device_of
 
 
 @contextlib.contextmanager
@@ -44,6 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rotate", action="store_true", help="augment with random rotations about the vertical axis")
     p.add_argument("--quiet", action="store_true")
+    add_device_argument(p)
 
 
 def run(args) -> int:
@@ -54,7 +56,7 @@ def run(args) -> int:
     if args.model == "dgcnn":
         kw["k"] = args.k
     torch.manual_seed(args.seed)  # the initial weights
-    model = build_model(args.model, num_classes=train_set.num_classes, **kw)
+    model = build_model(args.model, num_classes=train_set.num_classes, **kw).to(device_of(args))
     result = train(model, train_set, test_set, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    weight_decay=args.weight_decay, seed=args.seed, quiet=args.quiet, rotate=args.rotate)
     save_checkpoint(model, args.out, test_accuracy=result["test_accuracy"], train_seconds=result["seconds"],

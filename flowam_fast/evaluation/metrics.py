@@ -62,9 +62,15 @@ def references_by_class(points: np.ndarray, labels: np.ndarray, num_refs: int, s
     return refs
 
 
+def to_device(refs: dict, device) -> dict:
+    """The same references on `device`."""
+    return {c: r.to(device) for c, r in refs.items()}
+
+
 def chamfer_to_class(points, classes, refs: dict, chunk: int = 256, backend: str = "auto") -> np.ndarray:
     """Per job: Chamfer distance to the real samples of its class, averaged over those refs.
-    points (J,N,3); classes (J,); refs {class: (R,M,3)} (see `references_by_class`)."""
+    points (J,N,3); classes (J,); refs {class: (R,M,3)} (see `references_by_class`). Runs on
+    the device of the references (move them with `to_device` to measure on a GPU)."""
     points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
     classes = np.asarray(classes)
     missing = sorted(set(classes.tolist()) - set(refs))
@@ -79,9 +85,9 @@ def chamfer_to_class(points, classes, refs: dict, chunk: int = 256, backend: str
         pr = np.tile(np.arange(ref.shape[0]), jobs.size)
         vals = np.empty(pj.size, np.float64)
         for s in range(0, pj.size, chunk):
-            a = points[pj[s:s + chunk]]
+            a = points[pj[s:s + chunk]].to(ref.device)
             b = ref[pr[s:s + chunk]]
-            vals[s:s + chunk] = chamfer(a, b, backend=backend).double().numpy()
+            vals[s:s + chunk] = chamfer(a, b, backend=backend).double().cpu().numpy()
         out[jobs] = vals.reshape(jobs.size, ref.shape[0]).mean(1)
     return out
 

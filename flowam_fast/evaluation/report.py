@@ -23,10 +23,12 @@ class RealData:
     per-class references for Chamfer/EMD and the evaluator's features of every sample."""
 
     def __init__(self, points: np.ndarray, labels: np.ndarray, evaluator=None, num_refs: int = 20,
-                 emd_refs: int = 5, emd_points: int = 256, seed: int = 0):
+                 emd_refs: int = 5, emd_points: int = 256, seed: int = 0, device=None):
         self.points = np.asarray(points, np.float32)
         self.labels = np.asarray(labels, np.int64)
         self.refs = metrics.references_by_class(self.points, self.labels, num_refs=num_refs, seed=seed)
+        if device is not None:  # Chamfer runs where the references are
+            self.refs = metrics.to_device(self.refs, device)
         self.emd_refs = emd_refs
         self.emd_points = emd_points
         self.evaluator = evaluator

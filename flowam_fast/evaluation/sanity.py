@@ -43,8 +43,8 @@ without being supported by the model.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import dataclasses
 import json
 import zlib
 
@@ -54,7 +54,9 @@ from scipy.stats import rankdata
 
 from . import metrics
 from ..am.engine import FlowAM
+from ..am.explanations import Explanations
 from ..am.flows import compute_flows
+from ..models.fast import plain_path
 
 VARIANTS = ("cascading", "independent")
 #: Real test samples per class for the realism columns (every class is compared with every job).
@@ -154,6 +156,7 @@ class SanityCheck:
         self.quiet = quiet
         self.am = am
         self.plan = stage_plan(randomization_groups(model), variants)
+        self._flow_cache = {}
         self.variants = tuple(variants)
         # Built once here to validate the method and its arguments before any stage runs.
         self._uses_flows = self._engine(model, flows).config.flow_weight > 0
@@ -164,15 +167,68 @@ class SanityCheck:
     def _engine(self, model, flows):
         return FlowAM(model, flows, method=self.method, autoencoder=self.autoencoder, quiet=self.quiet, **self.am)
 
-    def _flows_for(self, model, classes):
+    def _flows_for(self, model, classes, randomized=()):
         """The flows of `classes` on `model`; only their samples are read (the others' flows
-        are not used). Bounds and continuity target are the data's, as the trained flows have them."""
+        are not used). Bounds and continuity target are the data's, as the trained flows have
+        them. Where every randomized module runs after every flow layer (a classifier head),
+        the flow layers compute exactly what they compute in the trained model, so the trained
+        model's flows of these classes (computed once) are the recomputed flows, bit for bit."""
         if not self._uses_flows:
             return self.flows
+        if randomized and all(self._after_flow_layers(name) for name in randomized):
+            key = ("trained", tuple(classes))
+            if key not in self._flow_cache:
+                self._flow_cache[key] = self._flows_for(self.model, classes)
+            return self._flow_cache[key]
         f = self.flows
-        new = compute_flows(model, self.train_set, layers=f.layers, num_classes=f.num_classes,
-                            continuity_k=f.continuity_k, quiet=True, classes=classes)
-        return dataclasses.replace(new, lo=f.lo, hi=f.hi, d2_target=f.d2_target, num_points=f.num_points)
+        return compute_flows(model, self.train_set, layers=f.layers, num_classes=f.num_classes, quiet=True,
+                             classes=classes, geometry_of=f)
+
+    def _after_flow_layers(self, name: str) -> bool:
+        """True when module `name` (and all its submodules) first runs after the last flow
+        layer in a forward pass of the trained model (so it cannot change any flow layer)."""
+        order = self._call_order()
+        last_tap = max(order[layer] for layer in self.flows.layers)
+        firsts = [i for mod, i in order.items() if mod == name or mod.startswith(name + ".")]
+        return bool(firsts) and min(firsts) > last_tap
+
+    def _call_order(self) -> dict:
+        """{module name: index of its first call} in one plain-path forward of the trained model
+        (the fast path folds layers into fused ops and never calls them)."""
+        if "order" not in self._flow_cache:
+            order = {}
+            names = {m: n for n, m in self.model.named_modules() if n}
+
+            def first_call(mod, _args):
+                order.setdefault(names[mod], len(order))  # returns None: the input is left as it is
+
+            hooks = [m.register_forward_pre_hook(first_call) for m in names]
+            probe = torch.zeros(1, 3, max(self.flows.num_points or 0, 16), device=next(self.model.parameters()).device)
+            try:
+                with torch.no_grad(), plain_path(self.model) if hasattr(self.model, "fast_path") \
+                        else contextlib.nullcontext():
+                    self.model.eval()(probe)
+            finally:
+                for h in hooks:
+                    h.remove()
+            self._flow_cache["order"] = order
+        return self._flow_cache["order"]
+
+    def trained_explanations(self, classes, seeds, known=None):
+        """The trained model's explanations of the (class, seed) grid. Jobs already in `known`
+        (explanations of this model made with this method and config, e.g. a store of the same
+        run) are taken from it: the engine's result for a job does not depend on the batch it
+        ran in, so they equal what a new run would give."""
+        engine = self._engine(self.model, self.flows)
+        if known is None:
+            return engine.run(classes, seeds)
+        if (known.method, known.config) != (self.method, engine.config.to_json()):
+            raise ValueError(f"the known explanations were made with method {known.method!r} and config "
+                             f"{known.config}, not {self.method!r} and {engine.config.to_json()}")
+        have = known.select(classes, seeds)
+        done = set(zip(have.classes.tolist(), have.seeds.tolist()))
+        missing = [(int(c), int(s)) for c in classes for s in seeds if (int(c), int(s)) not in done]
+        return Explanations.concat([have, engine.run_jobs(missing)]) if missing else have
 
     def explain(self, model, classes, seeds, flows=None):
         flows = self.flows if flows is None else flows
@@ -187,11 +243,13 @@ class SanityCheck:
         dist, cls = metrics.nearest_class(expl.points, self.references)
         return {"nearest_real": float(dist.mean()), "nearest_is_target": float((cls == expl.classes).mean())}
 
-    def run(self, classes, seeds) -> dict:
+    def run(self, classes, seeds, trained=None) -> dict:
+        """Every stage of the plan on the (class, seed) grid. trained: explanations of the
+        trained model already made with this method and config (see `trained_explanations`)."""
         seeds = list(dict.fromkeys(int(s) for s in seeds))
         if len(seeds) < 2:
             raise ValueError("the sanity check needs at least 2 seeds: its threshold is the seed-to-seed variation")
-        base = self.explain(self.model, classes, seeds).sorted()
+        base = self.trained_explanations(classes, seeds, trained).sorted()
         base_feat = self._features(base)
         i, j = seed_pairs(base.classes, base.seeds)
         ss_cd = _chamfer_pairs(base.points[i], base.points[j])
@@ -209,7 +267,7 @@ class SanityCheck:
             if key not in seen:
                 m = copy.deepcopy(self.model)
                 randomize(m, mods, self.seed)
-                expl = self.explain(m, classes, seeds, self._flows_for(m, classes)).sorted()
+                expl = self.explain(m, classes, seeds, self._flows_for(m, classes, mods)).sorted()
                 cd = _chamfer_pairs(base.points, expl.points)
                 sp = spearman_rows(base_feat, self._features(expl))
                 seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),
@@ -262,14 +320,15 @@ def markdown(results: list) -> str:
 
 
 def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, autoencoder=None, variants=VARIANTS,
-                references=None, quiet: bool = False, **am) -> list:
-    """SanityCheck.run for each method (the autoencoder goes to "ae-latent" only)."""
+                references=None, quiet: bool = False, trained: dict | None = None, **am) -> list:
+    """SanityCheck.run for each method (the autoencoder goes to "ae-latent" only). trained:
+    {method: explanations of the trained model already made}, reused where they match."""
     out = []
     for method in methods:
         check = SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
                             autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
                             references=references, quiet=quiet, **am)
-        out.append(check.run(classes, seeds))
+        out.append(check.run(classes, seeds, trained=(trained or {}).get(method)))
     return out
 
 

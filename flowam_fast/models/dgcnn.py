@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fast
+from .linear import RowLinear
 from .pointnet import scaled
 
 
@@ -75,13 +76,13 @@ class DGCNN(nn.Module):
         self.conv4 = nn.Sequential(nn.Conv2d(2 * c3, c4, 1, bias=False), self.bn4, nn.LeakyReLU(0.2))
         self.conv5 = nn.Sequential(nn.Conv1d(c1 + c2 + c3 + c4, emb_dims, 1, bias=False), self.bn5,
                                    nn.LeakyReLU(0.2))
-        self.linear1 = nn.Linear(emb_dims * 2, h1, bias=False)
+        self.linear1 = RowLinear(emb_dims * 2, h1, bias=False)
         self.bn6 = nn.BatchNorm1d(h1)
         self.dp1 = nn.Dropout(p=dropout)
-        self.linear2 = nn.Linear(h1, h2)
+        self.linear2 = RowLinear(h1, h2)
         self.bn7 = nn.BatchNorm1d(h2)
         self.dp2 = nn.Dropout(p=dropout)
-        self.linear3 = nn.Linear(h2, num_classes)
+        self.linear3 = RowLinear(h2, num_classes)
         self.edge1 = nn.Identity()
         self.edge2 = nn.Identity()
         self.edge3 = nn.Identity()

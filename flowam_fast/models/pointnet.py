@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fast
+from .linear import RowLinear
 
 
 def scaled(channels: int, width: float) -> int:
@@ -54,9 +55,9 @@ class STNkd(nn.Module):
         self.conv1 = nn.Conv1d(k, w[0], 1)
         self.conv2 = nn.Conv1d(w[0], w[1], 1)
         self.conv3 = nn.Conv1d(w[1], w[2], 1)
-        self.fc1 = nn.Linear(w[2], w[3])
-        self.fc2 = nn.Linear(w[3], w[4])
-        self.fc3 = nn.Linear(w[4], k * k)
+        self.fc1 = RowLinear(w[2], w[3])
+        self.fc2 = RowLinear(w[3], w[4])
+        self.fc3 = RowLinear(w[4], k * k)
         self.relu = nn.ReLU()
         self.bn1 = nn.BatchNorm1d(w[0])
         self.bn2 = nn.BatchNorm1d(w[1])
@@ -146,9 +147,9 @@ class PointNet(nn.Module):
         w = [scaled(c, width) for c in (1024, 512, 256)]
         self.feature_transform = feature_transform
         self.feat = PointNetfeat(feature_transform, width)
-        self.fc1 = nn.Linear(w[0], w[1])
-        self.fc2 = nn.Linear(w[1], w[2])
-        self.fc3 = nn.Linear(w[2], num_classes)
+        self.fc1 = RowLinear(w[0], w[1])
+        self.fc2 = RowLinear(w[1], w[2])
+        self.fc3 = RowLinear(w[2], num_classes)
         self.dropout = nn.Dropout(p=0.3)
         self.bn1 = nn.BatchNorm1d(w[1])
         self.bn2 = nn.BatchNorm1d(w[2])

@@ -1,16 +1,23 @@
-"""Backend selection: the one place where an op's `backend=` argument is resolved.
+"""Backend selection and kernel lookup: the one place where an op's `backend=` argument is
+resolved and where its kernels are found.
 
 Backends: "cpu" (C++ in flowam_fast._C), "cuda" (CUDA in flowam_fast._C, when built with it),
-"triton" (when triton is importable and the tensors are on a GPU, or TRITON_INTERPRET=1),
-"torch" (the pure-PyTorch reference). "auto" picks the fastest one available for the device.
+"triton" (flowam_fast.ops.triton: CUDA tensors, or CPU tensors under the Triton interpreter,
+TRITON_INTERPRET=1 set before triton's first import), "torch" (the pure-PyTorch reference).
+"auto" picks the fastest one available for the tensors' device: cuda, triton, torch on CUDA
+tensors; cpu, torch on CPU ones.
+
+Every kernel backend has the same nine functions with the same arguments and results
+(`KERNELS`): `_C.<name>_cpu`, `_C.<name>_cuda` and `flowam_fast.ops.triton.<name>`, so each op
+has one autograd.Function that calls `kernel(backend, name)`.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
+KERNELS = ("knn_forward", "knn_backward", "edge_max_forward", "edge_max_backward", "linear_max_forward",
+           "linear_max_backward", "flow_stats", "flow_align_forward", "flow_align_backward")
 
 try:
     from flowam_fast import _C  # noqa: F401
@@ -39,45 +46,111 @@ def has_cuda_kernels() -> bool:
     return _C is not None and bool(getattr(_C, "with_cuda", False)) and torch.cuda.is_available()
 
 
-def has_triton() -> bool:
+def triton_error() -> str | None:
+    """Why triton cannot be imported, or None when it can. Imported only here and in
+    flowam_fast.ops.triton, so the package works without it."""
     try:
         import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not installed ({exc})"
+    return None
+
+
+def triton_interpreting() -> bool:
+    """Whether triton runs kernels through its interpreter. Triton settles that once per
+    process, when it is first imported: TRITON_INTERPRET=1 must be set by then, because its own
+    library functions (tl.max, tl.sum, ...) are decorated for one mode or the other at that
+    import. So this asks triton, not the variable. False without triton."""
+    try:
+        import triton.language as tl
+        from triton.runtime.interpreter import InterpretedFunction
     except ImportError:
         return False
-    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+    return isinstance(tl.standard.max, InterpretedFunction)
 
 
-def available_backends(op_backends=("cpu", "cuda", "triton", "torch")) -> list[str]:
-    checks = {"cpu": has_cpu_kernels, "cuda": has_cuda_kernels, "triton": has_triton, "torch": lambda: True}
-    return [b for b in op_backends if checks[b]()]
+def has_triton(device: torch.device | str = "cuda") -> bool:
+    """Whether backend "triton" runs on tensors of `device`: CUDA tensors need triton and a
+    GPU; CPU tensors need the interpreter."""
+    device = torch.device(device)
+    if triton_error() is not None:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and triton_interpreting()
 
 
-def resolve(backend: str, device: torch.device, op: str, implemented=("cpu", "torch")) -> str:
-    """Map `backend` to a concrete backend for tensors on `device`, or raise a clear error.
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """The backends that run on tensors of `device`, "torch" always among them."""
+    device = torch.device(device)
+    usable = {
+        "cpu": device.type == "cpu" and has_cpu_kernels(),
+        "cuda": device.type == "cuda" and has_cuda_kernels(),
+        "triton": has_triton(device),
+        "torch": True,
+    }
+    return [b for b in BACKENDS[1:] if usable[b]]
 
-    `implemented` lists the backends this op has; "auto" takes the first one that runs on
-    `device`, in the order cuda, triton, cpu, torch.
+
+def _auto(device: torch.device, unsupported) -> str:
+    if device.type == "cuda":
+        candidates = [b for b in ("cuda", "triton") if unsupported(b) is None]
+        if "cuda" in candidates and has_cuda_kernels():
+            return "cuda"
+        # The interpreter is a test harness, hundreds of times slower than torch: never a default.
+        if "triton" in candidates and triton_error() is None and not triton_interpreting():
+            return "triton"
+    elif device.type == "cpu" and has_cpu_kernels() and unsupported("cpu") is None:
+        return "cpu"
+    return "torch"
+
+
+def resolve(backend: str, device: torch.device, op: str, unsupported=None) -> str:
+    """Map `backend` to a concrete backend for tensors on `device`, or raise a clear error:
+    ValueError for an unknown backend or one that does not run on `device` or cannot take this
+    call, RuntimeError for one that is not available in this installation.
+
+    `unsupported(backend)` says why a kernel backend cannot take this particular call (e.g. a k
+    above the CUDA kNN's register lists), or None; "auto" then passes over that backend.
     """
+    unsupported = unsupported or (lambda _backend: None)
     if backend not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {BACKENDS}")
-    on_gpu = device.type == "cuda"
     if backend == "auto":
-        order = ("cuda", "triton", "torch") if on_gpu else ("cpu", "torch")
-        for b in order:
-            if b in implemented and b in available_backends((b,)):
-                return b
-        return "torch"
-    if backend not in implemented:
-        raise NotImplementedError(f"{op}: backend {backend!r} is not implemented (have {implemented})")
+        return _auto(device, unsupported)
     if backend == "cpu":
-        if on_gpu:
+        if device.type != "cpu":
             raise ValueError(f"{op}: backend 'cpu' needs CPU tensors, got {device}")
         extension()
     elif backend == "cuda":
-        if not on_gpu:
+        if device.type != "cuda":
             raise ValueError(f"{op}: backend 'cuda' needs CUDA tensors, got {device}")
         if not has_cuda_kernels():
-            raise RuntimeError(f"{op}: flowam_fast._C was built without CUDA")
-    elif backend == "triton" and not has_triton():
-        raise RuntimeError(f"{op}: triton is not available (install it, or set TRITON_INTERPRET=1 on CPU)")
+            why = "is not built" if _C is None else "was built without CUDA"
+            raise RuntimeError(f"{op}: backend 'cuda' is not available: flowam_fast._C {why}")
+    elif backend == "triton":
+        why = triton_error()
+        if why is not None:
+            raise RuntimeError(f"{op}: backend 'triton' is not available: {why}")
+        if device.type == "cpu" and not triton_interpreting():
+            raise ValueError(f"{op}: backend 'triton' needs CUDA tensors; CPU tensors run only under the "
+                             "Triton interpreter (set TRITON_INTERPRET=1 before triton is first imported)")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{op}: backend 'triton' needs CUDA tensors, got {device}")
+    why = None if backend == "torch" else unsupported(backend)
+    if why is not None:
+        raise ValueError(f"{op}: backend {backend!r} cannot take this call: {why}")
     return backend
+
+
+def kernel(backend: str, name: str):
+    """The kernel `name` (one of KERNELS) of a concrete kernel backend."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; the kernels are {KERNELS}")
+    if backend == "triton":
+        from flowam_fast.ops import triton as triton_kernels
+
+        return getattr(triton_kernels, name)
+    if backend in ("cpu", "cuda"):
+        return getattr(extension(), f"{name}_{backend}")
+    raise ValueError(f"backend {backend!r} has no kernels (kernel backends: 'cpu', 'cuda', 'triton')")

@@ -7,23 +7,24 @@ from torch.autograd.function import once_differentiable
 from . import backend as _backend
 from . import checks, reference
 
-_IMPLEMENTED = ("cpu", "torch")
 
+class _EdgeMax(torch.autograd.Function):
+    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end."""
 
-class _EdgeMaxCpu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, feat, idx):
-        out, argmax = _backend.extension().edge_max_forward_cpu(feat, idx)
+    def forward(ctx, backend, feat, idx):
+        out, argmax = _backend.kernel(backend, "edge_max_forward")(feat, idx)
         ctx.save_for_backward(argmax)
         ctx.num_points = feat.shape[1]
+        ctx.backend = backend
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         (argmax,) = ctx.saved_tensors
-        grad_feat = _backend.extension().edge_max_backward_cpu(grad_out.contiguous(), argmax, ctx.num_points)
-        return grad_feat, None
+        grad_feat = _backend.kernel(ctx.backend, "edge_max_backward")(grad_out.contiguous(), argmax, ctx.num_points)
+        return None, grad_feat, None
 
 
 def edge_max(feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -37,7 +38,7 @@ def edge_max(feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> to
     checks.dim_equal(op, "batch sizes of feat and idx", feat.shape[0], idx.shape[0])
     if idx.shape[2] < 1:
         raise ValueError(f"{op}: idx needs at least one neighbour per point, got shape {tuple(idx.shape)}")
-    b = _backend.resolve(backend, feat.device, op, _IMPLEMENTED)
+    b = _backend.resolve(backend, feat.device, op)
     if b == "torch":
         return reference.edge_max(feat, idx)
-    return _EdgeMaxCpu.apply(checks.kernel_float(feat), idx.contiguous())
+    return _EdgeMax.apply(b, checks.kernel_float(feat), idx.contiguous())

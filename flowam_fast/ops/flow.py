@@ -9,8 +9,6 @@ import torch
 from . import backend as _backend
 from . import checks, reference
 
-_IMPLEMENTED = ("cpu", "torch")
-
 
 class FlowStats(NamedTuple):
     """Per-class statistics over all points of all samples of each class: count (K) int64
@@ -73,32 +71,34 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backe
     checks.index(op, "labels", labels, 1, num_classes)
     checks.same_device(op, acts=acts, labels=labels)
     checks.dim_equal(op, "samples in acts and labels", acts.shape[0], labels.shape[0])
-    b = _backend.resolve(backend, acts.device, op, _IMPLEMENTED)
+    b = _backend.resolve(backend, acts.device, op)
     with torch.no_grad():
         if b == "torch":
             return FlowStats(*reference.flow_stats(acts, labels.long(), num_classes))
         kernel_acts, points_last = _kernel_acts(acts)
-        count, mean, m2 = _backend.extension().flow_stats_cpu(kernel_acts, labels.long().contiguous(), num_classes,
-                                                              points_last)
+        count, mean, m2 = _backend.kernel(b, "flow_stats")(kernel_acts, labels.long().contiguous(), num_classes,
+                                                           points_last)
     return FlowStats(count, mean, m2)
 
 
-class _FlowAlignCpu(torch.autograd.Function):
-    """acts: (B,C,N), or (B,N,C) with points_last; the gradient comes back in acts' layout."""
+class _FlowAlign(torch.autograd.Function):
+    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end.
+    acts: (B,C,N), or (B,N,C) with points_last; the gradient comes back in acts' layout."""
 
     @staticmethod
-    def forward(ctx, acts, labels, mu, sigma, points_last):
-        loss, mean, std = _backend.extension().flow_align_forward_cpu(acts, labels, mu, sigma, points_last)
+    def forward(ctx, backend, acts, labels, mu, sigma, points_last):
+        loss, mean, std = _backend.kernel(backend, "flow_align_forward")(acts, labels, mu, sigma, points_last)
         ctx.save_for_backward(acts, labels, mu, sigma, mean, std)
         ctx.points_last = points_last
+        ctx.backend = backend
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         acts, labels, mu, sigma, mean, std = ctx.saved_tensors
-        grad = _backend.extension().flow_align_backward_cpu(grad_loss.contiguous(), acts, labels, mu, sigma, mean,
-                                                            std, ctx.points_last)
-        return grad, None, None, None, None
+        grad = _backend.kernel(ctx.backend, "flow_align_backward")(grad_loss.contiguous(), acts, labels, mu, sigma,
+                                                                   mean, std, ctx.points_last)
+        return None, grad, None, None, None, None
 
 
 def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
@@ -127,9 +127,9 @@ def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma
         raise ValueError(f"{op}: mu or sigma contains NaN or Inf for a class in labels")
     if bool((sigma_used < 0).any()):
         raise ValueError(f"{op}: sigma must be non-negative (a standard deviation)")
-    b = _backend.resolve(backend, acts.device, op, _IMPLEMENTED)
+    b = _backend.resolve(backend, acts.device, op)
     if b == "torch":
         return reference.flow_align(acts, labels, mu.detach(), sigma.detach())
     kernel_acts, points_last = _kernel_acts(acts)
-    return _FlowAlignCpu.apply(kernel_acts, labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
+    return _FlowAlign.apply(b, kernel_acts, labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
                                sigma.detach().to(torch.float64).contiguous(), points_last)

@@ -7,24 +7,36 @@ from torch.autograd.function import once_differentiable
 from . import backend as _backend
 from . import checks, reference
 
-_IMPLEMENTED = ("cpu", "torch")
 
+class _Knn(torch.autograd.Function):
+    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end."""
 
-class _KnnCpu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query, ref, k):
-        dist2, idx = _backend.extension().knn_forward_cpu(query, ref, k)
+    def forward(ctx, backend, query, ref, k):
+        dist2, idx = _backend.kernel(backend, "knn_forward")(query, ref, k)
         ctx.save_for_backward(query, ref, idx)
         ctx.mark_non_differentiable(idx)
+        ctx.backend = backend
         return dist2, idx
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_dist2, _grad_idx):
         query, ref, idx = ctx.saved_tensors
-        gq, gr = _backend.extension().knn_backward_cpu(grad_dist2.contiguous(), query, ref, idx)
+        gq, gr = _backend.kernel(ctx.backend, "knn_backward")(grad_dist2.contiguous(), query, ref, idx)
         # For a self-kNN query and ref are one tensor, and autograd adds the two gradients.
-        return gq, gr, None
+        return None, gq, gr, None
+
+
+def _cuda_k_limit(k: int):
+    """The CUDA kernel keeps each row's top-k in registers sized at compile time, up to
+    _C.knn_max_k_cuda; a larger k goes to another backend."""
+
+    def unsupported(backend):
+        limit = getattr(_backend._C, "knn_max_k_cuda", None) if backend == "cuda" else None
+        return None if limit is None or k <= limit else f"k={k} is above its largest k ({limit})"
+
+    return unsupported
 
 
 def knn(x: torch.Tensor, k: int, ref: torch.Tensor | None = None, backend: str = "auto"):
@@ -43,9 +55,9 @@ def knn(x: torch.Tensor, k: int, ref: torch.Tensor | None = None, backend: str =
         raise TypeError(f"{op}: k must be an int, got {type(k).__name__}")
     if k < 1 or k > n_ref:
         raise ValueError(f"{op}: k must be in [1, {n_ref}] (number of reference points), got k={k}")
-    b = _backend.resolve(backend, x.device, op, _IMPLEMENTED)
+    b = _backend.resolve(backend, x.device, op, _cuda_k_limit(k))
     if b == "torch":
         return reference.knn(x, k, ref)
     q = checks.kernel_float(x)
     r = q if ref is None else checks.kernel_float(ref).to(q.dtype)
-    return _KnnCpu.apply(q, r, k)
+    return _Knn.apply(b, q, r, k)

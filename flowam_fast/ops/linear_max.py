@@ -9,23 +9,24 @@ import torch
 from . import backend as _backend
 from . import checks, reference
 
-_IMPLEMENTED = ("cpu", "torch")
 
+class _LinearMax(torch.autograd.Function):
+    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end."""
 
-class _LinearMaxCpu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, scale, shift, negative_slope):
-        out, argmax = _backend.extension().linear_max_forward_cpu(x, weight, scale, shift, negative_slope)
+    def forward(ctx, backend, x, weight, scale, shift, negative_slope):
+        out, argmax = _backend.kernel(backend, "linear_max_forward")(x, weight, scale, shift, negative_slope)
         ctx.save_for_backward(x, weight, scale, shift, argmax)
         ctx.negative_slope = negative_slope
+        ctx.backend = backend
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, scale, shift, argmax = ctx.saved_tensors
-        gx, gw, gs, gh = _backend.extension().linear_max_backward_cpu(
+        gx, gw, gs, gh = _backend.kernel(ctx.backend, "linear_max_backward")(
             grad_out.contiguous(), x, weight, scale, shift, argmax, ctx.negative_slope)
-        return gx, gw, gs, gh, None
+        return None, gx, gw, gs, gh, None
 
 
 def _vector(op: str, name: str, t, size: int, like: torch.Tensor, fill: float) -> torch.Tensor:
@@ -61,10 +62,10 @@ def linear_max(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None
     negative_slope = float(negative_slope)
     if not math.isfinite(negative_slope):
         raise ValueError(f"{op}: negative_slope must be finite, got {negative_slope}")
-    b = _backend.resolve(backend, x.device, op, _IMPLEMENTED)
+    b = _backend.resolve(backend, x.device, op)
     if b == "torch":
         return reference.linear_max(x, weight, scale, shift, negative_slope)
     dtype = torch.float64 if torch.float64 in (x.dtype, weight.dtype, scale.dtype, shift.dtype) else torch.float32
     # The casts and copies are differentiable, so gradients reach the caller's tensors.
     x, weight, scale, shift = (t.to(dtype).contiguous() for t in (x, weight, scale, shift))
-    return _LinearMaxCpu.apply(x, weight, scale, shift, negative_slope)
+    return _LinearMax.apply(b, x, weight, scale, shift, negative_slope)

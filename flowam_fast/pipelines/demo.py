@@ -28,7 +28,7 @@ from ..am.grid import parse_classes
 from ..am.sheets import class_examples, contact_sheet
 from ..data import ModelNet40, generate_shapes
 from ..evaluation.evaluator import load_evaluator
-from ..evaluation.metrics import references_by_class
+from ..evaluation.metrics import references_by_class, to_device
 from ..evaluation.report import RealData, evaluate_sets, method_table, write_report
 from ..evaluation.sanity import REALISM_REFS, run_methods, write_outputs
 from ..evaluation.sanity import markdown as sanity_markdown
@@ -75,9 +75,11 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
              ae_epochs: int | None = None, evaluator_epochs: int | None = None, shapes: str = "all",
              train_per_class: int = 200, test_per_class: int = 50,
              sanity_classes: str = "cube,cone,torus,chair", sanity_seeds: int = 3, fresh: bool = False,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, device="cpu") -> dict:
     """Run every stage into the directory `out` (see the module docstring); returns the metrics
-    rows, the sanity results and the stage timings. Stages whose outputs exist are reused."""
+    rows, the sanity results and the stage timings. Stages whose outputs exist are reused.
+    Training runs on the CPU (the demo models are small); everything after it on `device`."""
+    device = torch.device(device)
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -103,7 +105,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
         ckpt = out / "model.pt"
         if not ckpt.exists():
             train_demo_model(data_dir, ckpt, epochs=epochs, quiet=quiet)
-        model = load_checkpoint(ckpt)
+        model = load_checkpoint(ckpt).to(device)
     num_points = DEMO_CONFIG["num_points"]
     train_set = ModelNet40(data_dir, "train", num_points=num_points)
     with stage("flows"):
@@ -122,7 +124,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
             flows.save(flows_path)
     with stage("autoencoder"):
         ae = load_or_train_autoencoder(data_dir, None, cache_dir=out, num_points=num_points,
-                                       epochs=ae_epochs, quiet=quiet)
+                                       epochs=ae_epochs, quiet=quiet).to(device)
 
     classes = list(range(flows.num_classes))
     seeds = list(range(seeds))
@@ -147,18 +149,19 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
         contact_sheet([results["regularized"], results["ae-latent"]], out / "baselines.png",
                       labels=["regularized AM", "AE-latent AM"], references=examples)
     with stage("evaluator"):
-        evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=evaluator_epochs, quiet=quiet)
+        evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=evaluator_epochs, quiet=quiet).to(device)
     sanity = []
     if sanity_classes.strip() != "none":
         with stage("sanity"):
             sanity_classes = parse_classes(sanity_classes, flows.class_names, flows.num_classes)
-            refs = references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS)
+            refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS), device)
             sanity = run_methods(model, ["flowam", "ae-latent"], sanity_classes, list(range(sanity_seeds)),
                                  evaluator, flows, train_set,
-                                 autoencoder=ae, references=refs, quiet=quiet, num_points=num_points, **am)
+                                 autoencoder=ae, references=refs, quiet=quiet, num_points=num_points,
+                                 trained=results, **am)
             write_outputs(sanity, out)
     with stage("metrics"):
-        real = RealData(test_set.points, test_set.labels, evaluator=evaluator)  # the split loaded above
+        real = RealData(test_set.points, test_set.labels, evaluator=evaluator, device=device)  # the split loaded above
         metrics = evaluate_sets([results[m] for m in METHODS], real)
     timings["total"] = time.perf_counter() - t_all
     ratio = metrics[0]["chamfer"] / metrics[1]["chamfer"]

@@ -44,8 +44,9 @@ def augment(points: torch.Tensor, gen: torch.Generator, rotate: bool = False) ->
 def accuracy(model, dataset, batch_size: int = 128) -> float:
     was = model.training
     model.eval()
-    pts = torch.from_numpy(dataset.points)
-    labels = torch.from_numpy(dataset.labels)
+    device = next(model.parameters()).device
+    pts = torch.from_numpy(dataset.points).to(device)
+    labels = torch.from_numpy(dataset.labels).to(device)
     correct = 0
     for s in range(0, len(labels), batch_size):
         correct += int((model(pts[s:s + batch_size].transpose(1, 2)).argmax(1) == labels[s:s + batch_size]).sum())
@@ -68,6 +69,7 @@ def train(model, train_set, test_set=None, epochs: int = DEFAULTS["epochs"], bat
     gen = torch.Generator().manual_seed(seed)
     pts = torch.from_numpy(train_set.points)
     labels = torch.from_numpy(train_set.labels)
+    device = next(model.parameters()).device
     steps_per_epoch = math.ceil(len(labels) / batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -83,9 +85,10 @@ def train(model, train_set, test_set=None, epochs: int = DEFAULTS["epochs"], bat
             idx = order[s:s + batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            x = augment(pts[idx], gen, rotate).transpose(1, 2)
+            # Augmentation draws from the CPU generator, so a seed means the same batches anywhere.
+            x = augment(pts[idx], gen, rotate).transpose(1, 2).to(device)
             logits = model(x)
-            loss = F.cross_entropy(logits, labels[idx])
+            loss = F.cross_entropy(logits, labels[idx].to(device))
             loss = loss + FT_REG_WEIGHT * feature_transform_regularizer(getattr(model, "last_trans_feat", None))
             opt.zero_grad(set_to_none=True)
             loss.backward()

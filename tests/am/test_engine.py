@@ -229,3 +229,23 @@ def test_ae_latent_argument_errors(tiny_net, flows):
     # No flows needed: the code is bounded by the autoencoder's latent range.
     assert len(FlowAM(tiny_net, None, method="ae-latent", autoencoder=ae, steps=2, num_points=48, quiet=True)
                .run([1], [0])) == 1
+
+
+@pytest.mark.parametrize("arch,method", [("pointnet", "flowam"), ("dgcnn", "flowam"), ("pointnet", "ae-latent")])
+def test_builtin_models_are_batch_composition_invariant_bit_for_bit(arch, method):
+    """Points *and* logits of a job do not depend on the jobs that share its batch, exactly, for
+    the built-in models (what lets sweeps of any shard size give identical stores)."""
+    from flowam_fast.models import build_model
+    from tests.helpers import randomize
+
+    torch.manual_seed(0)
+    kw = {"k": 4, "emb_dims": 32} if arch == "dgcnn" else {"feature_transform": True}
+    model = randomize(build_model(arch, num_classes=3, width=0.125, **kw))
+    flows = compute_flows(model, _data(num=24, n=48), quiet=True)
+    ae = _tiny_ae() if method == "ae-latent" else None
+    eng = FlowAM(model, flows, method=method, autoencoder=ae, steps=3, num_points=48, quiet=True)
+    together = eng.run([0, 1, 2], [0, 1]).sorted()
+    for other in (Explanations.concat([eng.run([c], [s]) for c in [0, 1, 2] for s in [0, 1]]).sorted(),
+                  eng.run([0, 1, 2], [0, 1], batch_size=4).sorted()):
+        assert np.array_equal(other.points, together.points)
+        assert np.array_equal(other.logits, together.logits)

@@ -189,3 +189,51 @@ def test_realism_columns_are_nearest_real_class_per_stage(setup):
     plain = _check(setup, variants=("cascading",)).run([0, 1], [0, 1])
     assert "nearest_real" not in plain["trained"] and "nearest_real" not in plain["stages"][0]
     assert "nearest real" in markdown([res]) and "nearest real" not in markdown([plain])
+
+
+def test_head_stages_reuse_the_trained_flows_bit_for_bit(setup):
+    """Randomizing modules that run after every flow layer leaves the flow layers as they were:
+    the cached flows of the trained model must equal a recomputation on the randomized model."""
+    model, data, flows, _ = setup
+    check = _check(setup)
+    head = [m for _, mods in randomization_groups(model)[:3] for m in mods]  # fc3, fc2, fc1 and their BNs
+    assert all(check._after_flow_layers(m) for m in head)
+    assert not any(check._after_flow_layers(m) for m in ("feat.conv3", "feat.bn3", "feat.stn", "feat.conv1"))
+    m = _pointnet()
+    randomize(m, head, 0)
+    reused = check._flows_for(m, [0, 2], head)
+    fresh = compute_flows(m, data, layers=flows.layers, num_classes=flows.num_classes, quiet=True, classes=[0, 2],
+                          geometry_of=flows)
+    for layer in flows.layers:
+        for c in (0, 2):
+            assert torch.equal(reused.mean[layer][c], fresh.mean[layer][c])
+            assert torch.equal(reused.std[layer][c], fresh.std[layer][c])
+    assert check._flows_for(m, [0, 2], head) is reused  # computed once
+    # A stage below the head recomputes.
+    randomize(m, ["feat.conv3", "feat.bn3"], 0)
+    below = check._flows_for(m, [0, 2], ["feat.conv3", "feat.bn3"])
+    assert not torch.equal(below.mean["feat.act3"][0], reused.mean["feat.act3"][0])
+
+
+def test_flows_with_the_geometry_of_other_flows(setup):
+    model, data, flows, _ = setup
+    m = _pointnet(seed=5)
+    full = compute_flows(m, data, quiet=True)
+    borrowed = compute_flows(m, data, quiet=True, geometry_of=flows)
+    for layer in full.layers:
+        assert torch.equal(full.mean[layer], borrowed.mean[layer]) and torch.equal(full.std[layer], borrowed.std[layer])
+    # The bounds and continuity target are the data's, measured once: equal to the model-free measurement.
+    assert torch.equal(borrowed.lo, flows.lo) and torch.equal(borrowed.hi, flows.hi)
+    assert borrowed.d2_target == flows.d2_target == full.d2_target and torch.equal(full.lo, flows.lo)
+
+
+def test_known_trained_explanations_are_reused_exactly(setup):
+    """A run given some of the trained model's explanations (a store of the same config) gives
+    the same result as one that computes them all: the engine is batch-composition invariant."""
+    check = _check(setup, variants=("cascading",))
+    fresh = check.run([0, 2], [0, 1, 2])
+    known = check.trained_explanations([0, 1, 2], [0, 1])  # another grid; seed 2 is missing
+    assert check.run([0, 2], [0, 1, 2], trained=known) == fresh
+    other = _check(setup, variants=("cascading",), flow_weight=3.0)
+    with pytest.raises(ValueError, match="another config|made with method"):
+        other.run([0, 2], [0, 1], trained=known)

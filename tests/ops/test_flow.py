@@ -259,7 +259,7 @@ def test_torch_backend_is_the_reference():
     (dict(acts=torch.full((2, 4, 5), float("nan"))), ValueError, "NaN or Inf"),
     (dict(num_classes=0), ValueError, "num_classes must be positive"),
     (dict(num_classes=2.0), TypeError, "num_classes must be an int"),
-    (dict(backend="triton"), NotImplementedError, "not implemented"),
+    (dict(backend="cuda"), ValueError, "needs CUDA tensors"),
 ])
 def test_stats_front_end_errors(bad, err, match):
     args = dict(acts=torch.randn(2, 4, 5), labels=torch.tensor([0, 2]), num_classes=3, backend="cpu")
