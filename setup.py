@@ -7,6 +7,8 @@ Environment switches:
   FLOWAM_FAST_CPU_ONLY=1   never build the CUDA sources, even with a CUDA torch and nvcc.
   FLOWAM_FAST_ARCH=...     replaces the default "-march=native" (e.g. "-march=x86-64-v3"
                            for a binary that must run on other machines); empty for none.
+  TORCH_CUDA_ARCH_LIST=... the GPU architectures to compile for (torch's variable, e.g. "9.0");
+                           unset, build.json's cuda_archs.
 """
 import json
 import os
@@ -39,13 +41,15 @@ def _extensions():
 
     cxx = CONFIG["cxx_flags"] + _arch_flags()
     if _want_cuda():
-        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CONFIG["cuda_archs"]]
+        # torch turns TORCH_CUDA_ARCH_LIST into -gencode flags itself, but only when none are given.
+        gencode = [] if os.environ.get("TORCH_CUDA_ARCH_LIST") else [
+            f"-gencode=arch=compute_{a},code=sm_{a}" for a in CONFIG["cuda_archs"]]
         return [
             CUDAExtension(
                 CONFIG["module"],
                 CONFIG["cpu_sources"] + CONFIG["cuda_sources"],
                 include_dirs=[str(ROOT / "csrc")],
-                define_macros=[("FLOWAM_WITH_CUDA", "1")],
+                define_macros=[tuple(d.split("=", 1)) for d in CONFIG["cuda_defines"]],
                 extra_compile_args={"cxx": cxx, "nvcc": CONFIG["nvcc_flags"] + gencode},
                 extra_link_args=CONFIG["link_flags"],
             )

@@ -13,10 +13,15 @@ variance come from a train-mode pass over random clouds, then are jittered, and 
 the BN scales are negative (the fast path must turn those maxima into minima). The flows are
 random too, on the scale of the real activations.
 
-    python benchmarks/bench_am_step.py [--quick] [--threads N]
+On a GPU (--device cuda) the fast path runs the fused ops' "auto" backend (the CUDA kernels
+where the extension has them, else Triton) against the plain path on the same GPU, at the
+batch sizes a GPU takes (GPU_CASES); the memory column is then peak allocated GPU memory.
+
+    python benchmarks/bench_am_step.py [--quick] [--threads N] [--device cuda]
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, script_main  # noqa: E402
+from common import compare, fused_backends, is_cuda, label, script_main  # noqa: E402
 
 from flowam_fast import ops  # noqa: E402
 from flowam_fast.am.engine import AMConfig, continuity_loss  # noqa: E402
@@ -36,6 +41,8 @@ NEGATIVE_BN = 0.25  # share of BatchNorm channels with a negative scale
 # (arch, B, N): the reference batch sizes at N = 1024, smaller batches for the larger clouds.
 CASES = [("dgcnn", 16, 1024), ("pointnet", 64, 1024)]
 LARGE_CASES = [("dgcnn", 4, 2048), ("dgcnn", 4, 4096), ("pointnet", 16, 2048), ("pointnet", 16, 4096)]
+GPU_CASES = [("dgcnn", 32, 1024), ("dgcnn", 8, 4096), ("pointnet", 128, 1024)]
+GPU_QUICK_CASES = [("dgcnn", 8, 1024), ("pointnet", 16, 1024)]
 OBJECTIVES = ("logit", "flowam")
 LOGIT_RTOL = 1e-4
 GRAD_MIN_COSINE = 0.999
@@ -102,11 +109,21 @@ class Problem:
     classes: torch.Tensor  # (B,)
 
 
-def make_problem(arch: str, B: int, N: int, seed: int = 0, model=None, flows=None) -> Problem:
+def make_problem(arch: str, B: int, N: int, seed: int = 0, model=None, flows=None, device="cpu") -> Problem:
+    """The problem's model, flows and clouds are built on the CPU (the same ones whatever the
+    device), then moved to `device`."""
     model = build_model(arch, seed) if model is None else model
     flows = random_flows(model, seed) if flows is None else flows
     classes = torch.randint(0, NUM_CLASSES, (B,), generator=torch.Generator().manual_seed(seed + 5))
-    return Problem(model, flows, _clouds(B, N, seed + 6), classes)
+    return Problem(model.to(device), flows_to(flows, device), _clouds(B, N, seed + 6).to(device), classes.to(device))
+
+
+def flows_to(flows: Flows, device) -> Flows:
+    def move(d):
+        return {k: v.to(device) for k, v in d.items()}
+
+    return dataclasses.replace(flows, mean=move(flows.mean), std=move(flows.std), count=flows.count.to(device),
+                               lo=flows.lo.to(device), hi=flows.hi.to(device))
 
 
 def objective(problem: Problem, x: torch.Tensor, objective: str, backend: str):
@@ -212,20 +229,26 @@ def dgcnn_step_flops(model: DGCNN, B: int, N: int) -> int:
     return knn + 2 * (pq + conv5 + head)
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False, device="cpu") -> list[dict]:
     out = []
     models = {}
-    for arch, B, N in CASES + ([] if quick else LARGE_CASES):
+    if is_cuda(device):
+        # The models' ops take backend "auto": the first of these there is.
+        cases, backend = (GPU_QUICK_CASES if quick else GPU_CASES), (fused_backends(device) + ["torch"])[0]
+    else:
+        cases, backend = CASES + ([] if quick else LARGE_CASES), "cpu"
+    for arch, B, N in cases:
         if arch not in models:
             model = build_model(arch)
             models[arch] = (model, random_flows(model))
-        problem = make_problem(arch, B, N, model=models[arch][0], flows=models[arch][1])
-        label = "DGCNN (k=20, emb 1024)" if arch == "dgcnn" else "PointNet (feature transform)"
+        problem = make_problem(arch, B, N, model=models[arch][0], flows=models[arch][1], device=device)
+        name = "DGCNN (k=20, emb 1024)" if arch == "dgcnn" else "PointNet (feature transform)"
         for objective in OBJECTIVES:
             check_float64(problem, objective, clouds=min(B, max(1, 4096 // N)))
             f32 = {}
-            row = compare(f"AM step {objective}, {label} (B={B} N={N})", am_step(problem, objective, True),
-                          am_step(problem, objective, False), float32_check(f32), repeat=3)
+            row = compare(label(f"AM step {objective}, {name} (B={B} N={N})", backend, device),
+                          am_step(problem, objective, True), am_step(problem, objective, False), float32_check(f32),
+                          repeat=3, device=device)
             row["ms per cloud fast / ref"] = f"{row['fast_ms'] / B:.1f} / {row['ref_ms'] / B:.1f}"
             row["float32 clouds within 1e-4"] = f32["strict"]
             if arch == "dgcnn" and objective == "logit":

@@ -1,7 +1,7 @@
-"""edge_max (gather-max over kNN neighbours, C++ CPU) against the reference that gathers the
-full (B, N, k, C) neighbour tensor, at DGCNN's EdgeConv shapes.
+"""edge_max (gather-max over kNN neighbours: C++ on the CPU, CUDA and Triton on a GPU) against
+the reference that gathers the full (B, N, k, C) neighbour tensor, at DGCNN's EdgeConv shapes.
 
-    python benchmarks/bench_edge_max.py [--quick]
+    python benchmarks/bench_edge_max.py [--quick] [--device cuda]
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, script_main  # noqa: E402
+from common import compare, fused_backends, label, script_main  # noqa: E402
 
 from flowam_fast.ops import reference  # noqa: E402
 from flowam_fast.ops.edge_max import edge_max  # noqa: E402
@@ -20,9 +20,9 @@ K = 20
 CHANNELS = (64, 256)
 
 
-def _inputs(B, N, C, seed=0):
+def _inputs(B, N, C, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, N, C, generator=g), torch.randint(0, N, (B, N, K), generator=g)
+    return torch.randn(B, N, C, generator=g).to(device), torch.randint(0, N, (B, N, K), generator=g).to(device)
 
 
 def _check_forward(fast, ref):
@@ -36,34 +36,37 @@ def _check_backward(fast, ref):
     torch.testing.assert_close(g_f, g_r, rtol=1e-5, atol=1e-5)
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False, device="cpu") -> list[dict]:
     out = []
     B, N = (4, 1024) if quick else (16, 1024)
-    for C in CHANNELS:
-        feat, idx = _inputs(B, N, C)
-        shape = f"B={B} N={N} k={K} C={C}"
-        row = compare(f"edge_max fwd ({shape})", lambda: edge_max(feat, idx, backend="cpu"),
-                      lambda: reference.edge_max(feat, idx), _check_forward, no_grad=True)
-        # Bytes the fast path must move: k neighbour rows read, the output and argmax written.
-        row["GB/s"] = f"{B * N * C * (K * 4 + 4 + 8) / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
-        out.append(row)
+    for backend in fused_backends(device):
+        for C in CHANNELS:
+            feat, idx = _inputs(B, N, C, device=device)
+            shape = f"B={B} N={N} k={K} C={C}"
+            row = compare(label(f"edge_max fwd ({shape})", backend, device),
+                          lambda: edge_max(feat, idx, backend=backend), lambda: reference.edge_max(feat, idx),
+                          _check_forward, device=device, no_grad=True)
+            # Bytes the fast path must move: k neighbour rows read, the output and argmax written.
+            row["GB/s"] = f"{B * N * C * (K * 4 + 4 + 8) / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
+            out.append(row)
 
-        # The reference's backward (gather on an expanded tensor) builds a (B, N, N, C)
-        # gradient, gigabytes at these shapes, so the gradient runs on two clouds.
-        Bg = 2
-        fg = feat[:Bg].clone().requires_grad_(True)
-        ig = idx[:Bg]
-        g = torch.randn(Bg, N, C, generator=torch.Generator().manual_seed(1))
+            # The reference's backward (gather on an expanded tensor) builds a (B, N, N, C)
+            # gradient, gigabytes at these shapes, so the gradient runs on two clouds.
+            Bg = 2
+            fg = feat[:Bg].clone().requires_grad_(True)
+            ig = idx[:Bg]
+            g = torch.randn(Bg, N, C, generator=torch.Generator().manual_seed(1)).to(device)
 
-        def both(fn):
-            def run():
-                y = fn(fg, ig)
-                (gf,) = torch.autograd.grad(y, fg, g)
-                return y.detach(), gf
-            return run
+            def both(fn):
+                def run():
+                    y = fn(fg, ig)
+                    (gf,) = torch.autograd.grad(y, fg, g)
+                    return y.detach(), gf
+                return run
 
-        out.append(compare(f"edge_max fwd+bwd (B={Bg} N={N} k={K} C={C})", both(lambda f, i: edge_max(f, i, backend="cpu")),
-                           both(reference.edge_max), _check_backward))
+            out.append(compare(label(f"edge_max fwd+bwd (B={Bg} N={N} k={K} C={C})", backend, device),
+                               both(lambda f, i: edge_max(f, i, backend=backend)), both(reference.edge_max),
+                               _check_backward, device=device))
     return out
 
 

@@ -1,7 +1,8 @@
 """flow_stats (per-class activation statistics, one pass) and flow_align (FlowAM's alignment
-loss, one read forward and one backward) against the pure-PyTorch reference.
+loss, one read forward and one backward), C++ on the CPU, CUDA and Triton on a GPU, against the
+pure-PyTorch reference.
 
-    python benchmarks/bench_flow.py [--quick] [--threads N]
+    python benchmarks/bench_flow.py [--quick] [--threads N] [--device cuda]
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, script_main  # noqa: E402
+from common import compare, fused_backends, label, script_main  # noqa: E402
 
 from flowam_fast.ops import reference  # noqa: E402
 from flowam_fast.ops.flow import flow_align, flow_stats  # noqa: E402
@@ -22,13 +23,13 @@ STATS_SHAPES = [("64 channels", 64, 64, 1024), ("1024 channels", 32, 1024, 1024)
 ALIGN_SHAPES = [("64 channels", 64, 64, 1024), ("128 channels", 64, 128, 1024), ("1024 channels", 16, 1024, 1024)]
 
 
-def _acts(B, C, N, seed=0):
+def _acts(B, C, N, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.relu(torch.randn(B, C, N, generator=g) + 0.3)
+    return torch.relu(torch.randn(B, C, N, generator=g) + 0.3).to(device)
 
 
-def _labels(B, seed=0):
-    return torch.randint(0, NUM_CLASSES, (B,), generator=torch.Generator().manual_seed(seed))
+def _labels(B, seed=0, device="cpu"):
+    return torch.randint(0, NUM_CLASSES, (B,), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def _check_stats(fast, ref):
@@ -42,37 +43,41 @@ def _check_align(fast, ref):
         torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False, device="cpu") -> list[dict]:
     out = []
-    for label, B, C, N in STATS_SHAPES:
-        B = 4 if quick else B
-        acts, labels = _acts(B, C, N), _labels(B)
-        out.append(compare(f"flow_stats, {label} (B={B} C={C} N={N}, K={NUM_CLASSES})",
-                           lambda: flow_stats(acts, labels, NUM_CLASSES, backend="cpu"),
-                           lambda: reference.flow_stats(acts, labels, NUM_CLASSES), _check_stats, no_grad=True))
-    g = torch.Generator().manual_seed(1)
-    mu = torch.rand(NUM_CLASSES, max(s[2] for s in ALIGN_SHAPES), generator=g)
-    sigma = torch.rand(NUM_CLASSES, mu.shape[1], generator=g) + 0.1
-    for label, B, C, N in ALIGN_SHAPES:
-        B = 4 if quick else B
-        acts, labels = _acts(B, C, N, seed=2), _labels(B, seed=2)
-        m, s = mu[:, :C].contiguous(), sigma[:, :C].contiguous()
-        shape = f"B={B} C={C} N={N}"
-        out.append(compare(f"flow_align fwd, {label} ({shape})",
-                           lambda: (flow_align(acts, labels, m, s, backend="cpu"),),
-                           lambda: (reference.flow_align(acts, labels, m, s),), _check_align, no_grad=True))
-        a = acts.clone().requires_grad_(True)
-        w = torch.randn(B, generator=g)
+    for backend in fused_backends(device):
+        for name, B, C, N in STATS_SHAPES:
+            B = 4 if quick else B
+            acts, labels = _acts(B, C, N, device=device), _labels(B, device=device)
+            out.append(compare(label(f"flow_stats, {name} (B={B} C={C} N={N}, K={NUM_CLASSES})", backend, device),
+                               lambda: flow_stats(acts, labels, NUM_CLASSES, backend=backend),
+                               lambda: reference.flow_stats(acts, labels, NUM_CLASSES), _check_stats, device=device,
+                               no_grad=True))
+        g = torch.Generator().manual_seed(1)
+        mu = torch.rand(NUM_CLASSES, max(s[2] for s in ALIGN_SHAPES), generator=g)
+        sigma = torch.rand(NUM_CLASSES, mu.shape[1], generator=g) + 0.1
+        for name, B, C, N in ALIGN_SHAPES:
+            B = 4 if quick else B
+            acts, labels = _acts(B, C, N, seed=2, device=device), _labels(B, seed=2, device=device)
+            m, s = mu[:, :C].contiguous().to(device), sigma[:, :C].contiguous().to(device)
+            shape = f"B={B} C={C} N={N}"
+            out.append(compare(label(f"flow_align fwd, {name} ({shape})", backend, device),
+                               lambda: (flow_align(acts, labels, m, s, backend=backend),),
+                               lambda: (reference.flow_align(acts, labels, m, s),), _check_align, device=device,
+                               no_grad=True))
+            a = acts.clone().requires_grad_(True)
+            w = torch.randn(B, generator=g).to(device)
 
-        def both(fn):
-            def run():
-                loss = fn(a, labels, m, s)
-                (ga,) = torch.autograd.grad(loss, a, w)
-                return loss.detach(), ga
-            return run
+            def both(fn):
+                def run():
+                    loss = fn(a, labels, m, s)
+                    (ga,) = torch.autograd.grad(loss, a, w)
+                    return loss.detach(), ga
+                return run
 
-        out.append(compare(f"flow_align fwd+bwd, {label} ({shape})",
-                           both(lambda *x: flow_align(*x, backend="cpu")), both(reference.flow_align), _check_align))
+            out.append(compare(label(f"flow_align fwd+bwd, {name} ({shape})", backend, device),
+                               both(lambda *x: flow_align(*x, backend=backend)), both(reference.flow_align),
+                               _check_align, device=device))
     return out
 
 

@@ -1,8 +1,9 @@
-"""knn (fused tiled distances + per-row top-k, C++ CPU) against what a PyTorch user writes
-(matmul + topk, `reference.knn_topk`), at DGCNN's shapes (D = 3 for the coordinates, 64 and
-128 for the features) and for the continuity term's gradient.
+"""knn (fused tiled distances + per-row top-k: C++ on the CPU, CUDA and Triton on a GPU)
+against what a PyTorch user writes (matmul + topk, `reference.knn_topk`), at DGCNN's shapes
+(D = 3 for the coordinates, 64 and 128 for the features) and for the continuity term's
+gradient.
 
-    python benchmarks/bench_knn.py [--quick]
+    python benchmarks/bench_knn.py [--quick] [--device cuda]
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, script_main  # noqa: E402
+from common import compare, fused_backends, label, script_main  # noqa: E402
 
 from flowam_fast.ops import knn, reference  # noqa: E402
 
@@ -20,8 +21,8 @@ K = 20
 DIMS = (3, 64, 128)
 
 
-def _points(B, N, D, seed=0):
-    return torch.randn(B, N, D, generator=torch.Generator().manual_seed(seed))
+def _points(B, N, D, seed=0, device="cpu"):
+    return torch.randn(B, N, D, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def _check_forward(fast, ref):
@@ -42,34 +43,36 @@ def _check_backward(fast, ref):
     assert moved.float().mean() < 1e-2, f"{int(moved.sum())} points got a different gradient"
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False, device="cpu") -> list[dict]:
     out = []
     B = 4 if quick else 16
     sizes = (1024,) if quick else (1024, 2048, 4096)
-    for N in sizes:
-        for D in DIMS:
-            x = _points(B, N, D)
-            row = compare(f"knn fwd D={D} (B={B} N={N} k={K})", lambda: knn(x, K, backend="cpu"),
-                          lambda: reference.knn_topk(x, K), _check_forward, repeat=3 if N > 1024 else 5,
-                          no_grad=True)
-            # Distance work counted as in a GEMM: 2 flops per coordinate per pair.
-            row["GFLOP/s"] = f"{2 * B * N * N * D / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
-            out.append(row)
+    for backend in fused_backends(device):
+        for N in sizes:
+            for D in DIMS:
+                x = _points(B, N, D, device=device)
+                row = compare(label(f"knn fwd D={D} (B={B} N={N} k={K})", backend, device),
+                              lambda: knn(x, K, backend=backend), lambda: reference.knn_topk(x, K), _check_forward,
+                              repeat=3 if N > 1024 else 5, device=device, no_grad=True)
+                # Distance work counted as in a GEMM: 2 flops per coordinate per pair.
+                row["GFLOP/s"] = f"{2 * B * N * N * D / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
+                out.append(row)
 
-    # The continuity term: dist2 and its gradient w.r.t. the points, against the
-    # differentiable reference (matmul + sort + exact differences of the chosen pairs).
-    x = _points(B, 1024, 3).requires_grad_(True)
-    w = torch.rand(B, 1024, K, generator=torch.Generator().manual_seed(1))
+        # The continuity term: dist2 and its gradient w.r.t. the points, against the
+        # differentiable reference (matmul + sort + exact differences of the chosen pairs).
+        x = _points(B, 1024, 3, device=device).requires_grad_(True)
+        w = torch.rand(B, 1024, K, generator=torch.Generator().manual_seed(1)).to(device)
 
-    def both(fn):
-        def run():
-            d = fn()[0]
-            (g,) = torch.autograd.grad(d, x, w)
-            return d.detach(), g
-        return run
+        def both(fn):
+            def run():
+                d = fn()[0]
+                (g,) = torch.autograd.grad(d, x, w)
+                return d.detach(), g
+            return run
 
-    out.append(compare(f"knn fwd+bwd D=3 (B={B} N=1024 k={K})", both(lambda: knn(x, K, backend="cpu")),
-                       both(lambda: reference.knn(x, K)), _check_backward))
+        out.append(compare(label(f"knn fwd+bwd D=3 (B={B} N=1024 k={K})", backend, device),
+                           both(lambda: knn(x, K, backend=backend)), both(lambda: reference.knn(x, K)),
+                           _check_backward, device=device))
     return out
 
 

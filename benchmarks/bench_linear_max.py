@@ -1,7 +1,8 @@
-"""linear_max (fused linear + affine + activation + max-pool, sparse backward) against the
-reference that builds the (B, N, Cout) activation, at PointNet's shapes.
+"""linear_max (fused linear + affine + activation + max-pool, sparse backward: C++ on the CPU,
+CUDA and Triton on a GPU) against the reference that builds the (B, N, Cout) activation, at
+PointNet's shapes.
 
-    python benchmarks/bench_linear_max.py [--quick] [--threads N]
+    python benchmarks/bench_linear_max.py [--quick] [--threads N] [--device cuda]
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, script_main  # noqa: E402
+from common import compare, fused_backends, label, script_main  # noqa: E402
 
 from flowam_fast.ops import reference  # noqa: E402
 from flowam_fast.ops.linear_max import linear_max  # noqa: E402
@@ -20,13 +21,13 @@ from flowam_fast.ops.linear_max import linear_max  # noqa: E402
 SHAPES = [("PointNet global 128->1024", 64, 1024, 128, 1024), ("PointNet conv3 64->128", 64, 1024, 64, 128)]
 
 
-def _inputs(B, N, cin, cout, seed=0):
+def _inputs(B, N, cin, cout, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, N, cin, generator=g)
     w = torch.randn(cout, cin, generator=g) / cin**0.5
     scale = torch.rand(cout, generator=g) + 0.5
     shift = torch.randn(cout, generator=g) * 0.1
-    return x, w, scale, shift
+    return tuple(t.to(device) for t in (x, w, scale, shift))
 
 
 def _check_forward(fast, ref):
@@ -43,38 +44,40 @@ def _check_backward(fast, ref):
     assert moved.float().mean() < 1e-3, f"{int(moved.sum())} points got a different gradient"
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False, device="cpu") -> list[dict]:
     out = []
-    for label, B, N, cin, cout in SHAPES:
-        if quick:
-            B = 4
-        x, w, scale, shift = _inputs(B, N, cin, cout)
-        flops = 2 * B * N * cin * cout
-        shape = f"B={B} N={N} {cin}->{cout}"
+    for backend in fused_backends(device):
+        for name, B, N, cin, cout in SHAPES:
+            if quick:
+                B = 4
+            x, w, scale, shift = _inputs(B, N, cin, cout, device=device)
+            flops = 2 * B * N * cin * cout
+            shape = f"B={B} N={N} {cin}->{cout}"
 
-        def fwd_fast():
-            return linear_max(x, w, scale, shift, 0.0, backend="cpu")
+            def fwd_fast():
+                return linear_max(x, w, scale, shift, 0.0, backend=backend)
 
-        def fwd_ref():
-            return reference.linear_max(x, w, scale, shift, 0.0)
+            def fwd_ref():
+                return reference.linear_max(x, w, scale, shift, 0.0)
 
-        row = compare(f"linear_max fwd, {label} ({shape})", fwd_fast, fwd_ref, _check_forward, no_grad=True)
-        row["GFLOP/s"] = f"{flops / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
-        out.append(row)
+            row = compare(label(f"linear_max fwd, {name} ({shape})", backend, device), fwd_fast, fwd_ref,
+                          _check_forward, device=device, no_grad=True)
+            row["GFLOP/s"] = f"{flops / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
+            out.append(row)
 
-        xg = x.clone().requires_grad_(True)
-        g = torch.randn(B, cout, generator=torch.Generator().manual_seed(1))
+            xg = x.clone().requires_grad_(True)
+            g = torch.randn(B, cout, generator=torch.Generator().manual_seed(1)).to(device)
 
-        def both(fn):
-            def run():
-                y = fn(xg, w, scale, shift, 0.0)
-                (gx,) = torch.autograd.grad(y, xg, g)
-                return y.detach(), gx
-            return run
+            def both(fn):
+                def run():
+                    y = fn(xg, w, scale, shift, 0.0)
+                    (gx,) = torch.autograd.grad(y, xg, g)
+                    return y.detach(), gx
+                return run
 
-        fast = both(lambda *a: linear_max(*a, backend="cpu"))
-        out.append(compare(f"linear_max fwd+bwd to x, {label} ({shape})", fast, both(reference.linear_max),
-                           _check_backward))
+            fast = both(lambda *a: linear_max(*a, backend=backend))
+            out.append(compare(label(f"linear_max fwd+bwd to x, {name} ({shape})", backend, device), fast,
+                               both(reference.linear_max), _check_backward, device=device))
     return out
 
 

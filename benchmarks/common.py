@@ -2,6 +2,10 @@
 
 Ratios, not absolute times, are the figures: every comparison runs the fast path and the
 reference in this one process, on the same inputs, after checking that their outputs agree.
+
+Every script runs on the CPU (the C++ kernels, peak resident memory) or, with --device cuda,
+on the GPU (each of the "cuda" and "triton" kernels against the same reference on the GPU,
+peak allocated GPU memory), from one set of code.
 """
 from __future__ import annotations
 
@@ -46,29 +50,80 @@ class PeakRSS:
         return False
 
 
-def measure(fn, repeat: int = 5, warmup: int = 1, min_time: float = 0.0):
+class PeakCUDA:
+    """Peak GPU memory allocated by torch above the starting level while the block runs (the
+    caching allocator's count, so what the block itself needed)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def __enter__(self):
+        torch.cuda.synchronize(self.device)
+        self.start = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize(self.device)
+        self.mib = (torch.cuda.max_memory_allocated(self.device) - self.start) / 2**20
+        return False
+
+
+def is_cuda(device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work, so a wall-clock time covers it."""
+    if is_cuda(device):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def peak_memory(device):
+    return PeakCUDA(device) if is_cuda(device) else PeakRSS()
+
+
+def fused_backends(device) -> list:
+    """The kernel backends to time on `device`: "cpu" on the CPU; "cuda" and "triton" on a
+    GPU, those this installation has."""
+    from flowam_fast.ops import backend
+
+    if not is_cuda(device):
+        return ["cpu"]
+    return [b for b in ("cuda", "triton") if b in backend.available_backends(device)]
+
+
+def label(name: str, backend: str, device) -> str:
+    """A row's name: the CPU tables keep their names; GPU rows say which kernels ran."""
+    return name if not is_cuda(device) else f"{name} [{backend}]"
+
+
+def measure(fn, repeat: int = 5, warmup: int = 1, min_time: float = 0.0, device="cpu"):
     """Median wall time of fn() in seconds over `repeat` runs (after `warmup`), and the peak
-    extra resident memory (MiB) of one run."""
+    extra memory (MiB) of one run: resident memory on the CPU, allocated GPU memory on a GPU
+    (where each run is timed up to the end of its queued kernels)."""
     for _ in range(warmup):
         fn()
-    with PeakRSS() as mem:
+    sync(device)
+    with peak_memory(device) as mem:
         fn()
     times = []
     t_end = time.perf_counter() + min_time
     while len(times) < repeat or time.perf_counter() < t_end:
         t0 = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), mem.mib
 
 
-def compare(name: str, fast, ref, check, repeat: int = 5, **extra):
+def compare(name: str, fast, ref, check, repeat: int = 5, device="cpu", **extra):
     """Time `fast` and `ref` (callables returning outputs), after `check(fast_out, ref_out)`
     has confirmed that the outputs agree. Returns a row for the Markdown table."""
     with torch.no_grad() if extra.pop("no_grad", False) else _null():
         check(fast(), ref())
-        t_fast, m_fast = measure(fast, repeat)
-        t_ref, m_ref = measure(ref, repeat)
+        t_fast, m_fast = measure(fast, repeat, device=device)
+        t_ref, m_ref = measure(ref, repeat, device=device)
     row = {"name": name, "fast_ms": 1e3 * t_fast, "ref_ms": 1e3 * t_ref, "speedup": t_ref / t_fast,
            "fast_mib": m_fast, "ref_mib": m_ref}
     row.update(extra)
@@ -93,15 +148,35 @@ def markdown(rows, extra_cols=()) -> str:
     return "\n".join(lines)
 
 
+def full_float32(device) -> None:
+    """On a GPU, the references compute in full float32 as the fused kernels do: torch's default
+    lets cuDNN run convolutions in TF32 (10-bit mantissas), which would time a less precise
+    computation than the one it is compared with."""
+    if is_cuda(device):
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def check_device(device) -> str:
+    """`device` as a string, or a clear error where it is a GPU that torch cannot see."""
+    device = str(device)
+    if is_cuda(device) and not torch.cuda.is_available():
+        raise RuntimeError(f"no CUDA device: torch {torch.__version__} sees no GPU (device {device!r} asked for)")
+    return device
+
+
 def script_main(rows, doc: str, extra_cols=()) -> None:
-    """Command line of a benchmark script: --quick for a smoke run, --threads N."""
+    """Command line of a benchmark script: --quick for a smoke run, --threads N, --device."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu (the C++ kernels) or cuda (the CUDA and Triton kernels)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(markdown(rows(args.quick), extra_cols=extra_cols))
+    device = check_device(args.device)
+    full_float32(device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    print(markdown(rows(args.quick, device=device), extra_cols=extra_cols))

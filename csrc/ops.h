@@ -1,8 +1,10 @@
 // C++ entry points of flowam_fast._C. Layouts are points-last (B, N, D) unless noted; the
 // Python front ends in flowam_fast/ops make inputs contiguous float32 and check them first,
 // and every function here re-checks with TORCH_CHECK so a direct call cannot crash either.
+// Each <op>_cpu has a CUDA twin <op>_cuda (in CUDA builds) of the very same type, taking and
+// returning tensors on one CUDA device; the front ends pick one by the backend's name.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 #include <vector>
 
 namespace flowam {
@@ -49,5 +51,23 @@ at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
                                    const at::Tensor& labels, const at::Tensor& mu,
                                    const at::Tensor& sigma, const at::Tensor& mean,
                                    const at::Tensor& std, bool points_last);
+
+#ifdef FLOWAM_WITH_CUDA
+// Declared through decltype, so a twin cannot drift from its CPU signature; each .cu file
+// defines them as flowam::<op>_cuda, which the compiler accepts only for a declared signature.
+decltype(knn_forward_cpu) knn_forward_cuda;
+decltype(knn_backward_cpu) knn_backward_cuda;
+decltype(edge_max_forward_cpu) edge_max_forward_cuda;
+decltype(edge_max_backward_cpu) edge_max_backward_cuda;
+decltype(linear_max_forward_cpu) linear_max_forward_cuda;
+decltype(linear_max_backward_cpu) linear_max_backward_cuda;
+decltype(flow_stats_cpu) flow_stats_cuda;
+decltype(flow_align_forward_cpu) flow_align_forward_cuda;
+decltype(flow_align_backward_cpu) flow_align_backward_cuda;
+
+// The largest k knn_forward_cuda takes: its top-k lists live in registers, sized at compile
+// time (8, 16, 32 or 64 slots).
+constexpr int64_t kKnnCudaMaxK = 64;
+#endif
 
 }  // namespace flowam

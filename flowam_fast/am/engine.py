@@ -30,6 +30,10 @@ from .spaces import LatentSpace, PointSpace, initial_points
 from ..models.activations import default_layers, get_activations
 
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
+#: The flow term's statistics: per-channel mean and std over the points ("moments", DESIGN.md's
+#: objective), or each channel's whole distribution over the points ("quantiles": a 1-D
+#: Wasserstein-2 distance per channel, `ops.quantile_align`; needs flows with quantiles).
+ALIGNMENTS = ("moments", "quantiles")
 # method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
 # For ae-latent the clamp is to the autoencoder's latent range, not the data bounds.
 _PRESETS = {
@@ -56,9 +60,15 @@ class AMConfig:
     clamp: bool = True
     layers: tuple = ()
     autoencoder: str = ""
+    alignment: str = "moments"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        # Stores compare configs as strings: the default is left out so that stores written
+        # before the field existed still match (and resume) under the same settings.
+        if d["alignment"] == "moments":
+            del d["alignment"]
+        return json.dumps(d, sort_keys=True)
 
 
 def continuity_loss(x: torch.Tensor, k: int, d2_target: float, backend: str = "auto") -> torch.Tensor:
@@ -103,9 +113,11 @@ class FlowAM:
                  lr: float = 0.01, flow_weight: float | None = None, continuity_weight: float | None = None,
                  continuity_k: int | None = None, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
                  clamp: bool | None = None, layers=None, autoencoder=None, device=None, backend: str = "auto",
-                 quiet: bool = False):
+                 quiet: bool = False, alignment: str = "moments"):
         if method not in _PRESETS:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
         if (method == "ae-latent") != (autoencoder is not None):
             raise ValueError("method 'ae-latent' needs autoencoder= (see flowam_fast.autoencoder), and only it "
                              f"takes one (method {method!r})")
@@ -132,7 +144,8 @@ class FlowAM:
         self.config = AMConfig(method=method, steps=int(steps), lr=float(lr), flow_weight=fw, continuity_weight=cw,
                                continuity_k=int(continuity_k), num_points=int(num_points), init=init,
                                init_scale=float(init_scale), clamp=cl, layers=layers if fw > 0 else (),
-                               autoencoder=describe_autoencoder(autoencoder) if autoencoder is not None else "")
+                               autoencoder=describe_autoencoder(autoencoder) if autoencoder is not None else "",
+                               alignment=alignment if fw > 0 else "moments")
         if autoencoder is not None and int(autoencoder.config["num_points"]) != self.config.num_points:
             raise ValueError(f"the autoencoder decodes {autoencoder.config['num_points']} points but num_points is "
                              f"{self.config.num_points}")
@@ -159,6 +172,8 @@ class FlowAM:
             self.model.eval()
             logits, acts = get_activations(self.model, probe, list(self.config.layers))
         self.flows.check_compatible(self.config.layers, {k: v.shape[1] for k, v in acts.items()}, self.model)
+        if self.config.alignment == "quantiles":
+            self.flows.class_quantiles(self.config.layers[0])  # flows without quantiles: refused now
         if logits.shape[1] != self.flows.num_classes:
             raise ValueError(f"the model has {logits.shape[1]} classes but the flows {self.flows.num_classes}")
 
@@ -170,9 +185,12 @@ class FlowAM:
         terms = {}
         if cfg.flow_weight > 0:
             logits, acts = get_activations(self.model, inp, list(cfg.layers))
-            align = torch.stack([
-                ops.flow_align(acts[layer], classes, *self._flow_tensors(layer), backend=self.backend)
-                for layer in cfg.layers]).mean(0)
+            if cfg.alignment == "quantiles":
+                per_layer = [ops.quantile_align(acts[layer], classes, *self._flow_tensors(layer)) for layer in cfg.layers]
+            else:
+                per_layer = [ops.flow_align(acts[layer], classes, *self._flow_tensors(layer), backend=self.backend)
+                             for layer in cfg.layers]
+            align = torch.stack(per_layer).mean(0)
             terms["flow"] = align
         else:
             logits = self.model(inp)
@@ -189,8 +207,8 @@ class FlowAM:
     def _flow_tensors(self, layer):
         cache = self.__dict__.setdefault("_flow_cache", {})
         if layer not in cache:
-            mu, sd = self.flows.class_flow(layer)
-            cache[layer] = (mu.to(self.device), sd.to(self.device))
+            read = self.flows.class_quantiles if self.config.alignment == "quantiles" else self.flows.class_flow
+            cache[layer] = tuple(t.to(self.device) for t in read(layer))
         return cache[layer]
 
     # -- the sweep -------------------------------------------------------------------------

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from ..pipelines.demo import run_demo
-from .options import add_device_argument, device_of
+from ..training import DEMO_CONFIGS
+from .options import add_device_argument, device_of, parse_weights
 
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    p.add_argument("--model", choices=sorted(DEMO_CONFIGS), default="pointnet",
+                   help="the demo classifier (default: pointnet; recipes in flowam_fast/training/recipes.py)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per class (default: 2)")
     p.add_argument("--steps", type=int, default=None, help="AM steps (default: the engine's, 600)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
@@ -23,6 +26,11 @@ def add_arguments(p) -> None:
     p.add_argument("--sanity-seeds", type=int, default=3,
                    help="seeds per class in the sanity check, at least 2 (default: 3, i.e. 3 seed pairs per class "
                         "for its seed-to-seed threshold)")
+    p.add_argument("--flow-weights", default=None,
+                   help='also run the flow weight trade-off at these weights on the sanity classes, e.g. "0,1,10,100" '
+                        '(default: not run; it costs one sanity check per weight)')
+    p.add_argument("--alignment", choices=["moments", "quantiles"], default="moments",
+                   help="FlowAM's flow term: per-channel mean and std (default) or per-channel quantiles")
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")
     p.add_argument("--quiet", action="store_true")
     add_device_argument(p)
@@ -32,5 +40,7 @@ def run(args) -> int:
     run_demo(args.out, seeds=args.seeds, steps=args.steps, epochs=args.epochs, ae_epochs=args.ae_epochs,
              evaluator_epochs=args.evaluator_epochs, shapes=args.shapes, train_per_class=args.train_per_class,
              test_per_class=args.test_per_class, sanity_classes=args.sanity_classes, sanity_seeds=args.sanity_seeds,
-             fresh=args.fresh, quiet=args.quiet, device=device_of(args))
+             fresh=args.fresh, quiet=args.quiet, device=device_of(args), model=args.model,
+             tradeoff_weights=parse_weights(args.flow_weights) if args.flow_weights else None,
+             alignment=args.alignment)
     return 0

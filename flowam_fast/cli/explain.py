@@ -38,7 +38,7 @@ def run(args) -> int:
     engine = FlowAM(model, flows, method=args.method, autoencoder=ae, steps=args.steps, lr=args.lr,
                     flow_weight=args.flow_weight, continuity_weight=args.continuity_weight,
                     num_points=args.num_points or (ae.num_points if ae is not None else flows.num_points) or 1024,
-                    quiet=args.quiet, device=device)
+                    quiet=args.quiet, device=device, alignment=args.alignment)
     result = engine.run(classes, seeds, batch_size=args.batch_size, store=args.out)
     if args.ply:
         result.to_ply(args.ply)

@@ -15,6 +15,9 @@ def add_arguments(p) -> None:
     p.add_argument("--layers", help="comma-separated module names (default: the model's flow_layers)")
     p.add_argument("--num-points", type=int, default=None, help="points per sample (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quantile-levels", type=int, default=0,
+                   help="also store each class's per-channel quantiles at this many levels, for --alignment "
+                        "quantiles (e.g. 64; default 0: none)")
     p.add_argument("--quiet", action="store_true")
     add_device_argument(p)
 
@@ -24,7 +27,8 @@ def run(args) -> int:
     num_points = args.num_points or getattr(model, "num_points", None) or 1024
     data = ModelNet40(args.data, split="train", num_points=num_points)
     layers = args.layers.split(",") if args.layers else None
-    flows = compute_flows(model, data, layers=layers, batch_size=args.batch_size, quiet=args.quiet)
+    flows = compute_flows(model, data, layers=layers, batch_size=args.batch_size, quiet=args.quiet,
+                          quantile_levels=args.quantile_levels)
     flows.save(args.out)
     print(f"flows of {len(flows.layers)} layers for {flows.num_classes} classes written to {args.out}")
     return 0

@@ -23,6 +23,20 @@ def add_am_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--flow-weight", type=float, default=None, help="default: the method's preset (flowam: 100)")
     p.add_argument("--continuity-weight", type=float, default=None, help="default: the method's preset (1)")
+    p.add_argument("--alignment", choices=["moments", "quantiles"], default="moments",
+                   help="flow term: per-channel mean and std (default), or per-channel quantiles (1-D Wasserstein; "
+                        "needs flows made with --quantile-levels)")
     p.add_argument("--num-points", type=int, default=None, help="default: as in the flows")
     p.add_argument("--batch-size", type=int, default=None, help="jobs per batch (default: all at once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_weights(text: str) -> list:
+    """--flow-weights "0,1,10,100" -> [0.0, 1.0, 10.0, 100.0]."""
+    try:
+        weights = [float(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"--flow-weights must be a comma list of numbers, got {text!r}") from None
+    if not weights or any(not w >= 0 for w in weights):
+        raise ValueError(f"--flow-weights must list weights >= 0, got {text!r}")
+    return weights

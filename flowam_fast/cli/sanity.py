@@ -1,5 +1,7 @@
 """`flowam-fast sanity`: the model-parameter randomization sanity check (cascading and
-independent) of one or more AM methods; writes sanity.json, sanity.md and sanity.png."""
+independent) of one or more AM methods; writes sanity.json, sanity.md and sanity.png. With
+--flow-weights, instead the flow weight's trade-off (FlowAM at each weight, the regularized
+and AE-latent baselines as references): tradeoff.json, tradeoff.md and tradeoff.png."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +13,10 @@ from ..am.grid import parse_classes, parse_seeds
 from ..data import ModelNet40
 from ..evaluation.evaluator import load_evaluator
 from ..evaluation.metrics import references_by_class, to_device
-from ..evaluation.sanity import REALISM_REFS, markdown, run_methods, write_outputs
+from ..evaluation.sanity import (CLASS_REFS, REALISM_REFS, TRADEOFF_REFERENCES, markdown, run_methods, tradeoff,
+                                 tradeoff_markdown, write_outputs, write_tradeoff)
 from ..models import load_checkpoint
-from .options import add_am_arguments, add_device_argument, device_of
+from .options import add_am_arguments, add_device_argument, device_of, parse_weights
 
 
 def add_arguments(p) -> None:
@@ -28,14 +31,23 @@ def add_arguments(p) -> None:
     p.add_argument("--variants", default="cascading,independent")
     p.add_argument("--evaluator", help="evaluator PointNet checkpoint (default: train one, kept in --out)")
     p.add_argument("--autoencoder", help="autoencoder for ae-latent (default: train one, kept in --out)")
+    p.add_argument("--flow-weights",
+                   help='e.g. "0,1,10,100": run the trade-off of FlowAM over these flow weights instead (with '
+                        'the methods of --tradeoff-references as references; --methods and --flow-weight are then '
+                        'unused); writes tradeoff.json, tradeoff.md and tradeoff.png')
+    p.add_argument("--tradeoff-references", default=",".join(TRADEOFF_REFERENCES),
+                   help=f'reference methods of the trade-off, each checked once (default: {",".join(TRADEOFF_REFERENCES)}; '
+                        '"none" for none)')
     add_am_arguments(p)
     add_device_argument(p)
 
 
 def run(args) -> int:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    weights = parse_weights(args.flow_weights) if args.flow_weights else None
+    listed = args.tradeoff_references if weights else args.methods
+    methods = [] if weights and listed.strip() == "none" else [m.strip() for m in listed.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
+    if bad or not (methods or weights):
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     device = device_of(args)
@@ -52,10 +64,18 @@ def run(args) -> int:
         ae = load_or_train_autoencoder(args.data, args.autoencoder, cache_dir=args.out, num_points=num_points,
                                        quiet=args.quiet).to(device)
     refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS), device)
+    am = dict(steps=args.steps, lr=args.lr, continuity_weight=args.continuity_weight, num_points=num_points,
+              alignment=args.alignment)
+    if weights:
+        class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS), device)
+        result = tradeoff(model, evaluator, flows, train_set, classes, seeds, weights, refs, class_refs=class_refs,
+                          autoencoder=ae, baselines=methods, variants=variants, quiet=args.quiet, **am)
+        write_tradeoff(result, args.out)
+        print(tradeoff_markdown(result))
+        print(f"trade-off: {Path(args.out) / 'tradeoff.json'}, {Path(args.out) / 'tradeoff.png'}")
+        return 0
     results = run_methods(model, methods, classes, seeds, evaluator, flows, train_set, autoencoder=ae,
-                          variants=variants, references=refs, quiet=args.quiet, steps=args.steps, lr=args.lr,
-                          flow_weight=args.flow_weight, continuity_weight=args.continuity_weight,
-                          num_points=num_points)
+                          variants=variants, references=refs, quiet=args.quiet, flow_weight=args.flow_weight, **am)
     write_outputs(results, args.out)
     print(markdown(results).split("\n\n")[0])
     print(f"sanity check: {Path(args.out) / 'sanity.json'}, {Path(args.out) / 'sanity.png'}")

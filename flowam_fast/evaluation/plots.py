@@ -57,3 +57,27 @@ def sanity_curves(results: list, path) -> None:
     fig.suptitle("Model-parameter randomization; dashed: seed-to-seed threshold", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, 100)
+
+
+def tradeoff_plot(result: dict, path) -> None:
+    """The flow weight's trade-off (`sanity.tradeoff`): perceptibility (Chamfer distance to real
+    samples of the target class, lower is more perceptible) against faithfulness (the worst
+    stage's margin in seed-to-seed standard deviations, higher is more faithful), one point per
+    flow weight joined in weight order, the reference methods as separate markers, and the
+    verdict's margin (SIGMAS) as a dashed line: points right of it changed at every stage."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    pts = [p for p in result["points"] if p["worst_margin"] is not None]
+    ax.plot([p["worst_margin"] for p in pts], [p["chamfer_to_class"] for p in pts], "o-", color="C0",
+            label="FlowAM (flow weight)")
+    for p in pts:
+        ax.annotate(f"{p['flow_weight']:g}", (p["worst_margin"], p["chamfer_to_class"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    for i, p in enumerate(r for r in result["references"] if r["worst_margin"] is not None):
+        ax.plot([p["worst_margin"]], [p["chamfer_to_class"]], "s", color=f"C{i + 1}", label=p["method"])
+    ax.axvline(result.get("sigmas", 2.0), color="gray", ls="--", lw=0.8)
+    ax.set_xlabel("worst stage's margin (seed-to-seed σ; faithfulness →)", fontsize=8)
+    ax.set_ylabel("Chamfer to real samples of the class (← perceptible)", fontsize=8)
+    ax.set_title("Flow weight: perceptibility vs sanity-check margin", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, 100)

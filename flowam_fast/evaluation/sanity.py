@@ -61,6 +61,8 @@ from ..models.fast import plain_path
 VARIANTS = ("cascading", "independent")
 #: Real test samples per class for the realism columns (every class is compared with every job).
 REALISM_REFS = 5
+#: Real test samples per class for the trade-off's perceptibility (as the metrics' Chamfer).
+CLASS_REFS = 20
 #: How many seed-to-seed standard deviations a stage must move past the seed-to-seed mean.
 SIGMAS = 2.0
 
@@ -140,11 +142,15 @@ class SanityCheck:
     training data, to recompute the flows of randomized models (needed when the method has a
     flow term). flows: the trained model's flows (bounds, continuity target, layers).
     references: real clouds per class, {class: (R, M, 3)} (``metrics.references_by_class``),
-    for the realism columns; None leaves them out. am: keyword arguments of FlowAM.
+    for the realism columns; None leaves them out. workers: processes that run the stages
+    (one thread each). flow_cache: a dict shared by checks of the same model, flows and seed
+    that differ only in the objective (see `tradeoff`), so that each randomized model's flows
+    are computed once (within this process). am: keyword arguments of FlowAM.
     """
 
     def __init__(self, model, evaluator, flows=None, train_set=None, method: str = "flowam", autoencoder=None,
-                 variants=VARIANTS, seed: int = 0, references: dict | None = None, quiet: bool = False, **am):
+                 variants=VARIANTS, seed: int = 0, references: dict | None = None, quiet: bool = False,
+                 flow_cache: dict | None = None, workers: int = 1, **am):
         self.model = model
         self.evaluator = evaluator
         self.flows = flows
@@ -154,9 +160,14 @@ class SanityCheck:
         self.seed = int(seed)
         self.references = references
         self.quiet = quiet
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = int(workers)
         self.am = am
         self.plan = stage_plan(randomization_groups(model), variants)
-        self._flow_cache = {}
+        # flow_cache: shared by checks of one model that differ in the objective only (the
+        # trade-off's flow weights): a randomized model's flows do not depend on the weights.
+        self._flow_cache = {} if flow_cache is None else flow_cache
         self.variants = tuple(variants)
         # Built once here to validate the method and its arguments before any stage runs.
         self._uses_flows = self._engine(model, flows).config.flow_weight > 0
@@ -172,17 +183,27 @@ class SanityCheck:
         are not used). Bounds and continuity target are the data's, as the trained flows have
         them. Where every randomized module runs after every flow layer (a classifier head),
         the flow layers compute exactly what they compute in the trained model, so the trained
-        model's flows of these classes (computed once) are the recomputed flows, bit for bit."""
+        model's flows of these classes (computed once) are the recomputed flows, bit for bit.
+        `model` must be the trained model with exactly `randomized` re-initialized by
+        `randomize(..., self.seed)`: the flows are cached under those names."""
         if not self._uses_flows:
             return self.flows
         if randomized and all(self._after_flow_layers(name) for name in randomized):
-            key = ("trained", tuple(classes))
-            if key not in self._flow_cache:
-                self._flow_cache[key] = self._flows_for(self.model, classes)
-            return self._flow_cache[key]
+            return self._trained_flows(classes)
         f = self.flows
-        return compute_flows(model, self.train_set, layers=f.layers, num_classes=f.num_classes, quiet=True,
-                             classes=classes, geometry_of=f)
+        key = ("randomized", self.seed, tuple(sorted(randomized)), tuple(classes))
+        if key not in self._flow_cache:
+            self._flow_cache[key] = compute_flows(model, self.train_set, layers=f.layers, num_classes=f.num_classes,
+                                                  quiet=True, classes=classes, geometry_of=f,
+                                                  quantile_levels=f.quantile_levels)
+        return self._flow_cache[key]
+
+    def _trained_flows(self, classes):
+        """The trained model's flows of `classes`, computed once (see `_flows_for`)."""
+        key = ("trained", tuple(classes))
+        if key not in self._flow_cache:
+            self._flow_cache[key] = self._flows_for(self.model, classes)
+        return self._flow_cache[key]
 
     def _after_flow_layers(self, name: str) -> bool:
         """True when module `name` (and all its submodules) first runs after the last flow
@@ -243,6 +264,30 @@ class SanityCheck:
         dist, cls = metrics.nearest_class(expl.points, self.references)
         return {"nearest_real": float(dist.mean()), "nearest_is_target": float((cls == expl.classes).mean())}
 
+    def stage(self, mods, classes, seeds, base_points, base_feat):
+        """One randomized model: (Chamfer (J,), Spearman (J,) to the trained model's
+        explanations, {success, realism columns})."""
+        m = copy.deepcopy(self.model)
+        randomize(m, mods, self.seed)
+        expl = self.explain(m, classes, seeds, self._flows_for(m, classes, mods)).sorted()
+        cd = _chamfer_pairs(base_points, expl.points)
+        sp = spearman_rows(base_feat, self._features(expl))
+        return cd, sp, {"success": float(expl.success.mean()), **self._realism(expl)}
+
+    def _stages_in_workers(self, todo, classes, seeds, base_points, base_feat):
+        """`stage` for every randomization, spread over `workers` processes of one thread each.
+        Small AM batches use two threads poorly, two processes well. The workers start with
+        `spawn` (a fork would inherit the parent's OpenMP pool) and get this check once."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._uses_flows and any(all(self._after_flow_layers(n) for n in key) for key in todo):
+            self._trained_flows(classes)  # made once here, not once per worker
+        with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), initializer=_worker_init,
+                                 initargs=(self,), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [pool.submit(_worker_stage, list(key), classes, seeds, base_points, base_feat) for key in todo]
+            return [j.result() for j in jobs]
+
     def run(self, classes, seeds, trained=None) -> dict:
         """Every stage of the plan on the (class, seed) grid. trained: explanations of the
         trained model already made with this method and config (see `trained_explanations`)."""
@@ -250,6 +295,7 @@ class SanityCheck:
         if len(seeds) < 2:
             raise ValueError("the sanity check needs at least 2 seeds: its threshold is the seed-to-seed variation")
         base = self.trained_explanations(classes, seeds, trained).sorted()
+        self.trained_result = base  # for callers that measure more on it (the trade-off's perceptibility)
         base_feat = self._features(base)
         i, j = seed_pairs(base.classes, base.seeds)
         ss_cd = _chamfer_pairs(base.points[i], base.points[j])
@@ -261,22 +307,22 @@ class SanityCheck:
         # a graded view of the binary verdict, e.g. to tell a narrow miss from no change at all.
         # None where the seed-to-seed values do not vary (JSON has no infinity).
         margin = (lambda delta, s: float(delta / s) if s > 0 else None)
-        stages, seen = [], {}
-        for variant, name, mods in self.plan:
-            key = tuple(sorted(mods))
-            if key not in seen:
-                m = copy.deepcopy(self.model)
-                randomize(m, mods, self.seed)
-                expl = self.explain(m, classes, seeds, self._flows_for(m, classes, mods)).sorted()
-                cd = _chamfer_pairs(base.points, expl.points)
-                sp = spearman_rows(base_feat, self._features(expl))
-                seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),
-                             "spearman_mean": float(sp.mean()), "spearman_std": float(sp.std()),
-                             "chamfer_margin": margin(cd.mean() - ss_cd.mean(), sd(ss_cd)),
-                             "spearman_margin": margin(ss_sp.mean() - sp.mean(), sd(ss_sp)),
-                             "success": float(expl.success.mean()), **self._realism(expl),
-                             "changed": bool(cd.mean() > thr_cd and sp.mean() < thr_sp)}
-            stages.append({"variant": variant, "stage": name, "randomized": list(mods), **seen[key]})
+        # Each distinct randomization runs once (the first cascading and independent stages
+        # randomize the same block), in worker processes when there are several.
+        todo = list(dict.fromkeys(tuple(sorted(mods)) for _, _, mods in self.plan))
+        if self.workers > 1 and len(todo) > 1:
+            measured = self._stages_in_workers(todo, classes, seeds, base.points, base_feat)
+        else:
+            measured = [self.stage(list(key), classes, seeds, base.points, base_feat) for key in todo]
+        seen = {}
+        for key, (cd, sp, extra) in zip(todo, measured):
+            seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),
+                         "spearman_mean": float(sp.mean()), "spearman_std": float(sp.std()),
+                         "chamfer_margin": margin(cd.mean() - ss_cd.mean(), sd(ss_cd)),
+                         "spearman_margin": margin(ss_sp.mean() - sp.mean(), sd(ss_sp)), **extra,
+                         "changed": bool(cd.mean() > thr_cd and sp.mean() < thr_sp)}
+        stages = [{"variant": variant, "stage": name, "randomized": list(mods), **seen[tuple(sorted(mods))]}
+                  for variant, name, mods in self.plan]
         verdict = {v: all(s["changed"] for s in stages if s["variant"] == v) for v in self.variants}
         verdict["passes"] = all(verdict[v] for v in self.variants)
         return {"method": self.method, "config": json.loads(base.config), "classes": sorted(set(base.classes.tolist())),
@@ -286,6 +332,20 @@ class SanityCheck:
                                  "spearman_mean": float(ss_sp.mean()), "spearman_std": sd(ss_sp)},
                 "threshold": {"chamfer": thr_cd, "spearman": thr_sp},
                 "stages": stages, "verdict": verdict}
+
+
+_WORKER_CHECK = None
+
+
+def _worker_init(check) -> None:
+    global _WORKER_CHECK
+    torch.set_num_threads(1)
+    check.quiet = True  # one progress bar per stage from several processes would interleave
+    _WORKER_CHECK = check
+
+
+def _worker_stage(mods, classes, seeds, base_points, base_feat):
+    return _WORKER_CHECK.stage(mods, classes, seeds, base_points, base_feat)
 
 
 def markdown(results: list) -> str:
@@ -330,6 +390,116 @@ def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, aut
                             references=references, quiet=quiet, **am)
         out.append(check.run(classes, seeds, trained=(trained or {}).get(method)))
     return out
+
+
+def _known(check: SanityCheck, candidates):
+    """The first of `candidates` (explanations of the trained model) made with the check's
+    method and config, or None."""
+    config = check._engine(check.model, check.flows).config.to_json()
+    return next((e for e in candidates if (e.method, e.config) == (check.method, config)), None)
+
+
+def _reusable(check: SanityCheck, done, known, classes, seeds):
+    """(result, trained explanations) of an earlier run of this check, or (None, None)."""
+    if known is None:
+        return None, None
+    want = (check.method, json.loads(known.config), sorted({int(c) for c in classes}),
+            list(dict.fromkeys(int(s) for s in seeds)), sorted(check.variants))
+    for r in done:
+        have = (r["method"], r["config"], r["classes"], r["seeds"],
+                sorted(v for v in VARIANTS if v in r["verdict"]))
+        base = known.select(classes, seeds).sorted()
+        if have == want and len(base) == len(want[2]) * len(want[3]):
+            return r, base
+    return None, None
+
+
+def worst_margin(stages) -> float | None:
+    """The smallest of each stage's two margins (seed-to-seed standard deviations moved): the
+    stage that came nearest to surviving the randomization; None if no margin is defined."""
+    vals = [m for s in stages for m in (s["chamfer_margin"], s["spearman_margin"]) if m is not None]
+    return min(vals) if vals else None
+
+
+#: The trade-off's reference methods (no flow weight): their points sit beside FlowAM's curve.
+TRADEOFF_REFERENCES = ("regularized", "ae-latent")
+
+
+def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, references: dict,
+             class_refs: dict | None = None, autoencoder=None, baselines=TRADEOFF_REFERENCES, variants=VARIANTS,
+             quiet: bool = False, trained=(), done=(), **am) -> dict:
+    """Perceptibility against faithfulness as the flow weight varies (DESIGN.md, "Faithfulness").
+
+    For each weight of `flow_weights`, the randomization check of FlowAM at that weight, and of
+    each method of `baselines` once (flow_weight None). Each point holds the trained model's
+    success and mean Chamfer distance to real samples of the target class (`class_refs`,
+    default `references`; perceptibility, lower is better), each stage's margins and the
+    verdict (faithfulness), and `worst_margin` (see `worst_margin`). references: real clouds per
+    class for the realism columns; trained: explanations of the trained model already made
+    (any methods and configs; those that match a point's are reused). done: results of
+    `SanityCheck.run` already made on this model and these classes and seeds (e.g. the demo's
+    sanity check); a point with the same method and config takes its result instead of running
+    again, when `trained` holds its explanations. am: FlowAM keyword arguments shared by every
+    point (not flow_weight).
+    """
+    if "flow_weight" in am:
+        raise ValueError("tradeoff sets the flow weight itself: pass the weights as flow_weights=")
+    weights = [float(w) for w in flow_weights]
+    if not weights or any(not w >= 0 for w in weights):
+        raise ValueError(f"flow_weights must be a non-empty list of weights >= 0, got {list(flow_weights)}")
+    unknown = set(baselines) - {"vanilla", "regularized", "ae-latent"}
+    if unknown:
+        raise ValueError(f"unknown reference methods {sorted(unknown)}; choose from vanilla, regularized, ae-latent")
+    class_refs = references if class_refs is None else class_refs
+    trained = list(trained.values()) if isinstance(trained, dict) else list(trained)
+    shared = {}  # randomized models' flows, the same at every weight
+    runs = [("flowam", w) for w in dict.fromkeys(weights)] + [(m, None) for m in baselines]
+    points = []
+    for method, weight in runs:
+        extra = {} if weight is None else {"flow_weight": weight}
+        check = SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
+                            autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
+                            references=references, quiet=quiet, flow_cache=shared, **extra, **am)
+        known = _known(check, trained)
+        result, base = _reusable(check, done, known, classes, seeds)
+        if result is None:
+            result = check.run(classes, seeds, trained=known)
+            base = check.trained_result
+        stages = [{k: s[k] for k in ("variant", "stage", "chamfer_margin", "spearman_margin", "changed")}
+                  for s in result["stages"]]
+        points.append({"method": method, "flow_weight": weight, "success": result["trained"]["success"],
+                       "chamfer_to_class": float(metrics.chamfer_to_class(base.points, base.classes, class_refs).mean()),
+                       "worst_margin": worst_margin(stages), "stages": stages, "verdict": result["verdict"],
+                       "config": result["config"]})
+    return {"classes": result["classes"], "seeds": result["seeds"], "sigmas": SIGMAS,
+            "points": [p for p in points if p["method"] == "flowam"],
+            "references": [p for p in points if p["method"] != "flowam"]}
+
+
+def write_tradeoff(result: dict, out_dir) -> None:
+    """out_dir/tradeoff.json, out_dir/tradeoff.md (the table) and out_dir/tradeoff.png."""
+    from pathlib import Path
+
+    from .plots import tradeoff_plot
+    from .report import write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(result, out_dir / "tradeoff.json")
+    tradeoff_plot(result, out_dir / "tradeoff.png")
+    (out_dir / "tradeoff.md").write_text("# Flow weight trade-off\n\n" + tradeoff_markdown(result)
+                                         + "\n\n![trade-off](tradeoff.png)\n")
+
+
+def tradeoff_markdown(result: dict) -> str:
+    """One row per point: flow weight, success, Chamfer to the class, worst margin, verdict."""
+    lines = ["| method | flow weight | success | Chamfer to class | worst margin (σ) | verdict |", "|---|---|---|---|---|---|"]
+    for p in result["points"] + result["references"]:
+        w = "n/a" if p["flow_weight"] is None else f"{p['flow_weight']:g}"
+        m = "n/a" if p["worst_margin"] is None else f"{p['worst_margin']:+.1f}"
+        lines.append(f"| {p['method']} | {w} | {p['success']:.0%} | {p['chamfer_to_class']:.4f} | {m} | "
+                     f"{'passes' if p['verdict']['passes'] else 'fails'} |")
+    return "\n".join(lines)
 
 
 def write_outputs(results: list, out_dir) -> None:

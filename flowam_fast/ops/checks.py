@@ -66,3 +66,21 @@ def kernel_float(t: torch.Tensor) -> torch.Tensor:
     if t.dtype in (torch.float32, torch.float64):
         return t.contiguous()
     return t.float().contiguous()
+
+
+def class_flows(op: str, acts: torch.Tensor, labels, target: torch.Tensor, sigma: torch.Tensor,
+                names: str) -> torch.Tensor:
+    """The checks the flow alignment ops share: acts (B,C,N), labels (B) in [0, K), `target`
+    (K,C,...) and sigma (K,C) the flows of the K classes. Only the rows of the classes in
+    labels must be finite (a dataset may lack some classes: NaN rows), and sigma non-negative
+    there. `names` names target and sigma in messages. Returns labels as int64."""
+    dim_equal(op, f"channels of acts and {names}", acts.shape[1], target.shape[1])
+    index(op, "labels", labels, 1, target.shape[0])
+    dim_equal(op, "samples in acts and labels", acts.shape[0], labels.shape[0])
+    labels = labels.long()
+    target_used, sigma_used = target.detach()[labels], sigma.detach()[labels]
+    if not bool(torch.isfinite(target_used).all() and torch.isfinite(sigma_used).all()):
+        raise ValueError(f"{op}: {names} contains NaN or Inf for a class in labels")
+    if bool((sigma_used < 0).any()):
+        raise ValueError(f"{op}: sigma must be non-negative (a standard deviation)")
+    return labels

@@ -117,16 +117,7 @@ def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma
     checks.same_device(op, acts=acts, labels=labels, mu=mu, sigma=sigma)
     if mu.shape != sigma.shape:
         raise ValueError(f"{op}: mu and sigma must have one shape, got {tuple(mu.shape)} and {tuple(sigma.shape)}")
-    checks.dim_equal(op, "channels of acts and mu/sigma", acts.shape[1], mu.shape[1])
-    checks.index(op, "labels", labels, 1, mu.shape[0])
-    checks.dim_equal(op, "samples in acts and labels", acts.shape[0], labels.shape[0])
-    labels = labels.long()
-    # Only the classes in use need a flow: a dataset may lack some classes (NaN std).
-    mu_used, sigma_used = mu.detach()[labels], sigma.detach()[labels]
-    if not bool(torch.isfinite(mu_used).all() and torch.isfinite(sigma_used).all()):
-        raise ValueError(f"{op}: mu or sigma contains NaN or Inf for a class in labels")
-    if bool((sigma_used < 0).any()):
-        raise ValueError(f"{op}: sigma must be non-negative (a standard deviation)")
+    labels = checks.class_flows(op, acts, labels, mu, sigma, "mu/sigma")
     b = _backend.resolve(backend, acts.device, op)
     if b == "torch":
         return reference.flow_align(acts, labels, mu.detach(), sigma.detach())

@@ -1,14 +1,17 @@
 """The demo pipeline (`flowam-fast demo`): the whole pipeline on the embedded procedural shapes, end to end.
 
-DIR/data (procedural dataset, ModelNet40 HDF5 layout) -> DIR/model.pt (demo PointNet) ->
+DIR/data (procedural dataset, ModelNet40 HDF5 layout) -> DIR/model.pt (the demo PointNet, or
+with model="dgcnn" the demo DGCNN; `training.DEMO_CONFIGS`) ->
 DIR/flows.h5 -> DIR/{flowam,vanilla,regularized,ae-latent}.h5 (every class, 2 seeds; ae-latent
 with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by side) and
 DIR/baselines.png (regularized and AE-latent AM) -> DIR/evaluator.pt and the metrics
 (DIR/metrics.json, bar charts) -> the randomization sanity check of FlowAM and AE-latent AM
-on a few classes (DIR/sanity.json, DIR/sanity.png) -> DIR/report.md.
+on a few classes (DIR/sanity.json, DIR/sanity.png) -> optionally the flow weight's trade-off
+(DIR/tradeoff.json, DIR/tradeoff.png) -> DIR/report.md.
 Finished stages are reused when the demo is run again (use --fresh to redo them); the cached
 data, models, flows and explanation stores of an output directory written by another demo
-version (DIR/demo.json) are redone.
+version (DIR/demo.json) are redone, and the classifier's own outputs (model, flows, stores)
+when it was written for the other demo model.
 """
 from __future__ import annotations
 
@@ -21,20 +24,21 @@ from pathlib import Path
 import torch
 
 from ..am.autoencoder import load_or_train_autoencoder
-from ..am.engine import FlowAM
+from ..am.engine import ALIGNMENTS, FlowAM
 from ..am.explanations import Explanations
-from ..am.flows import Flows, compute_flows
+from ..am.flows import DEFAULT_QUANTILE_LEVELS, Flows, compute_flows
 from ..am.grid import parse_classes
 from ..am.sheets import class_examples, contact_sheet
 from ..data import ModelNet40, generate_shapes
 from ..evaluation.evaluator import load_evaluator
 from ..evaluation.metrics import references_by_class, to_device
 from ..evaluation.report import RealData, evaluate_sets, method_table, write_report
-from ..evaluation.sanity import REALISM_REFS, run_methods, write_outputs
+from ..evaluation.sanity import CLASS_REFS, REALISM_REFS, run_methods, tradeoff, tradeoff_markdown, write_outputs, \
+    write_tradeoff
 from ..evaluation.sanity import markdown as sanity_markdown
 from ..models import load_checkpoint
 from ..models.activations import default_layers
-from ..training import DEMO_CONFIG, train_demo_model
+from ..training import demo_config, train_demo_model
 
 
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
@@ -43,48 +47,73 @@ METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
 DEMO_VERSION = 2
 #: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
 CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt") + tuple(f"{m}.h5" for m in METHODS)
+#: What depends on the explained classifier: redone when the directory was made for the other
+#: demo model (the data, the autoencoder and the evaluator do not depend on it).
+CLASSIFIER_CACHED = ("model.pt", "flows.h5") + tuple(f"{m}.h5" for m in METHODS)
 
 
-def _demo_version(out: Path):
-    """The DEMO_VERSION that wrote `out`: None for an empty directory, 1 for one from before
-    the stamp existed or with an unreadable stamp."""
+def _demo_stamp(out: Path):
+    """(DEMO_VERSION, demo model) that wrote `out`: (None, None) for an empty directory,
+    version 1 for one from before the stamp existed or with an unreadable stamp; stamps
+    without a model are the PointNet demo's (the only one then)."""
     stamp = out / "demo.json"
     if not stamp.exists():
-        return None if not any(out.iterdir()) else 1
+        return (None, None) if not any(out.iterdir()) else (1, "pointnet")
     try:
-        return json.loads(stamp.read_text()).get("version", 1)
+        d = json.loads(stamp.read_text())
+        return d.get("version", 1), d.get("model", "pointnet")
     except (ValueError, AttributeError):
-        return 1
+        return 1, "pointnet"
 
 
-def _clear_stale_cache(out: Path) -> None:
-    version = _demo_version(out)
+def _remove(out: Path, names) -> None:
+    for name in names:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _clear_stale_cache(out: Path, model: str = "pointnet") -> None:
+    version, made_for = _demo_stamp(out)
     if version not in (None, DEMO_VERSION):
         print(f"[demo] {out} was written by demo version {version}, this is {DEMO_VERSION}: "
               f"redoing {', '.join(CACHED)}", flush=True)
-        for name in CACHED:
-            path = out / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    (out / "demo.json").write_text(json.dumps({"version": DEMO_VERSION}) + "\n")
+        _remove(out, CACHED)
+    elif made_for not in (None, model):
+        print(f"[demo] {out} was written for the {made_for} demo, this is the {model} one: "
+              f"redoing {', '.join(CLASSIFIER_CACHED)}", flush=True)
+        _remove(out, CLASSIFIER_CACHED)
+    # The PointNet demo's stamp stays as it was before there was a choice of model.
+    stamp = {"version": DEMO_VERSION, **({} if model == "pointnet" else {"model": model})}
+    (out / "demo.json").write_text(json.dumps(stamp) + "\n")
 
 
 def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None = None,
              ae_epochs: int | None = None, evaluator_epochs: int | None = None, shapes: str = "all",
              train_per_class: int = 200, test_per_class: int = 50,
              sanity_classes: str = "cube,cone,torus,chair", sanity_seeds: int = 3, fresh: bool = False,
-             quiet: bool = False, device="cpu") -> dict:
+             quiet: bool = False, device="cpu", model: str = "pointnet", tradeoff_weights=None,
+             alignment: str = "moments") -> dict:
     """Run every stage into the directory `out` (see the module docstring); returns the metrics
-    rows, the sanity results and the stage timings. Stages whose outputs exist are reused.
-    Training runs on the CPU (the demo models are small); everything after it on `device`."""
+    rows, the sanity results, the trade-off (None unless asked for) and the stage timings.
+    Stages whose outputs exist are reused. Training runs on the CPU (the demo models are
+    small); everything after it on `device`. model: the demo classifier, "pointnet" or "dgcnn".
+    tradeoff_weights: flow weights (e.g. [0, 1, 10, 100]) of the trade-off, run on the sanity
+    check's classes and seeds; None skips it (it costs a sanity check per weight). alignment:
+    FlowAM's flow term, "moments" or "quantiles" (the flows then store DEFAULT_QUANTILE_LEVELS)."""
+    config = demo_config(model)  # an unknown model is refused before anything is written
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
+    if tradeoff_weights is not None and sanity_classes.strip() == "none":
+        raise ValueError("the trade-off runs on the sanity check's classes: give sanity_classes, not 'none'")
     device = torch.device(device)
     out = Path(out)
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    _clear_stale_cache(out)
+    _clear_stale_cache(out, model)
     timings = {}
     t_all = time.perf_counter()
 
@@ -104,9 +133,9 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     with stage("train"):
         ckpt = out / "model.pt"
         if not ckpt.exists():
-            train_demo_model(data_dir, ckpt, epochs=epochs, quiet=quiet)
-        model = load_checkpoint(ckpt).to(device)
-    num_points = DEMO_CONFIG["num_points"]
+            train_demo_model(data_dir, ckpt, epochs=epochs, quiet=quiet, model=model)
+        model_name, model = model, load_checkpoint(ckpt).to(device)
+    num_points = config["num_points"]
     train_set = ModelNet40(data_dir, "train", num_points=num_points)
     with stage("flows"):
         flows_path = out / "flows.h5"
@@ -116,11 +145,14 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
                 flows.check_taps(model)
                 if tuple(flows.layers) != tuple(default_layers(model)):
                     raise ValueError(f"they align {flows.layers}, the model's defaults are {default_layers(model)}")
+                if alignment == "quantiles" and not flows.quantiles:
+                    raise ValueError("they have no quantiles, which alignment='quantiles' needs")
             except ValueError as e:
                 print(f"[demo] recomputing {flows_path}: {e}", flush=True)
                 flows = None
         if flows is None:
-            flows = compute_flows(model, train_set, quiet=quiet)
+            flows = compute_flows(model, train_set, quiet=quiet,
+                                  quantile_levels=DEFAULT_QUANTILE_LEVELS if alignment == "quantiles" else 0)
             flows.save(flows_path)
     with stage("autoencoder"):
         ae = load_or_train_autoencoder(data_dir, None, cache_dir=out, num_points=num_points,
@@ -128,7 +160,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
 
     classes = list(range(flows.num_classes))
     seeds = list(range(seeds))
-    am = {} if steps is None else {"steps": steps}
+    am = ({} if steps is None else {"steps": steps}) | ({} if alignment == "moments" else {"alignment": alignment})
     results = {}
     for method in METHODS:
         with stage(method):
@@ -160,19 +192,30 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
                                  autoencoder=ae, references=refs, quiet=quiet, num_points=num_points,
                                  trained=results, **am)
             write_outputs(sanity, out)
+    traded = None
+    if tradeoff_weights is not None:
+        with stage("tradeoff"):
+            class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS), device)
+            traded = tradeoff(model, evaluator, flows, train_set, sanity_classes, list(range(sanity_seeds)),
+                              tradeoff_weights, refs, class_refs=class_refs, autoencoder=ae, quiet=quiet,
+                              num_points=num_points, trained=results, done=sanity, **am)
+            write_tradeoff(traded, out)
     with stage("metrics"):
         real = RealData(test_set.points, test_set.labels, evaluator=evaluator, device=device)  # the split loaded above
         metrics = evaluate_sets([results[m] for m in METHODS], real)
     timings["total"] = time.perf_counter() - t_all
     ratio = metrics[0]["chamfer"] / metrics[1]["chamfer"]
     preamble = "\n".join([
-        f"Procedural shapes, {flows.num_classes} classes x {len(seeds)} seeds, {num_points} points; "
+        f"Demo {model_name}; procedural shapes, {flows.num_classes} classes x {len(seeds)} seeds, {num_points} points; "
         f"FlowAM / plain AM Chamfer ratio: **{ratio:.2f}**.", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
         "![explanations](explanations.png)", "", "![baselines](baselines.png)"])
     appendix = ("## Randomization sanity check\n\n" + sanity_markdown(sanity) + "\n\n![sanity](sanity.png)") if sanity else ""
+    if traded is not None:
+        appendix += ("\n\n## Flow weight trade-off\n\n" + tradeoff_markdown(traded) + "\n\n![trade-off](tradeoff.png)")
     write_report(metrics, real, out, title="flowam-fast demo report", preamble=preamble,
-                 appendix=appendix, extra_json={"chamfer_ratio_flowam_vs_vanilla": ratio, "sanity": sanity,
+                 appendix=appendix, extra_json={"model": model_name, "chamfer_ratio_flowam_vs_vanilla": ratio, "sanity": sanity,
+                                                "tradeoff": traded,
                                                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                                                 "torch_threads": torch.get_num_threads()})
     print(method_table(metrics))
@@ -180,4 +223,4 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     if sanity:
         print(sanity_markdown(sanity).split("\n\n")[0])
     print(f"[demo] done in {timings['total']:.0f} s; see {out / 'report.md'}")
-    return {"metrics": metrics, "sanity": sanity, "timings": timings}
+    return {"metrics": metrics, "sanity": sanity, "tradeoff": traded, "timings": timings}

@@ -137,3 +137,18 @@ def test_demo_redoes_the_cache_of_another_version(tmp_path, capsys):
     _clear_stale_cache(empty)
     assert [p.name for p in empty.iterdir()] == ["demo.json"] and capsys.readouterr().out == ""
     assert "data" in CACHED and "flowam.h5" in CACHED
+
+
+def test_sanity_cli_tradeoff(setup):
+    tmp, data, ckpt, flows, evaluator, _ = setup
+    out = tmp / "tradeoff"
+    assert main(["sanity", "--model", str(ckpt), "--flows", str(flows), "--data", str(data), "--out", str(out),
+                 "--flow-weights", "0,10", "--tradeoff-references", "none", "--classes", "0,1", "--seeds", "0-1",
+                 "--steps", "2", "--variants", "cascading", "--evaluator", str(evaluator), "--quiet"]) == 0
+    res = json.loads((out / "tradeoff.json").read_text())
+    assert [p["flow_weight"] for p in res["points"]] == [0.0, 10.0]
+    assert res["references"] == []
+    assert all({"success", "chamfer_to_class", "worst_margin", "stages", "verdict"} <= set(p) for p in res["points"])
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG" and (out / "tradeoff.md").exists()
+    assert main(["sanity", "--model", str(ckpt), "--flows", str(flows), "--data", str(data), "--out", str(out),
+                 "--flow-weights", "1,x", "--evaluator", str(evaluator)]) == 1

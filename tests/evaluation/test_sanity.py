@@ -237,3 +237,16 @@ def test_known_trained_explanations_are_reused_exactly(setup):
     other = _check(setup, variants=("cascading",), flow_weight=3.0)
     with pytest.raises(ValueError, match="another config|made with method"):
         other.run([0, 2], [0, 1], trained=known)
+
+
+def test_stages_in_worker_processes_match_the_serial_run(setup):
+    serial = _check(setup, variants=("cascading",)).run([0, 2], [0, 1])
+    parallel = _check(setup, variants=("cascading",), workers=2).run([0, 2], [0, 1])
+    assert [s["stage"] for s in parallel["stages"]] == [s["stage"] for s in serial["stages"]]
+    for a, b in zip(serial["stages"], parallel["stages"]):
+        # One thread per worker: the same arithmetic up to float32 rounding of the thread split.
+        assert a["chamfer_mean"] == pytest.approx(b["chamfer_mean"], rel=1e-4, abs=1e-9)
+        assert a["spearman_mean"] == pytest.approx(b["spearman_mean"], abs=1e-6)
+        assert a["success"] == b["success"]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        _check(setup, workers=0)

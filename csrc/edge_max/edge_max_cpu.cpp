@@ -9,7 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "edge_max_math.h"
+#include "edge_max/edge_max_checks.h"
+#include "edge_max/edge_max_math.h"
 #include "ops.h"
 
 namespace flowam {
@@ -18,14 +19,6 @@ namespace {
 // Channels per backward work item: 256 or 512 contiguous bytes of each row, so two threads
 // rarely write to the same cache line.
 constexpr int64_t kChannelBlock = 64;
-
-void check_range(const at::Tensor& t, int64_t upper, const char* op, const char* name) {
-  if (t.numel() == 0) return;
-  auto [lo, hi] = at::aminmax(t);
-  const int64_t mn = lo.item<int64_t>(), mx = hi.item<int64_t>();
-  TORCH_CHECK(mn >= 0 && mx < upper, op, ": ", name, " has values outside [0, ", upper, "): min ", mn,
-              ", max ", mx);
-}
 
 // One 64-byte vector of values and the matching vector of neighbour slots (GCC/Clang vector
 // extensions: the compiler keeps them in registers, which it does not do for plain arrays
@@ -129,22 +122,9 @@ void backward_kernel(const scalar_t* g, const int64_t* a, int64_t B, int64_t M, 
 }  // namespace
 
 std::vector<at::Tensor> edge_max_forward_cpu(const at::Tensor& feat, const at::Tensor& idx) {
-  const char* op = "edge_max_forward_cpu";
-  TORCH_CHECK(feat.defined() && idx.defined(), op, ": undefined input");
-  TORCH_CHECK(feat.device().is_cpu() && idx.device().is_cpu(), op, ": feat and idx must be CPU tensors, got ",
-              feat.device(), " and ", idx.device());
-  TORCH_CHECK(feat.dim() == 3, op, ": feat must have 3 dimensions (B, N, C), got shape ", feat.sizes());
-  TORCH_CHECK(idx.dim() == 3, op, ": idx must have 3 dimensions (B, M, k), got shape ", idx.sizes());
-  TORCH_CHECK(feat.scalar_type() == at::kFloat || feat.scalar_type() == at::kDouble, op,
-              ": feat must be float32 or float64, got ", feat.scalar_type());
-  TORCH_CHECK(idx.scalar_type() == at::kLong || idx.scalar_type() == at::kInt, op,
-              ": idx must be int64 or int32, got ", idx.scalar_type());
-  TORCH_CHECK(feat.is_contiguous() && idx.is_contiguous(), op, ": feat and idx must be contiguous");
+  edge_max_check_forward(feat, idx, c10::DeviceType::CPU, "edge_max_forward_cpu");
   const int64_t B = feat.size(0), N = feat.size(1), C = feat.size(2);
   const int64_t M = idx.size(1), k = idx.size(2);
-  TORCH_CHECK(idx.size(0) == B, op, ": batch sizes of feat and idx differ (", B, " vs ", idx.size(0), ")");
-  TORCH_CHECK(k >= 1, op, ": idx needs at least one neighbour per point (k >= 1), got shape ", idx.sizes());
-  check_range(idx, N, op, "idx");
   auto out = at::empty({B, M, C}, feat.options());
   auto arg = at::empty({B, M, C}, feat.options().dtype(at::kLong));
   if (out.numel() == 0) return {out, arg};
@@ -160,18 +140,7 @@ std::vector<at::Tensor> edge_max_forward_cpu(const at::Tensor& feat, const at::T
 }
 
 at::Tensor edge_max_backward_cpu(const at::Tensor& grad_out, const at::Tensor& argmax, int64_t num_points) {
-  const char* op = "edge_max_backward_cpu";
-  TORCH_CHECK(grad_out.defined() && argmax.defined(), op, ": undefined input");
-  TORCH_CHECK(grad_out.device().is_cpu() && argmax.device().is_cpu(), op, ": inputs must be CPU tensors");
-  TORCH_CHECK(grad_out.dim() == 3, op, ": grad_out must have 3 dimensions (B, M, C), got shape ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == at::kFloat || grad_out.scalar_type() == at::kDouble, op,
-              ": grad_out must be float32 or float64, got ", grad_out.scalar_type());
-  TORCH_CHECK(argmax.scalar_type() == at::kLong, op, ": argmax must be int64, got ", argmax.scalar_type());
-  TORCH_CHECK(argmax.sizes() == grad_out.sizes(), op, ": argmax shape ", argmax.sizes(),
-              " differs from grad_out shape ", grad_out.sizes());
-  TORCH_CHECK(grad_out.is_contiguous() && argmax.is_contiguous(), op, ": grad_out and argmax must be contiguous");
-  TORCH_CHECK(num_points >= 1, op, ": num_points must be >= 1, got ", num_points);
-  check_range(argmax, num_points, op, "argmax");
+  edge_max_check_backward(grad_out, argmax, num_points, c10::DeviceType::CPU, "edge_max_backward_cpu");
   const int64_t B = grad_out.size(0), M = grad_out.size(1), C = grad_out.size(2);
   auto grad_feat = at::zeros({B, num_points, C}, grad_out.options());
   if (grad_out.numel() == 0) return grad_feat;

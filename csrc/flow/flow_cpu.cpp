@@ -5,6 +5,7 @@
 // layout the fast paths produce, so their activations need no transposing copy in either
 // direction. Every reduction runs in a fixed order, so results are bit-identical from run to
 // run and independent of the thread count.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -12,7 +13,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "flow_math.h"
+#include "flow/flow_checks.h"
+#include "flow/flow_math.h"
 #include "ops.h"
 
 namespace flowam {
@@ -64,54 +66,6 @@ void block_moments(const T* a, int64_t n, int64_t c, double* mean, double* m2) {
 // so small calls run inline.
 int64_t row_grain(int64_t n) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(n, 1)); }
 
-void check_dense(const at::Tensor& t, const char* name, int64_t dim, const char* op) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
-// The channel and point dimensions of acts: (B, C, N), or (B, N, C) when points_last.
-int64_t channel_dim(bool points_last) { return points_last ? 2 : 1; }
-int64_t point_dim(bool points_last) { return points_last ? 1 : 2; }
-
-void check_acts_labels(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes, const char* op,
-                       bool points_last = false) {
-  check_dense(acts, "acts", 3, op);
-  check_dense(labels, "labels", 1, op);
-  const auto dt = acts.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": acts must be float32 or float64, got ", dt);
-  TORCH_CHECK(acts.size(point_dim(points_last)) > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
-  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
-  TORCH_CHECK(labels.size(0) == acts.size(0), op, ": labels has ", labels.size(0), " entries but acts has ",
-              acts.size(0), " samples");
-  TORCH_CHECK(num_classes > 0, op, ": num_classes must be positive, got ", num_classes);
-  const int64_t* lp = labels.data_ptr<int64_t>();
-  const int64_t* bad = std::find_if(lp, lp + labels.numel(),
-                                    [num_classes](int64_t k) { return k < 0 || k >= num_classes; });
-  TORCH_CHECK(bad == lp + labels.numel(), op, ": label ", (bad == lp + labels.numel() ? 0 : *bad),
-              " is outside [0, ", num_classes, ")");
-}
-
-// mu and sigma: (K, C) floating CPU tensors, returned as contiguous float64 (they are small).
-void check_flow(const at::Tensor& acts, const at::Tensor& mu, const at::Tensor& sigma, const char* op,
-                bool points_last = false) {
-  const int64_t channels = acts.size(channel_dim(points_last));
-  for (const auto* t : {&mu, &sigma}) {
-    const char* name = t == &mu ? "mu" : "sigma";
-    TORCH_CHECK(t->defined(), op, ": ", name, " is undefined");
-    TORCH_CHECK(t->device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t->device());
-    TORCH_CHECK(t->dim() == 2, op, ": ", name, " must have 2 dimensions (classes, channels), got shape ",
-                t->sizes());
-    TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating point, got ",
-                t->scalar_type());
-    TORCH_CHECK(t->size(1) == channels, op, ": ", name, " has ", t->size(1), " channels but acts has ", channels);
-  }
-  TORCH_CHECK(mu.sizes() == sigma.sizes(), op, ": mu and sigma must have one shape, got ", mu.sizes(),
-              " and ", sigma.sizes());
-  TORCH_CHECK(mu.size(0) > 0, op, ": mu and sigma have no classes");
-}
-
 // Per-(sample, channel) mean and M2 over the points into (B, C) arrays, in either layout.
 template <typename T>
 void sample_moments(const T* a, int64_t B, int64_t C, int64_t N, bool points_last, double* mean, double* m2) {
@@ -129,7 +83,8 @@ void sample_moments(const T* a, int64_t B, int64_t C, int64_t N, bool points_las
 template <typename T>
 void stats_impl(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes, at::Tensor& count,
                 at::Tensor& mean, at::Tensor& m2, bool points_last) {
-  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last)), N = acts.size(point_dim(points_last));
+  const int64_t B = acts.size(0), C = acts.size(flow_channel_dim(points_last));
+  const int64_t N = acts.size(flow_point_dim(points_last));
   const int64_t* lab = labels.data_ptr<int64_t>();
   at::Tensor s_mean = at::empty({B, C}, acts.options().dtype(at::kDouble));
   at::Tensor s_m2 = at::empty({B, C}, acts.options().dtype(at::kDouble));
@@ -170,7 +125,8 @@ template <typename T>
 void align_forward_impl(const at::Tensor& acts, const at::Tensor& labels, const at::Tensor& mu,
                         const at::Tensor& sigma, at::Tensor& loss, at::Tensor& mean, at::Tensor& std,
                         bool points_last) {
-  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last)), N = acts.size(point_dim(points_last));
+  const int64_t B = acts.size(0), C = acts.size(flow_channel_dim(points_last));
+  const int64_t N = acts.size(flow_point_dim(points_last));
   const T* a = acts.data_ptr<T>();
   const int64_t* lab = labels.data_ptr<int64_t>();
   const double* mup = mu.data_ptr<double>();
@@ -198,7 +154,8 @@ template <typename T>
 void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, const at::Tensor& labels,
                          const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& mean,
                          const at::Tensor& std, at::Tensor& grad, bool points_last) {
-  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last)), N = acts.size(point_dim(points_last));
+  const int64_t B = acts.size(0), C = acts.size(flow_channel_dim(points_last));
+  const int64_t N = acts.size(flow_point_dim(points_last));
   const T* a = acts.data_ptr<T>();
   T* ga = grad.data_ptr<T>();
   const double* g = grad_loss.data_ptr<double>();
@@ -228,7 +185,7 @@ void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, co
           T* gp = ga + (b * N + i) * C;
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c)
-            gp[c] = static_cast<T>(alpha[c] + beta[c] * (static_cast<double>(ap[c]) - m[c]));
+            gp[c] = static_cast<T>(align_grad_at(alpha[c], beta[c], static_cast<double>(ap[c]), m[c]));
         }
       }
     });
@@ -241,7 +198,8 @@ void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, co
       const T* ar = a + r * N;
       T* gr = ga + r * N;
 #pragma omp simd
-      for (int64_t i = 0; i < N; ++i) gr[i] = static_cast<T>(k.alpha + k.beta * (static_cast<double>(ar[i]) - m));
+      for (int64_t i = 0; i < N; ++i)
+        gr[i] = static_cast<T>(align_grad_at(k.alpha, k.beta, static_cast<double>(ar[i]), m));
     }
   });
 }
@@ -251,9 +209,9 @@ void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, co
 std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes,
                                        bool points_last) {
   static constexpr const char* op = "flow_stats_cpu";
-  check_acts_labels(acts, labels, num_classes, op, points_last);
+  flow_check_acts_labels(acts, labels, num_classes, points_last, c10::DeviceType::CPU, op);
   const auto dopts = acts.options().dtype(at::kDouble);
-  const int64_t C = acts.size(channel_dim(points_last));
+  const int64_t C = acts.size(flow_channel_dim(points_last));
   at::Tensor count = at::empty({num_classes}, acts.options().dtype(at::kLong));
   at::Tensor mean = at::empty({num_classes, C}, dopts);
   at::Tensor m2 = at::empty({num_classes, C}, dopts);
@@ -265,11 +223,9 @@ std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor&
 std::vector<at::Tensor> flow_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
                                                const at::Tensor& mu, const at::Tensor& sigma, bool points_last) {
   static constexpr const char* op = "flow_align_forward_cpu";
-  check_dense(acts, "acts", 3, op);
-  check_flow(acts, mu, sigma, op, points_last);
-  check_acts_labels(acts, labels, mu.size(0), op, points_last);
+  flow_check_align_forward(acts, labels, mu, sigma, points_last, c10::DeviceType::CPU, op);
   const auto dopts = acts.options().dtype(at::kDouble);
-  const int64_t C = acts.size(channel_dim(points_last));
+  const int64_t C = acts.size(flow_channel_dim(points_last));
   at::Tensor mu_d = mu.to(at::kDouble).contiguous(), sigma_d = sigma.to(at::kDouble).contiguous();
   at::Tensor loss = at::empty({acts.size(0)}, acts.options());
   at::Tensor mean = at::empty({acts.size(0), C}, dopts);
@@ -284,24 +240,7 @@ at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
                                    const at::Tensor& mu, const at::Tensor& sigma, const at::Tensor& mean,
                                    const at::Tensor& std, bool points_last) {
   static constexpr const char* op = "flow_align_backward_cpu";
-  check_dense(acts, "acts", 3, op);
-  check_flow(acts, mu, sigma, op, points_last);
-  check_acts_labels(acts, labels, mu.size(0), op, points_last);
-  check_dense(grad_loss, "grad_loss", 1, op);
-  check_dense(mean, "mean", 2, op);
-  check_dense(std, "std", 2, op);
-  const int64_t B = acts.size(0), C = acts.size(channel_dim(points_last));
-  TORCH_CHECK(at::isFloatingType(grad_loss.scalar_type()), op, ": grad_loss must be floating point, got ",
-              grad_loss.scalar_type());
-  TORCH_CHECK(grad_loss.size(0) == B, op, ": grad_loss has ", grad_loss.size(0), " entries but acts has ", B,
-              " samples");
-  for (const auto* t : {&mean, &std}) {
-    const char* name = t == &mean ? "mean" : "std";
-    TORCH_CHECK(t->scalar_type() == at::kDouble, op, ": ", name, " must be float64 (as the forward returns it), got ",
-                t->scalar_type());
-    TORCH_CHECK(t->size(0) == B && t->size(1) == C, op, ": ", name, " must have shape (", B, ", ", C, "), got ",
-                t->sizes());
-  }
+  flow_check_align_backward(grad_loss, acts, labels, mu, sigma, mean, std, points_last, c10::DeviceType::CPU, op);
   at::Tensor mu_d = mu.to(at::kDouble).contiguous(), sigma_d = sigma.to(at::kDouble).contiguous();
   at::Tensor g = grad_loss.to(at::kDouble).contiguous();
   at::Tensor grad = at::empty_like(acts);

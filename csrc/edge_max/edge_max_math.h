@@ -1,5 +1,5 @@
-// Per-element step of the gather-max over neighbours, shared by the CPU loop and the (future)
-// CUDA kernel: a strict ">" keeps the first neighbour (in idx order) among equal values.
+// Per-element step of the gather-max over neighbours, shared by the CPU loop and the CUDA
+// kernel: a strict ">" keeps the first neighbour (in idx order) among equal values.
 // Written once for scalars and for GCC/Clang vector types (the CPU loop runs it on whole
 // vectors, where the comparison yields a lane mask).
 #pragma once

@@ -54,4 +54,7 @@ FLOWAM_HD AlignGrad align_grad(double g, const AlignTerm& t, double sd, double n
   return {gc * t.d_mean, gc * t.d_std / sd};
 }
 
+// The gradient at one point's activation a, from its row's coefficients and mean m.
+FLOWAM_HD double align_grad_at(double alpha, double beta, double a, double m) { return alpha + beta * (a - m); }
+
 }  // namespace flowam

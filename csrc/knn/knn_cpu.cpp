@@ -25,7 +25,8 @@
 #include <utility>
 #include <vector>
 
-#include "knn_math.h"
+#include "knn/knn_checks.h"
+#include "knn/knn_math.h"
 #include "ops.h"
 
 namespace flowam {
@@ -42,27 +43,6 @@ constexpr int64_t kGemmTile = 1024;
 constexpr int64_t kRankSortMax = 64;
 // Bytes of L1 the direct path's ref tile and key row may use.
 constexpr int64_t kDirectTileBytes = 24 * 1024;
-
-void check_points(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.dim() == 3, op, ": ", name, " must have 3 dimensions (B, N, D), got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": ", name,
-              " must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
-void check_pair(const at::Tensor& query, const at::Tensor& ref, const char* op) {
-  check_points(query, op, "query");
-  check_points(ref, op, "ref");
-  TORCH_CHECK(query.scalar_type() == ref.scalar_type(), op, ": query and ref dtypes differ (",
-              query.scalar_type(), " vs ", ref.scalar_type(), ")");
-  TORCH_CHECK(query.size(0) == ref.size(0), op, ": batch sizes of query and ref differ (", query.size(0),
-              " vs ", ref.size(0), ")");
-  TORCH_CHECK(query.size(2) == ref.size(2), op, ": point dimensions of query and ref differ (",
-              query.size(2), " vs ", ref.size(2), ")");
-  TORCH_CHECK(query.size(2) >= 1, op, ": points need at least one coordinate");
-}
 
 // An upper bound on the k-th smallest of keys[0..n): split the keys into G strided groups;
 // each group's minimum is a distinct key, so at least k keys are <= the k-th smallest of the
@@ -286,9 +266,8 @@ void knn_gemm(const scalar_t* query, const scalar_t* ref, int64_t B, int64_t M, 
               int64_t k, scalar_t* out_d, int64_t* out_i) {
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   std::vector<scalar_t> norms(B * N);
-  const std::vector<scalar_t> origin(D, scalar_t(0));
   at::parallel_for(0, B * N, 256, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) norms[j] = knn_sq_dist(ref + j * D, origin.data(), D);
+    for (int64_t j = j0; j < j1; ++j) norms[j] = knn_sq_norm(ref + j * D, D);
   });
   const int64_t nblk = (M + kGemmRows - 1) / kGemmRows;
   const int64_t tile = std::min(kGemmTile, N);
@@ -336,9 +315,8 @@ static_assert(kDirectMaxDim == 8, "knn_dispatch lists the direct dimensions");
 }  // namespace
 
 std::vector<at::Tensor> knn_forward_cpu(const at::Tensor& query, const at::Tensor& ref, int64_t k) {
-  check_pair(query, ref, "knn_forward_cpu");
+  knn_check_forward(query, ref, k, c10::DeviceType::CPU, "knn_forward_cpu");
   const int64_t B = query.size(0), M = query.size(1), N = ref.size(1), D = query.size(2);
-  TORCH_CHECK(k >= 1 && k <= N, "knn_forward_cpu: k must be in [1, ", N, "] (number of reference points), got k=", k);
   auto dist2 = at::empty({B, M, k}, query.options());
   auto idx = at::empty({B, M, k}, query.options().dtype(at::kLong));
   if (B == 0 || M == 0) return {dist2, idx};
@@ -351,25 +329,9 @@ std::vector<at::Tensor> knn_forward_cpu(const at::Tensor& query, const at::Tenso
 
 std::vector<at::Tensor> knn_backward_cpu(const at::Tensor& grad_dist2, const at::Tensor& query,
                                          const at::Tensor& ref, const at::Tensor& idx) {
-  const char* op = "knn_backward_cpu";
-  check_pair(query, ref, op);
-  check_points(grad_dist2, op, "grad_dist2");
-  TORCH_CHECK(grad_dist2.scalar_type() == query.scalar_type(), op, ": grad_dist2 dtype ",
-              grad_dist2.scalar_type(), " differs from query dtype ", query.scalar_type());
-  TORCH_CHECK(idx.defined() && idx.device().is_cpu(), op, ": idx must be a CPU tensor");
-  TORCH_CHECK(idx.scalar_type() == at::kLong, op, ": idx must be int64, got ", idx.scalar_type());
-  TORCH_CHECK(idx.is_contiguous(), op, ": idx must be contiguous");
+  knn_check_backward(grad_dist2, query, ref, idx, c10::DeviceType::CPU, "knn_backward_cpu");
   const int64_t B = query.size(0), M = query.size(1), N = ref.size(1), D = query.size(2);
-  TORCH_CHECK(idx.dim() == 3 && idx.size(0) == B && idx.size(1) == M, op, ": idx must have shape (", B,
-              ", ", M, ", k), got ", idx.sizes());
-  TORCH_CHECK(grad_dist2.sizes() == idx.sizes(), op, ": grad_dist2 shape ", grad_dist2.sizes(),
-              " differs from idx shape ", idx.sizes());
   const int64_t k = idx.size(2);
-  if (idx.numel() > 0) {
-    auto [lo, hi] = at::aminmax(idx);
-    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < N, op, ": idx has values outside [0, ", N,
-                "): min ", lo.item<int64_t>(), ", max ", hi.item<int64_t>());
-  }
   auto grad_q = at::zeros_like(query);
   auto grad_r = at::zeros_like(ref);
   AT_DISPATCH_FLOATING_TYPES(query.scalar_type(), "knn_backward_cpu", [&] {

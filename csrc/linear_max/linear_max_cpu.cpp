@@ -8,6 +8,7 @@
 // width) stays in L1 and the sample's points in L2. The kernel beats MKL's sgemm on the same
 // product (which must also write the activation) and needs no BLAS. Each output element is
 // reduced over n in one fixed order whatever the thread count, so results are deterministic.
+#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -18,7 +19,8 @@
 #include <limits>
 #include <type_traits>
 
-#include "linear_max_math.h"
+#include "linear_max/linear_max_checks.h"
+#include "linear_max/linear_max_math.h"
 #include "ops.h"
 
 namespace flowam {
@@ -213,7 +215,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
         const int64_t row = (b * N + am[i]) * cin;
         const T* wc = w + c * cin;
         const T wxc = dot(wc, xp + row, cin);
-        const T d = g[i] * leaky_relu_grad(affine(wxc, sc[c], sh[c]), slope);
+        const T d = linear_max_dz(g[i], wxc, sc[c], sh[c], slope);
         wxp[i] = wxc;
         dzp[i] = d;
         if (d == T(0)) continue;
@@ -249,42 +251,13 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   });
 }
 
-void check_dense(const at::Tensor& t, const char* name, int64_t dim, const char* op) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
-  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must have ", dim, " dimensions, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
-// Shapes, dtypes, devices and layout shared by the forward and the backward.
-void check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                  const at::Tensor& shift, double negative_slope, const char* op) {
-  check_dense(x, "x", 3, op);
-  check_dense(weight, "weight", 2, op);
-  check_dense(scale, "scale", 1, op);
-  check_dense(shift, "shift", 1, op);
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": x must be float32 or float64, got ", dt);
-  TORCH_CHECK(weight.scalar_type() == dt && scale.scalar_type() == dt && shift.scalar_type() == dt, op,
-              ": weight, scale and shift must have the dtype of x (", dt, "), got ", weight.scalar_type(),
-              ", ", scale.scalar_type(), ", ", shift.scalar_type());
-  TORCH_CHECK(x.size(1) > 0, op, ": x has no points (shape ", x.sizes(), ")");
-  TORCH_CHECK(x.size(1) <= std::numeric_limits<int32_t>::max(), op, ": too many points (", x.size(1), ")");
-  TORCH_CHECK(weight.size(1) == x.size(2), op, ": weight has ", weight.size(1),
-              " input channels but x has ", x.size(2));
-  TORCH_CHECK(scale.size(0) == weight.size(0) && shift.size(0) == weight.size(0), op,
-              ": scale and shift must have weight.size(0) = ", weight.size(0), " entries, got ",
-              scale.size(0), " and ", shift.size(0));
-  TORCH_CHECK(std::isfinite(negative_slope), op, ": negative_slope must be finite, got ", negative_slope);
-}
-
 }  // namespace
 
 std::vector<at::Tensor> linear_max_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                const at::Tensor& scale, const at::Tensor& shift,
                                                double negative_slope) {
   static constexpr const char* op = "linear_max_forward_cpu";
-  check_inputs(x, weight, scale, shift, negative_slope, op);
+  linear_max_check_inputs(x, weight, scale, shift, negative_slope, c10::DeviceType::CPU, op);
   at::Tensor out = at::empty({x.size(0), weight.size(0)}, x.options());
   at::Tensor argmax = at::empty({x.size(0), weight.size(0)}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), op, [&] {
@@ -298,21 +271,7 @@ std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, cons
                                                 const at::Tensor& shift, const at::Tensor& argmax,
                                                 double negative_slope) {
   static constexpr const char* op = "linear_max_backward_cpu";
-  check_inputs(x, weight, scale, shift, negative_slope, op);
-  check_dense(grad_out, "grad_out", 2, op);
-  check_dense(argmax, "argmax", 2, op);
-  const int64_t B = x.size(0), N = x.size(1), cout = weight.size(0);
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), op, ": grad_out must have the dtype of x (",
-              x.scalar_type(), "), got ", grad_out.scalar_type());
-  TORCH_CHECK(argmax.scalar_type() == at::kLong, op, ": argmax must be int64, got ", argmax.scalar_type());
-  TORCH_CHECK(grad_out.size(0) == B && grad_out.size(1) == cout, op, ": grad_out must have shape (", B,
-              ", ", cout, "), got ", grad_out.sizes());
-  TORCH_CHECK(argmax.size(0) == B && argmax.size(1) == cout, op, ": argmax must have shape (", B, ", ",
-              cout, "), got ", argmax.sizes());
-  const int64_t* am = argmax.data_ptr<int64_t>();
-  const bool in_range = std::all_of(am, am + argmax.numel(), [N](int64_t n) { return n >= 0 && n < N; });
-  TORCH_CHECK(in_range, op, ": argmax has point indices outside [0, ", N, ")");
-
+  linear_max_check_backward(grad_out, x, weight, scale, shift, argmax, negative_slope, c10::DeviceType::CPU, op);
   at::Tensor grad_x = at::zeros_like(x);
   at::Tensor grad_w = at::zeros_like(weight);
   at::Tensor grad_scale = at::empty_like(scale);

@@ -35,4 +35,12 @@ FLOWAM_HD void running_max(T value, I index, T& best, I& best_index) {
   best_index = greater ? index : best_index;
 }
 
+// The backward's gradient at a channel's argmax point with respect to its pre-activation
+// z = affine(wx), for upstream gradient g: d = g * act'(z). The gradients to x and W are then
+// d * scale * W and d * scale * x, to scale d * wx and to shift d.
+template <typename T>
+FLOWAM_HD T linear_max_dz(T g, T wx, T scale, T shift, T slope) {
+  return g * leaky_relu_grad(affine(wx, scale, shift), slope);
+}
+
 }  // namespace flowam

@@ -1,0 +1,115 @@
+"""quantile_align (FlowAM's alignment="quantiles") against a direct float64 computation of the
+per-channel Wasserstein-2 distance, its gradient by gradcheck, and its input validation."""
+import numpy as np
+import pytest
+import torch
+
+from flowam_fast.ops import quantile_align
+from flowam_fast.ops.quantile_align import quantile_levels, resample_quantiles, sample_quantiles
+
+
+def _case(B=4, C=3, N=20, K=3, Q=7, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    acts = (torch.randn(B, C, N, generator=g, dtype=torch.float64) * 2 + 0.5).to(dtype)
+    labels = torch.randint(0, K, (B,), generator=g)
+    q = torch.randn(K, C, Q, generator=g, dtype=torch.float64).sort(-1).values
+    sigma = torch.rand(K, C, generator=g, dtype=torch.float64) + 0.1
+    return acts, labels, q, sigma
+
+
+def _direct(acts, labels, q, sigma):
+    """One channel at a time in NumPy: sort, read the class's quantile function at (i + 0.5)/N
+    by np.interp over the stored levels, mean squared difference over s^2, mean over channels."""
+    a, q, sigma = acts.double().numpy(), q.double().numpy(), sigma.double().numpy()
+    B, C, N = a.shape
+    stored = (np.arange(q.shape[-1]) + 0.5) / q.shape[-1]
+    wanted = (np.arange(N) + 0.5) / N
+    out = np.zeros(B)
+    for b in range(B):
+        k = int(labels[b])
+        for c in range(C):
+            target = np.interp(wanted, stored, q[k, c])
+            out[b] += np.mean((np.sort(a[b, c]) - target) ** 2) / (sigma[k, c] + 1e-3) ** 2 / C
+    return out
+
+
+@pytest.mark.parametrize("Q", [1, 7, 20, 64])
+def test_matches_the_direct_computation(Q):
+    acts, labels, q, sigma = _case(Q=Q)
+    np.testing.assert_allclose(quantile_align(acts, labels, q, sigma).numpy(), _direct(acts, labels, q, sigma),
+                               rtol=1e-12, atol=1e-14)
+    got32 = quantile_align(acts.float(), labels, q.float(), sigma.float())
+    assert got32.dtype == torch.float32
+    np.testing.assert_allclose(got32.numpy(), _direct(acts, labels, q, sigma), rtol=1e-5)
+
+
+def test_is_the_squared_wasserstein_distance_between_equal_sized_clouds():
+    """At Q = N it is W2^2 between two empirical distributions of N values: the optimal
+    matching in 1-D pairs the sorted values, checked against the brute-force best assignment."""
+    from itertools import permutations
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(1, 1, 6, generator=g, dtype=torch.float64), torch.randn(6, generator=g, dtype=torch.float64)
+    sigma = torch.full((1, 1), 1.0 - 1e-3, dtype=torch.float64)  # s = 1
+    got = float(quantile_align(a, torch.zeros(1, dtype=torch.long), b.sort().values.view(1, 1, 6), sigma))
+    best = min(float(((a[0, 0] - b[list(p)]) ** 2).mean()) for p in permutations(range(6)))
+    assert got == pytest.approx(best, rel=1e-12)
+
+
+def test_gaussian_limit_is_the_moment_loss():
+    """For Gaussians W2^2 = (m1 - m2)^2 + (s1 - s2)^2: with many points and levels the two
+    alignments agree, so one flow weight means the same for both."""
+    from flowam_fast.ops import reference
+
+    n = 4000
+    probit = torch.distributions.Normal(0.0, 1.0).icdf(quantile_levels(n))
+    acts = (probit * 1.5 + 0.3).view(1, 1, n)
+    q = (probit * 0.7 - 0.2).view(1, 1, n)
+    sigma = torch.full((1, 1), 0.7, dtype=torch.float64)
+    labels = torch.zeros(1, dtype=torch.long)
+    moments = reference.flow_align(acts, labels, torch.full((1, 1), -0.2, dtype=torch.float64), sigma)
+    assert float(quantile_align(acts, labels, q, sigma)) == pytest.approx(float(moments), rel=2e-3)
+
+
+def test_gradient():
+    acts, labels, q, sigma = _case(B=3, C=2, N=9, Q=5, seed=1)
+    acts.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a: quantile_align(a, labels, q, sigma), (acts,))
+    # The flows are constants: no gradient reaches them even when they ask for one.
+    q2 = q.clone().requires_grad_(True)
+    quantile_align(acts, labels, q2, sigma).sum().backward()
+    assert q2.grad is None
+
+
+def test_resampling():
+    q = torch.tensor([[0.0, 1.0, 4.0]], dtype=torch.float64)
+    assert torch.equal(resample_quantiles(q, 3), q)
+    # Levels 1/12, 3/12, ..., 11/12 read on the stored grid 1/6, 3/6, 5/6; constant at the tails.
+    np.testing.assert_allclose(resample_quantiles(q, 6).numpy(), [[0.0, 0.25, 0.75, 1.75, 3.25, 4.0]])
+    acts = torch.tensor([[[3.0, 1.0, 2.0, 0.0]]], dtype=torch.float64)
+    np.testing.assert_allclose(sample_quantiles(acts, 2).numpy(), [[[0.5, 2.5]]])
+
+
+def test_validation():
+    acts, labels, q, sigma = _case()
+    with pytest.raises(ValueError, match="3 dimensions"):
+        quantile_align(acts, labels, q[..., 0], sigma)
+    with pytest.raises(ValueError, match="disagree"):
+        quantile_align(acts, labels, q, sigma[:, :2])
+    with pytest.raises(ValueError, match="channels"):
+        quantile_align(acts[:, :2], labels, q, sigma)
+    with pytest.raises(ValueError, match="outside"):
+        quantile_align(acts, labels + 5, q, sigma)
+    with pytest.raises(ValueError, match="NaN"):
+        quantile_align(acts.masked_fill(acts > 1, float("nan")), labels, q, sigma)
+    bad = q.clone()
+    bad[labels[0]] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf for a class"):
+        quantile_align(acts, labels, bad, sigma)
+    unused = q.clone()
+    unused[[k for k in range(3) if k not in labels.tolist()]] = float("nan")  # classes not in labels may lack flows
+    quantile_align(acts, labels, unused, sigma)
+    with pytest.raises(ValueError, match="non-negative"):
+        quantile_align(acts, labels, q, -sigma)
+    with pytest.raises(ValueError, match="at least one level"):
+        quantile_levels(0)

@@ -1,0 +1,88 @@
+"""The demo with the DGCNN (`flowam-fast demo --model dgcnn`) and with the flow weight's
+trade-off, stage by stage on a tiny configuration; switching a directory between demo models."""
+import json
+
+from flowam_fast.cli import main
+from flowam_fast.am.flows import Flows
+from flowam_fast.models import DGCNN, load_checkpoint
+from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_VERSION, _clear_stale_cache
+from flowam_fast.training import DEMO_CONFIGS
+
+TINY = ["--shapes", "sphere,cube", "--epochs", "1", "--ae-epochs", "1", "--evaluator-epochs", "1", "--steps", "2",
+        "--train-per-class", "3", "--test-per-class", "2", "--sanity-classes", "sphere,cube", "--sanity-seeds", "2",
+        "--quiet"]
+
+
+def test_dgcnn_demo_with_tradeoff(tmp_path, monkeypatch):
+    """Every stage runs for real on the DGCNN except the randomization checks (16 stages each on
+    a DGCNN; tests/evaluation covers them), which are replaced by stand-ins that record what the
+    demo hands them."""
+    from flowam_fast.pipelines import demo
+
+    seen = {}
+    point = {"method": "flowam", "success": 1.0, "chamfer_to_class": 0.05, "stages": [], "verdict": {"passes": False}}
+    canned = {"classes": [0, 1], "seeds": [0, 1], "sigmas": 2.0,
+              "points": [dict(point, flow_weight=w, worst_margin=1.0) for w in (0.0, 100.0)],
+              "references": [dict(point, method="regularized", flow_weight=None, worst_margin=3.0)]}
+
+    def fake_tradeoff(model, evaluator, flows, train_set, classes, seeds, weights, refs, **kw):
+        seen.update(model=model, classes=classes, seeds=seeds, weights=weights, **kw)
+        return canned
+
+    monkeypatch.setattr(demo, "run_methods", lambda *a, **kw: seen.setdefault("sanity", ["sanity results"]))
+    monkeypatch.setattr(demo, "write_outputs", lambda results, out: None)
+    monkeypatch.setattr(demo, "sanity_markdown", lambda results: "sanity table")
+    monkeypatch.setattr(demo, "tradeoff", fake_tradeoff)
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "dgcnn", "--out", str(out), "--flow-weights", "0,100", *TINY]) == 0
+    model = load_checkpoint(out / "model.pt")
+    cfg = DEMO_CONFIGS["dgcnn"]
+    assert isinstance(model, DGCNN) and model.k == cfg["k"] and model.emb_dims == cfg["emb_dims"]
+    assert Flows.load(out / "flows.h5").layers == list(DGCNN.flow_layers)  # the EdgeConv outputs and conv5
+    for name in ("flowam.h5", "vanilla.h5", "regularized.h5", "ae-latent.h5", "explanations.png", "baselines.png",
+                 "tradeoff.json", "tradeoff.png", "metrics.json", "report.md"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["model"] == "dgcnn" and summary["tradeoff"] == canned
+    assert [m["method"] for m in summary["methods"]] == ["flowam", "vanilla", "regularized", "ae-latent"]
+    # The trade-off runs on the sanity check's grid and reuses its results and the demo's stores.
+    assert isinstance(seen["model"], DGCNN) and seen["classes"] == [0, 1] and seen["seeds"] == [0, 1]
+    assert seen["weights"] == [0.0, 100.0] and seen["done"] == ["sanity results"]
+    assert sorted(seen["trained"]) == ["ae-latent", "flowam", "regularized", "vanilla"]
+    assert seen["num_points"] == cfg["num_points"] and seen["steps"] == 2
+    md = (out / "report.md").read_text()
+    assert "Demo dgcnn" in md and "Flow weight trade-off" in md and "tradeoff.png" in md
+    assert json.loads((out / "demo.json").read_text()) == {"version": DEMO_VERSION, "model": "dgcnn"}
+
+
+def test_switching_the_demo_model_redoes_the_classifiers_outputs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "data").mkdir(parents=True)
+    for name in ("model.pt", "flows.h5", "flowam.h5", "evaluator.pt", "autoencoder.pt"):
+        (out / name).write_text("x")
+    (out / "demo.json").write_text(json.dumps({"version": DEMO_VERSION}))  # the PointNet demo's stamp
+    _clear_stale_cache(out, "dgcnn")
+    assert "pointnet demo" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["autoencoder.pt", "data", "demo.json", "evaluator.pt"]
+    assert "model.pt" in CLASSIFIER_CACHED and "data" not in CLASSIFIER_CACHED
+    (out / "model.pt").write_text("x")
+    _clear_stale_cache(out, "dgcnn")  # the same model: kept
+    assert (out / "model.pt").exists() and capsys.readouterr().out == ""
+    _clear_stale_cache(out, "pointnet")
+    assert not (out / "model.pt").exists()
+    assert json.loads((out / "demo.json").read_text()) == {"version": DEMO_VERSION}
+
+
+def test_demo_model_and_tradeoff_errors(tmp_path, capsys):
+    from flowam_fast.pipelines.demo import run_demo
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown demo model"):
+        run_demo(tmp_path / "x", model="resnet")
+    with pytest.raises(ValueError, match="sanity check's classes"):
+        run_demo(tmp_path / "x", sanity_classes="none", tradeoff_weights=[0, 1])
+    with pytest.raises(ValueError, match="unknown alignment"):
+        run_demo(tmp_path / "x", alignment="medians")
+    assert not (tmp_path / "x").exists()
+    assert main(["demo", "--out", str(tmp_path / "y"), "--flow-weights", "1,-2"]) == 1
+    assert "weights >= 0" in capsys.readouterr().err
