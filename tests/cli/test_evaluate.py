@@ -79,8 +79,10 @@ DEMO_TINY = ["--shapes", "sphere,cube,cone", "--epochs", "1", "--ae-epochs", "1"
              "--test-per-class", "2", "--sanity-classes", "sphere,cube", "--sanity-seeds", "2", "--quiet"]
 
 
-def test_demo_tiny(tmp_path):
-    """The demo's stages in order, on a tiny data set."""
+def test_demo_tiny(tmp_path, monkeypatch):
+    """The demo's stages in order, on a tiny data set. The sanity stages run in this process:
+    worker processes are tested in tests/evaluation, and would only add their start-up here."""
+    monkeypatch.setattr("flowam_fast.pipelines.demo.SANITY_WORKERS", 1)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), *DEMO_TINY]) == 0
     for name in ("model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt", "flowam.h5", "vanilla.h5",
