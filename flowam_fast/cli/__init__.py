@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate": ("flowam_fast.cli.evaluate", "metrics of stored explanations against real data"),
     "sanity": ("flowam_fast.cli.sanity", "cascading model-parameter randomization sanity check"),
     "bench": ("flowam_fast.cli.bench", "benchmark the fused kernels against the reference path"),
+    "sweep": ("flowam_fast.cli.sweep", "a sharded (model x method x class x seed) sweep from a TOML spec, local or on Ray"),
 }
 
 
