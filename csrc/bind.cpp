@@ -1,4 +1,5 @@
-#include <torch/extension.h>
+// pybind11 with the Tensor casters only: <torch/extension.h> also parses the whole C++ frontend.
+#include <torch/csrc/utils/pybind.h>
 
 #include "ops.h"
 

@@ -1,7 +1,10 @@
 // Gather-max over kNN neighbours without the (B, M, k, C) gather: each output row is built in
 // place from its k neighbour rows, vectorized over the contiguous channels, with the winning
 // point index kept for the backward scatter.
-#include <ATen/ATen.h>
+// Per-operator headers: <ATen/ATen.h> declares every ATen op and was most of the build time.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 

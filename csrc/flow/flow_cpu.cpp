@@ -5,7 +5,10 @@
 // layout the fast paths produce, so their activations need no transposing copy in either
 // direction. Every reduction runs in a fixed order, so results are bit-identical from run to
 // run and independent of the thread count.
-#include <ATen/ATen.h>
+// Per-operator headers: <ATen/ATen.h> declares every ATen op and was most of the build time.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 

@@ -9,12 +9,17 @@
 // on the tile's k-th key, or the worst of the k kept so far), only the few survivors reach
 // the row's heap, and the k chosen distances are recomputed exactly by direct differences
 // (the value the gradient belongs to) and ordered by (distance, index).
-#include <ATen/ATen.h>
+// Per-operator headers: <ATen/ATen.h> declares every ATen op and was most of the build time.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -87,7 +92,9 @@ scalar_t kth_key_bound(const scalar_t* keys, int64_t n, int64_t k) {
 
 // Writes base + l for the lanes l of keys[0..W) not above thr (NaN included) to out, which
 // needs room for W entries, and returns how many. Branch-free: which lanes pass is
-// unpredictable. AVX-512 compresses the lane numbers in one instruction.
+// unpredictable. AVX-512 compresses the lane numbers in one instruction. AVX2 compares a
+// vector at once and walks the set bits of its mask: behind a tight threshold almost every
+// mask is empty, so a row of 512 keys costs 64 compares rather than 512 scalar steps.
 template <typename scalar_t, int64_t W>
 inline int32_t positions_not_above_generic(const scalar_t* keys, scalar_t thr, int32_t base, int32_t* out) {
   int32_t count = 0;
@@ -104,6 +111,14 @@ inline int32_t positions_not_above(const float* keys, float thr, int32_t base, i
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(_mm512_set1_epi32(base), lanes)));
   return __builtin_popcount(m);
+#elif defined(__AVX2__)
+  const __m256 t = _mm256_set1_ps(thr);
+  int32_t count = 0;
+  for (int32_t h = 0; h < 16; h += 8) {
+    unsigned m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(keys + h), t, _CMP_NGT_UQ)));
+    for (; m; m &= m - 1) out[count++] = base + h + __builtin_ctz(m);
+  }
+  return count;
 #else
   return positions_not_above_generic<float, 16>(keys, thr, base, out);
 #endif
@@ -116,6 +131,14 @@ inline int32_t positions_not_above(const double* keys, double thr, int32_t base,
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),
                       _mm256_maskz_compress_epi32(m, _mm256_add_epi32(_mm256_set1_epi32(base), lanes)));
   return __builtin_popcount(m);
+#elif defined(__AVX2__)
+  const __m256d t = _mm256_set1_pd(thr);
+  int32_t count = 0;
+  for (int32_t h = 0; h < 8; h += 4) {
+    unsigned m = unsigned(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(keys + h), t, _CMP_NGT_UQ)));
+    for (; m; m &= m - 1) out[count++] = base + h + __builtin_ctz(m);
+  }
+  return count;
 #else
   return positions_not_above_generic<double, 8>(keys, thr, base, out);
 #endif

@@ -8,7 +8,12 @@
 // width) stays in L1 and the sample's points in L2. The kernel beats MKL's sgemm on the same
 // product (which must also write the activation) and needs no BLAS. Each output element is
 // reduced over n in one fixed order whatever the thread count, so results are deterministic.
-#include <ATen/ATen.h>
+// Per-operator headers: <ATen/ATen.h> declares every ATen op and was most of the build time.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 

@@ -233,6 +233,43 @@ def gaussian_fit(x, shrinkage="ledoit-wolf") -> tuple[np.ndarray, np.ndarray]:
     return mean, cov
 
 
+def _factor_fit(x, shrinkage="ledoit-wolf") -> tuple[np.ndarray, np.ndarray, float]:
+    """`gaussian_fit` as (mean (d,), F (d, n), s) with covariance F F^T + s I: F is the
+    centered samples scaled by sqrt((1 - alpha) / (n - 1)) and s = alpha tr S / d. With fewer
+    samples than dimensions (a class's explanations, its real test samples) this is exact and
+    far smaller than the (d, d) matrix."""
+    x = _feature_set(x, "x")
+    alpha = _shrinkage_alpha(x, shrinkage)
+    n, d = x.shape
+    mean = x.mean(0)
+    xc = (x - mean).T / np.sqrt(n - 1)
+    s = alpha * float(np.sum(xc * xc)) / d
+    return mean, np.sqrt(1.0 - alpha) * xc, s
+
+
+def _dense_cov(fit) -> np.ndarray:
+    _, f, s = fit
+    return f @ f.T + s * np.eye(f.shape[0])
+
+
+def _trace_sqrt_factored(fa, fb) -> float:
+    """tr((Sa Sb)^1/2) for S = F F^T + s I given as factors. With V an orthonormal basis of a
+    space holding both F's columns (r = na + nb < d of them), both covariances are block
+    diagonal in (V, V-perp), where they are s_a I and s_b I. So Sa^1/2 Sb Sa^1/2 is too: its
+    eigenvalues are those of the r x r problem on V, and s_a s_b (d - r times). Exact, at
+    O(d r^2) rather than O(d^3)."""
+    (_, a, sa), (_, b, sb) = fa, fb
+    d = a.shape[0]
+    r = a.shape[1] + b.shape[1]
+    if r >= d:
+        return _trace_sqrt_product(_dense_cov(fa), _dense_cov(fb))
+    q, _ = np.linalg.qr(np.concatenate([a, b], axis=1))
+    pa, pb = q.T @ a, q.T @ b
+    inner_a = pa @ pa.T + sa * np.eye(r)
+    inner_b = pb @ pb.T + sb * np.eye(r)
+    return _trace_sqrt_product(inner_a, inner_b) + (d - r) * float(np.sqrt(sa * sb))
+
+
 def _psd_eigh(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of a symmetric PSD matrix; rounding can leave tiny negative
     eigenvalues, which are clipped to 0 so square roots stay real."""
@@ -267,15 +304,24 @@ def frechet_distance(a, b, shrinkage="ledoit-wolf", fit_b=None) -> float:
 
     shrinkage: None or 0.0 (sample covariance), alpha in [0, 1], or "ledoit-wolf" (alpha
     estimated per set); see the module docstring for why shrinkage is the default.
-    fit_b: b's `gaussian_fit` with the same shrinkage, when it is already known (a real
-    set compared with many explanation sets); b is not read then."""
-    a = _feature_set(a, "a")
-    mu_b, sb = gaussian_fit(b, shrinkage) if fit_b is None else fit_b
-    if a.shape[1] != mu_b.shape[0]:
-        raise ValueError(f"feature dimensions differ: a has {a.shape[1]}, b has {mu_b.shape[0]}")
-    mu_a, sa = gaussian_fit(a, shrinkage)
+    fit_b: b's fit with the same shrinkage, when it is already known (a real set compared
+    with many explanation sets): `gaussian_fit`'s (mean, covariance), or the factored
+    (mean, F, s) that `fid_per_class` caches; b is not read then."""
+    fa = _factor_fit(a, shrinkage)
+    if fit_b is None:
+        fit_b = _factor_fit(b, shrinkage)
+    mu_a, mu_b = fa[0], fit_b[0]
+    if mu_a.shape[0] != mu_b.shape[0]:
+        raise ValueError(f"feature dimensions differ: a has {mu_a.shape[0]}, b has {mu_b.shape[0]}")
     diff = mu_a - mu_b
-    value = float(diff @ diff) + np.trace(sa) + np.trace(sb) - 2.0 * _trace_sqrt_product(sa, sb)
+    if len(fit_b) == 3:  # factored (`_factor_fit`)
+        trace_b = float(np.sum(fit_b[1] * fit_b[1])) + fit_b[2] * mu_b.shape[0]
+        cross = _trace_sqrt_factored(fa, fit_b)
+    else:  # (mean, covariance), as `gaussian_fit` gives
+        trace_b = float(np.trace(fit_b[1]))
+        cross = _trace_sqrt_product(_dense_cov(fa), fit_b[1])
+    trace_a = float(np.sum(fa[1] * fa[1])) + fa[2] * mu_a.shape[0]
+    value = float(diff @ diff) + trace_a + trace_b - 2.0 * cross
     return max(float(value), 0.0)
 
 
@@ -306,7 +352,7 @@ def _layer_fid(expl, ex: np.ndarray, real, re: np.ndarray, shrinkage, c: int, la
         key = (c, layer, repr(shrinkage))
         fit = cache.get(key) if cache is not None else None
         if fit is None:
-            fit = gaussian_fit(np.asarray(real)[re], shrinkage)
+            fit = _factor_fit(np.asarray(real)[re], shrinkage)
             if cache is not None:
                 cache[key] = fit
         return frechet_distance(np.asarray(expl)[ex], None, shrinkage, fit_b=fit)

@@ -274,29 +274,30 @@ class SanityCheck:
         sp = spearman_rows(base_feat, self._features(expl))
         return cd, sp, {"success": float(expl.success.mean()), **self._realism(expl)}
 
-    def _stages_in_workers(self, todo, classes, seeds, base_points, base_feat):
-        """`stage` for every randomization, spread over `workers` processes of one thread each.
-        Small AM batches use two threads poorly, two processes well. The workers start with
-        `spawn` (a fork would inherit the parent's OpenMP pool) and get this check once."""
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        if self._uses_flows and any(all(self._after_flow_layers(n) for n in key) for key in todo):
-            self._trained_flows(classes)  # made once here, not once per worker
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(todo)), initializer=_worker_init,
-                                 initargs=(self,), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = [pool.submit(_worker_stage, list(key), classes, seeds, base_points, base_feat) for key in todo]
-            return [j.result() for j in jobs]
-
-    def run(self, classes, seeds, trained=None) -> dict:
-        """Every stage of the plan on the (class, seed) grid. trained: explanations of the
-        trained model already made with this method and config (see `trained_explanations`)."""
+    def prepare(self, classes, seeds, trained=None) -> dict:
+        """What the stages of `run` need: the trained model's explanations (see
+        `trained_explanations`), their features, and the distinct randomizations to run."""
         seeds = list(dict.fromkeys(int(s) for s in seeds))
         if len(seeds) < 2:
             raise ValueError("the sanity check needs at least 2 seeds: its threshold is the seed-to-seed variation")
         base = self.trained_explanations(classes, seeds, trained).sorted()
-        self.trained_result = base  # for callers that measure more on it (the trade-off's perceptibility)
-        base_feat = self._features(base)
+        # Each distinct randomization runs once (the first cascading and independent stages
+        # randomize the same block).
+        todo = list(dict.fromkeys(tuple(sorted(mods)) for _, _, mods in self.plan))
+        if self._uses_flows and self.workers > 1 and \
+                any(all(self._after_flow_layers(n) for n in key) for key in todo):
+            self._trained_flows(classes)  # made once here, not once per worker process
+        return {"classes": classes, "seeds": seeds, "base": base, "base_feat": self._features(base), "todo": todo}
+
+    def run(self, classes, seeds, trained=None) -> dict:
+        """Every stage of the plan on the (class, seed) grid. trained: explanations of the
+        trained model already made with this method and config (see `trained_explanations`)."""
+        prep = self.prepare(classes, seeds, trained)
+        return self.summarize(prep, run_stages([self], [prep])[0])
+
+    def summarize(self, prep: dict, measured: list) -> dict:
+        """The result of `run` from `prepare`'s output and each randomization's `stage`."""
+        base, base_feat, seeds = prep["base"], prep["base_feat"], prep["seeds"]
         i, j = seed_pairs(base.classes, base.seeds)
         ss_cd = _chamfer_pairs(base.points[i], base.points[j])
         ss_sp = spearman_rows(base_feat[i], base_feat[j])
@@ -307,15 +308,8 @@ class SanityCheck:
         # a graded view of the binary verdict, e.g. to tell a narrow miss from no change at all.
         # None where the seed-to-seed values do not vary (JSON has no infinity).
         margin = (lambda delta, s: float(delta / s) if s > 0 else None)
-        # Each distinct randomization runs once (the first cascading and independent stages
-        # randomize the same block), in worker processes when there are several.
-        todo = list(dict.fromkeys(tuple(sorted(mods)) for _, _, mods in self.plan))
-        if self.workers > 1 and len(todo) > 1:
-            measured = self._stages_in_workers(todo, classes, seeds, base.points, base_feat)
-        else:
-            measured = [self.stage(list(key), classes, seeds, base.points, base_feat) for key in todo]
         seen = {}
-        for key, (cd, sp, extra) in zip(todo, measured):
+        for key, (cd, sp, extra) in zip(prep["todo"], measured):
             seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),
                          "spearman_mean": float(sp.mean()), "spearman_std": float(sp.std()),
                          "chamfer_margin": margin(cd.mean() - ss_cd.mean(), sd(ss_cd)),
@@ -334,18 +328,46 @@ class SanityCheck:
                 "stages": stages, "verdict": verdict}
 
 
-_WORKER_CHECK = None
+def run_stages(checks: list, preps: list) -> list:
+    """`stage` for every randomization of every check (with its `prepare` output), as one
+    queue: in the processes of the first check's `workers` (one thread each; small AM
+    batches use two threads poorly and two processes well), else in this process. One
+    queue for several checks keeps both processes busy to the end, where a pool per check
+    leaves one idle whenever a check has an odd number of stages. Returns, per check, the
+    results in its `todo` order."""
+    tasks = [(c, key) for c, prep in enumerate(preps) for key in prep["todo"]]
+    workers = min(checks[0].workers, len(tasks))
+    args = [(c, list(key), preps[c]["classes"], preps[c]["seeds"], preps[c]["base"].points, preps[c]["base_feat"])
+            for c, key in tasks]
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # `spawn`: a fork would inherit the parent's OpenMP pool. Each process gets the checks once.
+        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(checks,),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = [f.result() for f in [pool.submit(_worker_stage, *a) for a in args]]
+    else:
+        done = [checks[c].stage(*rest) for c, *rest in args]
+    out = [[] for _ in checks]
+    for (c, _), result in zip(tasks, done):
+        out[c].append(result)
+    return out
 
 
-def _worker_init(check) -> None:
-    global _WORKER_CHECK
+_WORKER_CHECKS = None
+
+
+def _worker_init(checks) -> None:
+    global _WORKER_CHECKS
     torch.set_num_threads(1)
-    check.quiet = True  # one progress bar per stage from several processes would interleave
-    _WORKER_CHECK = check
+    for check in checks:
+        check.quiet = True  # one progress bar per stage from several processes would interleave
+    _WORKER_CHECKS = checks
 
 
-def _worker_stage(mods, classes, seeds, base_points, base_feat):
-    return _WORKER_CHECK.stage(mods, classes, seeds, base_points, base_feat)
+def _worker_stage(c, mods, classes, seeds, base_points, base_feat):
+    return _WORKER_CHECKS[c].stage(mods, classes, seeds, base_points, base_feat)
 
 
 def markdown(results: list) -> str:
@@ -383,13 +405,11 @@ def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, aut
                 references=None, quiet: bool = False, trained: dict | None = None, **am) -> list:
     """SanityCheck.run for each method (the autoencoder goes to "ae-latent" only). trained:
     {method: explanations of the trained model already made}, reused where they match."""
-    out = []
-    for method in methods:
-        check = SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
-                            autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
-                            references=references, quiet=quiet, **am)
-        out.append(check.run(classes, seeds, trained=(trained or {}).get(method)))
-    return out
+    checks = [SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
+                          autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
+                          references=references, quiet=quiet, **am) for method in methods]
+    preps = [check.prepare(classes, seeds, trained=(trained or {}).get(check.method)) for check in checks]
+    return [check.summarize(prep, measured) for check, prep, measured in zip(checks, preps, run_stages(checks, preps))]
 
 
 def _known(check: SanityCheck, candidates):
@@ -454,7 +474,7 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
     trained = list(trained.values()) if isinstance(trained, dict) else list(trained)
     shared = {}  # randomized models' flows, the same at every weight
     runs = [("flowam", w) for w in dict.fromkeys(weights)] + [(m, None) for m in baselines]
-    points = []
+    checks, results, bases = [], [], []
     for method, weight in runs:
         extra = {} if weight is None else {"flow_weight": weight}
         check = SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
@@ -462,9 +482,19 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
                             references=references, quiet=quiet, flow_cache=shared, **extra, **am)
         known = _known(check, trained)
         result, base = _reusable(check, done, known, classes, seeds)
-        if result is None:
-            result = check.run(classes, seeds, trained=known)
-            base = check.trained_result
+        checks.append((check, known))
+        results.append(result)
+        bases.append(base)
+    # The checks still to run share one queue of stages (see `run_stages`).
+    todo = [i for i, r in enumerate(results) if r is None]
+    preps = [checks[i][0].prepare(classes, seeds, trained=checks[i][1]) for i in todo]
+    if todo:
+        measured = run_stages([checks[i][0] for i in todo], preps)
+        for i, prep, m in zip(todo, preps, measured):
+            results[i] = checks[i][0].summarize(prep, m)
+            bases[i] = prep["base"]
+    points = []
+    for (method, weight), result, base in zip(runs, results, bases):
         stages = [{k: s[k] for k in ("variant", "stage", "chamfer_margin", "spearman_margin", "changed")}
                   for s in result["stages"]]
         points.append({"method": method, "flow_weight": weight, "success": result["trained"]["success"],

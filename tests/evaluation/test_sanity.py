@@ -8,8 +8,8 @@ from scipy.stats import spearmanr
 from flowam_fast.evaluation import metrics
 from flowam_fast.am.flows import compute_flows
 from flowam_fast.models import build_model
-from flowam_fast.evaluation.sanity import (SIGMAS, SanityCheck, markdown, randomization_groups, randomize, seed_pairs,
-                                spearman_rows, stage_plan, write_outputs)
+from flowam_fast.evaluation.sanity import (SIGMAS, SanityCheck, markdown, randomization_groups, randomize, run_methods,
+                                seed_pairs, spearman_rows, stage_plan, write_outputs)
 
 from tests.helpers import random_data as _data
 
@@ -250,3 +250,26 @@ def test_stages_in_worker_processes_match_the_serial_run(setup):
         assert a["success"] == b["success"]
     with pytest.raises(ValueError, match="workers must be >= 1"):
         _check(setup, workers=0)
+
+
+def _same_stages(a, b):
+    assert [s["stage"] for s in a["stages"]] == [s["stage"] for s in b["stages"]]
+    for x, y in zip(a["stages"], b["stages"]):
+        # One thread per worker: the same arithmetic up to float32 rounding of the thread split.
+        assert x["chamfer_mean"] == pytest.approx(y["chamfer_mean"], rel=1e-4, abs=1e-9)
+        assert x["spearman_mean"] == pytest.approx(y["spearman_mean"], abs=1e-6)
+        assert x["success"] == y["success"]
+
+
+def test_methods_share_one_queue_of_stages(setup):
+    """run_methods puts every method's stages in one queue of worker processes; each method's
+    result is the one its own serial run gives, in the order of `methods`."""
+    model, data, flows, evaluator = setup
+    methods = ["flowam", "regularized"]
+    serial = [_check(setup, method=m, variants=("cascading",)).run([0, 2], [0, 1]) for m in methods]
+    shared = run_methods(model, methods, [0, 2], [0, 1], evaluator, flows, data, variants=("cascading",),
+                         quiet=True, workers=2, steps=4, num_points=48)
+    assert [r["method"] for r in shared] == methods
+    for a, b in zip(serial, shared):
+        assert a["seed_to_seed"] == b["seed_to_seed"] and a["config"] == b["config"]
+        _same_stages(a, b)
