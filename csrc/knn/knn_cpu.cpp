@@ -37,8 +37,6 @@
 namespace flowam {
 namespace {
 
-// Up to this dimension direct differences beat the GEMM form (benchmarks/bench_knn.py).
-constexpr int64_t kDirectMaxDim = 8;
 // Query rows per work item: enough to amortize a ref tile (direct) or a GEMM call.
 constexpr int64_t kDirectRows = 32;
 constexpr int64_t kGemmRows = 64;

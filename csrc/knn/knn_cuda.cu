@@ -30,8 +30,6 @@ namespace {
 
 // Query rows per block; also the reference points per shared tile of the direct path.
 constexpr int kThreads = 128;
-// Up to this dimension the CPU kernel selects by direct differences (knn_cpu.cpp).
-constexpr int64_t kDirectMaxDim = 8;
 // GEMM form: reference points per register tile, and coordinates per shared-memory chunk.
 constexpr int kRefTile = 32;
 constexpr int kDimChunk = 16;

@@ -66,6 +66,10 @@ FLOWAM_HD scalar_t knn_sq_acc(scalar_t acc, scalar_t a, scalar_t b) {
 // Independent partial sums for long vectors, so the sum is not one serial chain of adds.
 constexpr int64_t kSqDistLanes = 16;
 
+// Up to this dimension both backends select by direct differences; above it, by the GEMM
+// form |r|^2 - 2 q.r (on the CPU direct differences win up to here, benchmarks/bench_knn.py).
+constexpr int64_t kDirectMaxDim = 8;
+
 // The two points of a squared distance, and a point against the origin (its squared norm,
 // the |r|^2 of the GEMM form): one summation routine serves both, so the norms the GEMM form
 // selects with are summed exactly as the distances are.

@@ -1,11 +1,10 @@
 """The demo pipeline (`flowam-fast demo`): the whole pipeline on the embedded procedural shapes, end to end.
 
 DIR/data (procedural dataset, ModelNet40 HDF5 layout) -> DIR/model.pt (the demo PointNet, or
-with model="dgcnn" the demo DGCNN; `training.DEMO_CONFIGS`), DIR/autoencoder.pt and
-DIR/evaluator.pt, trained side by side in worker processes ->
+with model="dgcnn" the demo DGCNN; `training.DEMO_CONFIGS`) ->
 DIR/flows.h5 -> DIR/{flowam,vanilla,regularized,ae-latent}.h5 (every class, 2 seeds; ae-latent
-with the autoencoder) -> DIR/explanations.png (FlowAM and plain AM side by side) and
-DIR/baselines.png (regularized and AE-latent AM) -> the metrics
+with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by side) and
+DIR/baselines.png (regularized and AE-latent AM) -> DIR/evaluator.pt and the metrics
 (DIR/metrics.json, bar charts) -> the randomization sanity check of FlowAM and AE-latent AM
 on a few classes (DIR/sanity.json, DIR/sanity.png) -> optionally the flow weight's trade-off
 (DIR/tradeoff.json, DIR/tradeoff.png) -> DIR/report.md.
@@ -45,7 +44,7 @@ from ..training import demo_config, train_demo_model
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
 #: Bumped when the demo's data or models change. 2: shapes keep one heading, classifiers
 #: learn yaw invariance from augmentation, flows include the input T-Net's layers.
-DEMO_VERSION = 3
+DEMO_VERSION = 2
 #: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
 CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt") + tuple(f"{m}.h5" for m in METHODS)
 #: What depends on the explained classifier: redone when the directory was made for the other
@@ -91,33 +90,10 @@ def _clear_stale_cache(out: Path, model: str = "pointnet") -> None:
     (out / "demo.json").write_text(json.dumps(stamp) + "\n")
 
 
-#: Processes (one thread each) for the work that splits into independent jobs: training the
-#: three models (classifier, autoencoder, evaluator) and the sanity check's stages. Small
-#: batches use two threads poorly: on the 2-core machine a 12-job FlowAM step took 58 ms with
-#: two threads in one process and 91 ms in each of two one-thread processes at once (1.28x
-#: the work), and training with two threads kept the load average near 1.4. One thread per
-#: model also makes the trained weights independent of the machine's core count.
+#: Processes for the sanity check's stages (one thread each). Measured on the 2-core machine,
+#: a 12-job FlowAM step: 58 ms with two threads in one process, 91 ms in each of two
+#: one-thread processes at once, so two processes do 1.28x the work.
 SANITY_WORKERS = 2
-
-
-def _train_one(name: str, kwargs: dict) -> None:
-    torch.set_num_threads(1)
-    {"classifier": train_demo_model, "autoencoder": load_or_train_autoencoder,
-     "evaluator": load_evaluator}[name](**kwargs)
-
-
-def _train_models(jobs: list) -> None:
-    """Train the missing models of `jobs` [(name, kwargs)] in SANITY_WORKERS processes of one
-    thread each (`spawn`: a fork would inherit this process's OpenMP pool), longest first."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    if not jobs:
-        return
-    with ProcessPoolExecutor(max_workers=min(SANITY_WORKERS, len(jobs)),
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        for f in [pool.submit(_train_one, name, kwargs) for name, kwargs in jobs]:
-            f.result()
 
 
 def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None = None,
@@ -160,18 +136,12 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
             shapes = {} if shapes == "all" else {"classes": [c.strip() for c in shapes.split(",") if c.strip()]}
             generate_shapes(data_dir, train_per_class=train_per_class, test_per_class=test_per_class,
                             **shapes)
-    num_points = config["num_points"]
     with stage("train"):
         ckpt = out / "model.pt"
-        # The three models are independent: they train side by side (the evaluator, the
-        # longest, first); the stages below load them.
-        jobs = [("evaluator", dict(data_dir=data_dir, cache_dir=out, epochs=evaluator_epochs, quiet=quiet)),
-                ("classifier", dict(data_dir=data_dir, out=ckpt, epochs=epochs, quiet=quiet, model=model)),
-                ("autoencoder", dict(data_dir=data_dir, path=None, cache_dir=out, num_points=num_points,
-                                     epochs=ae_epochs, quiet=quiet))]
-        made = {"classifier": ckpt, "autoencoder": out / "autoencoder.pt", "evaluator": out / "evaluator.pt"}
-        _train_models([(name, kw) for name, kw in jobs if not made[name].exists()])
+        if not ckpt.exists():
+            train_demo_model(data_dir, ckpt, epochs=epochs, quiet=quiet, model=model)
         model_name, model = model, load_checkpoint(ckpt).to(device)
+    num_points = config["num_points"]
     train_set = ModelNet40(data_dir, "train", num_points=num_points)
     with stage("flows"):
         flows_path = out / "flows.h5"
@@ -234,7 +204,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
             class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS), device)
             traded = tradeoff(model, evaluator, flows, train_set, sanity_classes, list(range(sanity_seeds)),
                               tradeoff_weights, refs, class_refs=class_refs, autoencoder=ae, quiet=quiet,
-                              num_points=num_points, trained=results, done=sanity, **am)
+                              num_points=num_points, trained=results, done=sanity, workers=SANITY_WORKERS, **am)
             write_tradeoff(traded, out)
     with stage("metrics"):
         real = RealData(test_set.points, test_set.labels, evaluator=evaluator, device=device)  # the split loaded above
