@@ -103,6 +103,15 @@ inline int32_t positions_not_above_generic(const scalar_t* keys, scalar_t thr, i
   return count;
 }
 
+#if defined(__AVX2__)
+// Writes base + b for each set bit b of m, lowest first; returns how many.
+inline int32_t append_set_bits(unsigned m, int32_t base, int32_t* out) {
+  int32_t count = 0;
+  for (; m; m &= m - 1) out[count++] = base + __builtin_ctz(m);
+  return count;
+}
+#endif
+
 inline int32_t positions_not_above(const float* keys, float thr, int32_t base, int32_t* out) {
 #if defined(__AVX512F__)
   const __mmask16 m = _mm512_cmp_ps_mask(_mm512_loadu_ps(keys), _mm512_set1_ps(thr), _CMP_NGT_UQ);
@@ -113,8 +122,8 @@ inline int32_t positions_not_above(const float* keys, float thr, int32_t base, i
   const __m256 t = _mm256_set1_ps(thr);
   int32_t count = 0;
   for (int32_t h = 0; h < 16; h += 8) {
-    unsigned m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(keys + h), t, _CMP_NGT_UQ)));
-    for (; m; m &= m - 1) out[count++] = base + h + __builtin_ctz(m);
+    const unsigned m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(keys + h), t, _CMP_NGT_UQ)));
+    count += append_set_bits(m, base + h, out + count);
   }
   return count;
 #else
@@ -133,8 +142,8 @@ inline int32_t positions_not_above(const double* keys, double thr, int32_t base,
   const __m256d t = _mm256_set1_pd(thr);
   int32_t count = 0;
   for (int32_t h = 0; h < 8; h += 4) {
-    unsigned m = unsigned(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(keys + h), t, _CMP_NGT_UQ)));
-    for (; m; m &= m - 1) out[count++] = base + h + __builtin_ctz(m);
+    const unsigned m = unsigned(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(keys + h), t, _CMP_NGT_UQ)));
+    count += append_set_bits(m, base + h, out + count);
   }
   return count;
 #else

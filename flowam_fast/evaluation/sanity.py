@@ -412,10 +412,21 @@ def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, aut
     return [check.summarize(prep, measured) for check, prep, measured in zip(checks, preps, run_stages(checks, preps))]
 
 
+def _config(check: SanityCheck) -> str:
+    return check._engine(check.model, check.flows).config.to_json()
+
+
+def _objective(check: SanityCheck) -> str:
+    """The check's AM config without the method's name, which only labels the results."""
+    config = json.loads(_config(check))
+    del config["method"]
+    return json.dumps(config, sort_keys=True)
+
+
 def _known(check: SanityCheck, candidates):
     """The first of `candidates` (explanations of the trained model) made with the check's
     method and config, or None."""
-    config = check._engine(check.model, check.flows).config.to_json()
+    config = _config(check)
     return next((e for e in candidates if (e.method, e.config) == (check.method, config)), None)
 
 
@@ -485,14 +496,27 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
         checks.append((check, known))
         results.append(result)
         bases.append(base)
-    # The checks still to run share one queue of stages (see `run_stages`).
-    todo = [i for i, r in enumerate(results) if r is None]
+    # Points that optimize one objective under two names (FlowAM at weight 0 is regularized
+    # AM, bit for bit) run once: per objective, the point with a result already, else one
+    # with known explanations. The checks still to run share one queue of stages (`run_stages`).
+    keys = [_objective(check) for check, _ in checks]
+    runs_of = {}
+    for i, key in enumerate(keys):
+        runs_of.setdefault(key, []).append(i)
+    source = {key: max(group, key=lambda i: (results[i] is not None, checks[i][1] is not None))
+              for key, group in runs_of.items()}
+    todo = [i for i in source.values() if results[i] is None]
     preps = [checks[i][0].prepare(classes, seeds, trained=checks[i][1]) for i in todo]
     if todo:
         measured = run_stages([checks[i][0] for i in todo], preps)
         for i, prep, m in zip(todo, preps, measured):
             results[i] = checks[i][0].summarize(prep, m)
             bases[i] = prep["base"]
+    for i, key in enumerate(keys):
+        if results[i] is None:
+            src = source[key]
+            results[i] = dict(results[src], method=checks[i][0].method, config=json.loads(_config(checks[i][0])))
+            bases[i] = bases[src]
     points = []
     for (method, weight), result, base in zip(runs, results, bases):
         stages = [{k: s[k] for k in ("variant", "stage", "chamfer_margin", "spearman_margin", "changed")}

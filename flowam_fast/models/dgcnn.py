@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import fast
+from .. import ops
 from .linear import RowLinear
 from .pointnet import scaled
 
@@ -33,10 +34,18 @@ def knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     return pairwise.topk(k=k, dim=-1)[1]
 
 
-def graph_feature(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Edge features cat(x_j - x_i, x_i) over the kNN graph: (B, C, N) -> (B, 2C, N, k)."""
+def fused_knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The same neighbours as `knn_indices` from the fused kNN op (ties to the smaller index,
+    where topk's order is unspecified); no gradient flows through indices."""
+    with torch.no_grad():
+        return ops.knn(x.detach().transpose(1, 2).contiguous(), k)[1]
+
+
+def graph_feature(x: torch.Tensor, k: int, fused: bool = False) -> torch.Tensor:
+    """Edge features cat(x_j - x_i, x_i) over the kNN graph: (B, C, N) -> (B, 2C, N, k).
+    fused: find the neighbours with the fused kNN op rather than the reference's matmul+topk."""
     b, c, n = x.shape
-    idx = knn_indices(x, k)
+    idx = fused_knn_indices(x, k) if fused else knn_indices(x, k)
     pts = x.transpose(2, 1)
     # Index a flat (B*N, C) view, as the reference does: a gather from an expanded (B, N, N, C)
     # view would cost B*N^2*C memory in its backward.
@@ -116,8 +125,10 @@ class DGCNN(nn.Module):
         if fast.use_fast_path(self):
             return fast.dgcnn_forward(self, x)
         feats = []
+        # Training takes the fused kNN: topk over (B, N, N) was a quarter of a training step
+        # (batch 32, 512 points). Eval keeps the reference's search, the fast path's oracle.
         for block, tap in self.edge_blocks():
-            x = tap(block(graph_feature(x, self.k)).max(dim=-1).values)
+            x = tap(block(graph_feature(x, self.k, fused=self.training)).max(dim=-1).values)
             feats.append(x)
         x = self.act5(self.conv5(torch.cat(feats, dim=1)))
         return self.head(torch.cat((x.max(dim=2).values, x.mean(dim=2)), dim=1))

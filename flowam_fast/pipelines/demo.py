@@ -48,8 +48,9 @@ DEMO_VERSION = 2
 #: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
 CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt") + tuple(f"{m}.h5" for m in METHODS)
 #: What depends on the explained classifier: redone when the directory was made for the other
-#: demo model (the data, the autoencoder and the evaluator do not depend on it).
-CLASSIFIER_CACHED = ("model.pt", "flows.h5") + tuple(f"{m}.h5" for m in METHODS)
+#: demo model. The autoencoder decodes the demo model's point count (512 for the PointNet, 256
+#: for the DGCNN); the data and the evaluator do not depend on the model.
+CLASSIFIER_CACHED = ("model.pt", "flows.h5", "autoencoder.pt") + tuple(f"{m}.h5" for m in METHODS)
 
 
 def _demo_stamp(out: Path):

@@ -23,12 +23,12 @@ from .loop import DEFAULTS, train
 DEMO_CONFIG = {"arch": "pointnet", "width": 0.25, "num_points": 512, **DEFAULTS, "seed": 0, "rotate": True}
 
 #: The DGCNN demo model, sized for a 2-core CPU: k = 10 neighbours (the reference's 20 doubles
-#: every EdgeConv and kNN), EdgeConv widths at a quarter (16, 16, 32, 64) and a 256-d conv5, so
-#: the flows' five layers stay cheap to align; the PointNet demo's data, epochs and points.
-#: Not yet measured to the end: on a machine shared with other jobs one training step (batch 32,
-#: 512 points) cost 2.2x the demo PointNet's, which puts the 8 epochs at about 2 minutes on an
-#: idle 2-core machine; its test accuracy is still to be checked against the 95% target.
-DGCNN_DEMO_CONFIG = {"arch": "dgcnn", "width": 0.25, "k": 10, "emb_dims": 256, "num_points": 512, **DEFAULTS,
+#: every EdgeConv and kNN), EdgeConv widths at a quarter (16, 16, 32, 64), a 256-d conv5 (the
+#: flows' five layers stay cheap to align) and 256 points: a DGCNN's graphs cost N^2 per layer
+#: and its EdgeConvs N * k, so at 512 points one AM step of 12 jobs took 39 ms against 19 ms
+#: at 256, and one training step (batch 32) 0.43 s against 0.13 s. The PointNet demo's data
+#: and epochs.
+DGCNN_DEMO_CONFIG = {"arch": "dgcnn", "width": 0.25, "k": 10, "emb_dims": 256, "num_points": 256, **DEFAULTS,
                      "seed": 0, "rotate": True}
 
 #: The demo's classifiers by name (`flowam-fast demo --model NAME`); the first is the default.

@@ -46,14 +46,24 @@ def test_points_are_the_sanity_check_at_each_weight(setup, monkeypatch):
     calls = []
     real = sanity.compute_flows
     monkeypatch.setattr(sanity, "compute_flows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    queued = []
+    real_stages = sanity.run_stages
+    monkeypatch.setattr(sanity, "run_stages", lambda checks, preps: queued.extend(c.method for c in checks)
+                        or real_stages(checks, preps))
     res = _tradeoff(setup, [0, 100, 0])
     json.dumps(res)  # plain JSON
+    # FlowAM at weight 0 is regularized AM under another name: one check serves both points.
+    assert len(queued) == 2  # weight 100, and one check for weight 0 and regularized
+    zero, (reg,) = res["points"][0], res["references"]
+    assert zero["config"]["method"] == "flowam" and zero["config"]["flow_weight"] == 0.0
+    assert {k: v for k, v in zero.items() if k not in ("method", "flow_weight", "config")} == \
+        {k: v for k, v in reg.items() if k not in ("method", "flow_weight", "config")}
     assert [p["flow_weight"] for p in res["points"]] == [0.0, 100.0]  # a repeated weight is run once
     assert [(p["method"], p["flow_weight"]) for p in res["references"]] == [("regularized", None)]
     # The flows of the randomized models are computed once for the weights that use them: one
     # per stage below the head, plus the trained model's for the head stages.
     assert len(calls) == 3  # conv2, conv1; the trained model's for the head stage (fc)
-    for p in res["points"][1:] + res["references"]:
+    for p in res["points"] + res["references"]:  # weight 0 too: the sharing above is exact
         weight = {} if p["flow_weight"] is None else {"flow_weight": p["flow_weight"]}
         direct = SanityCheck(model, evaluator, flows=flows, train_set=data, method=p["method"], variants=("cascading",),
                              references=refs, quiet=True, **weight, **AM).run(CLASSES, SEEDS)

@@ -139,3 +139,23 @@ def test_fast_path_runs_the_fused_ops(monkeypatch):
         m(torch.randn(2, 3, 32))
     assert calls == [] and m.fast_path
     assert fast.use_fast_path(m) and not fast.use_fast_path(m.train())
+
+
+def test_dgcnn_training_graphs_come_from_the_fused_knn(monkeypatch):
+    """Training builds each EdgeConv graph with the fused kNN, whose neighbours are the
+    reference search's (random features have no ties), and its edge features are the same."""
+    from flowam_fast.models import dgcnn
+
+    x = torch.randn(3, 16, 64)
+    assert torch.equal(dgcnn.fused_knn_indices(x, 7).sort(-1).values, dgcnn.knn_indices(x, 7).sort(-1).values)
+    fused, ref = dgcnn.graph_feature(x, 7, fused=True), dgcnn.graph_feature(x, 7)
+    assert torch.equal(fused.sort(-1).values, ref.sort(-1).values)
+    seen = []
+    monkeypatch.setattr(dgcnn, "fused_knn_indices", lambda x, k, _f=dgcnn.fused_knn_indices: seen.append(k) or _f(x, k))
+    m = DGCNN(4, k=5, emb_dims=32, width=0.25)
+    m.train()(torch.randn(2, 3, 32)).sum().backward()
+    assert seen == [5] * 4
+    seen.clear()
+    with plain_path(m.eval()):
+        m(torch.randn(2, 3, 32))
+    assert seen == []  # the plain eval path keeps the reference's search

@@ -63,7 +63,7 @@ def test_switching_the_demo_model_redoes_the_classifiers_outputs(tmp_path, capsy
     (out / "demo.json").write_text(json.dumps({"version": DEMO_VERSION}))  # the PointNet demo's stamp
     _clear_stale_cache(out, "dgcnn")
     assert "pointnet demo" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["autoencoder.pt", "data", "demo.json", "evaluator.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "demo.json", "evaluator.pt"]
     assert "model.pt" in CLASSIFIER_CACHED and "data" not in CLASSIFIER_CACHED
     (out / "model.pt").write_text("x")
     _clear_stale_cache(out, "dgcnn")  # the same model: kept
