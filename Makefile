@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
+# The demo's classifier: pointnet (default) or dgcnn, e.g. `make demo DEMO_MODEL=dgcnn DEMO_OUT=demo_dgcnn`.
+DEMO_MODEL ?= pointnet
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
@@ -43,7 +45,7 @@ build: $(BUILT)
 setup: $(VENV)/.deps build
 
 demo: setup
-	$(VENV)/bin/flowam-fast demo --out $(DEMO_OUT)
+	$(VENV)/bin/flowam-fast demo --model $(DEMO_MODEL) --out $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -1,6 +1,7 @@
 """flow_stats (per-class activation statistics, one pass) and flow_align (FlowAM's alignment
 loss, one read forward and one backward), C++ on the CPU, CUDA and Triton on a GPU, against the
-pure-PyTorch reference.
+pure-PyTorch reference; quantile_align (alignment="quantiles": a radix sort per row, the
+gradient written by the forward) on the CPU against its torch.sort reference.
 
     python benchmarks/bench_flow.py [--quick] [--threads N] [--device cuda]
 """
@@ -16,11 +17,15 @@ from common import compare, fused_backends, label, script_main  # noqa: E402
 
 from flowam_fast.ops import reference  # noqa: E402
 from flowam_fast.ops.flow import flow_align, flow_stats  # noqa: E402
+from flowam_fast.ops.quantile_align import quantile_align  # noqa: E402
 
 NUM_CLASSES = 40  # ModelNet40
 # (label, B, C, N): PointNet's per-point layers in ℒ and its 1024-channel pre-pool layer.
 STATS_SHAPES = [("64 channels", 64, 64, 1024), ("1024 channels", 32, 1024, 1024)]
 ALIGN_SHAPES = [("64 channels", 64, 64, 1024), ("128 channels", 64, 128, 1024), ("1024 channels", 16, 1024, 1024)]
+# The demo PointNet's widest aligned layer (24 jobs, 512 points) and a reference-width one.
+QUANTILE_SHAPES = [("demo 256 channels", 24, 256, 512), ("128 channels", 64, 128, 1024)]
+QUANTILE_LEVELS = 64
 
 
 def _acts(B, C, N, seed=0, device="cpu"):
@@ -78,6 +83,35 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
             out.append(compare(label(f"flow_align fwd+bwd, {name} ({shape})", backend, device),
                                both(lambda *x: flow_align(*x, backend=backend)), both(reference.flow_align),
                                _check_align, device=device))
+        if backend == "cpu":
+            out += _quantile_rows(quick)
+    return out
+
+
+def _quantile_rows(quick: bool) -> list[dict]:
+    out = []
+    g = torch.Generator().manual_seed(3)
+    for name, B, C, N in QUANTILE_SHAPES:
+        B = 4 if quick else B
+        # No ties: tied values may take their levels in either order (the same loss, another
+        # gradient). Each row is a shuffled grid of normal quantiles, scaled and shifted.
+        ranks = torch.rand(B, C, N, generator=g).argsort(-1).double()
+        grid = torch.distributions.Normal(0.0, 1.0).icdf((ranks + 0.5) / N)
+        a = (grid * (0.5 + torch.rand(B, C, 1, generator=g)) + 0.2).float().requires_grad_(True)
+        labels = _labels(B, seed=4)
+        q = torch.randn(NUM_CLASSES, C, QUANTILE_LEVELS, generator=g).sort(-1).values
+        s = torch.rand(NUM_CLASSES, C, generator=g) + 0.1
+        w = torch.randn(B, generator=g)
+
+        def run(backend):
+            def go():
+                loss = quantile_align(a, labels, q, s, backend=backend)
+                (ga,) = torch.autograd.grad(loss, a, w)
+                return loss.detach(), ga
+            return go
+
+        out.append(compare(label(f"quantile_align fwd+bwd, {name} (B={B} C={C} N={N}, Q={QUANTILE_LEVELS})", "cpu", "cpu"),
+                           run("cpu"), run("torch"), _check_align))
     return out
 
 

@@ -32,6 +32,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   FLOWAM_DEF(m, flow_align_backward, "flow alignment gradient", py::arg("grad_loss"), py::arg("acts"),
              py::arg("labels"), py::arg("mu"), py::arg("sigma"), py::arg("mean"), py::arg("std"),
              py::arg("points_last") = false);
+  // CPU only (ops.h says why), so bound without the CUDA twin of FLOWAM_DEF.
+  m.def("quantile_align_forward_cpu", &flowam::quantile_align_forward_cpu, "quantile alignment loss and gradient",
+        py::arg("acts"), py::arg("labels"), py::arg("quantiles"), py::arg("inv_scale"));
 #ifdef FLOWAM_WITH_CUDA
   m.attr("with_cuda") = true;
   m.attr("knn_max_k_cuda") = flowam::kKnnCudaMaxK;

@@ -186,7 +186,8 @@ class FlowAM:
         if cfg.flow_weight > 0:
             logits, acts = get_activations(self.model, inp, list(cfg.layers))
             if cfg.alignment == "quantiles":
-                per_layer = [ops.quantile_align(acts[layer], classes, *self._flow_tensors(layer)) for layer in cfg.layers]
+                per_layer = [ops.quantile_align(acts[layer], classes, *self._flow_tensors(layer), backend=self.backend)
+                             for layer in cfg.layers]
             else:
                 per_layer = [ops.flow_align(acts[layer], classes, *self._flow_tensors(layer), backend=self.backend)
                              for layer in cfg.layers]

@@ -9,7 +9,8 @@ tensors; cpu, torch on CPU ones.
 
 Every kernel backend has the same nine functions with the same arguments and results
 (`KERNELS`): `_C.<name>_cpu`, `_C.<name>_cuda` and `flowam_fast.ops.triton.<name>`, so each op
-has one autograd.Function that calls `kernel(backend, name)`.
+has one autograd.Function that calls `kernel(backend, name)`. `CPU_ONLY_KERNELS` exist as
+`_C.<name>_cpu` alone (their ops run on torch elsewhere; the op's front end says so).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
 KERNELS = ("knn_forward", "knn_backward", "edge_max_forward", "edge_max_backward", "linear_max_forward",
            "linear_max_backward", "flow_stats", "flow_align_forward", "flow_align_backward")
+CPU_ONLY_KERNELS = ("quantile_align_forward",)
 
 try:
     from flowam_fast import _C  # noqa: F401
@@ -145,8 +147,10 @@ def resolve(backend: str, device: torch.device, op: str, unsupported=None) -> st
 
 def kernel(backend: str, name: str):
     """The kernel `name` (one of KERNELS) of a concrete kernel backend."""
-    if name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; the kernels are {KERNELS}")
+    if name not in KERNELS + CPU_ONLY_KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; the kernels are {KERNELS + CPU_ONLY_KERNELS}")
+    if name in CPU_ONLY_KERNELS and backend != "cpu":
+        raise ValueError(f"kernel {name!r} exists for backend 'cpu' only, not {backend!r}")
     if backend == "triton":
         from flowam_fast.ops import triton as triton_kernels
 

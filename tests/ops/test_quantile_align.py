@@ -1,5 +1,6 @@
-"""quantile_align (FlowAM's alignment="quantiles") against a direct float64 computation of the
-per-channel Wasserstein-2 distance, its gradient by gradcheck, and its input validation."""
+"""quantile_align (FlowAM's alignment="quantiles"), on the CPU kernel and the torch reference,
+against a direct float64 computation of the per-channel Wasserstein-2 distance, its gradient by
+gradcheck, the kernel against the reference, and input validation."""
 import numpy as np
 import pytest
 import torch
@@ -33,12 +34,16 @@ def _direct(acts, labels, q, sigma):
     return out
 
 
+BACKENDS = ["cpu", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("Q", [1, 7, 20, 64])
-def test_matches_the_direct_computation(Q):
+def test_matches_the_direct_computation(Q, backend):
     acts, labels, q, sigma = _case(Q=Q)
-    np.testing.assert_allclose(quantile_align(acts, labels, q, sigma).numpy(), _direct(acts, labels, q, sigma),
-                               rtol=1e-12, atol=1e-14)
-    got32 = quantile_align(acts.float(), labels, q.float(), sigma.float())
+    np.testing.assert_allclose(quantile_align(acts, labels, q, sigma, backend=backend).numpy(),
+                               _direct(acts, labels, q, sigma), rtol=1e-12, atol=1e-14)
+    got32 = quantile_align(acts.float(), labels, q.float(), sigma.float(), backend=backend)
     assert got32.dtype == torch.float32
     np.testing.assert_allclose(got32.numpy(), _direct(acts, labels, q, sigma), rtol=1e-5)
 
@@ -71,13 +76,14 @@ def test_gaussian_limit_is_the_moment_loss():
     assert float(quantile_align(acts, labels, q, sigma)) == pytest.approx(float(moments), rel=2e-3)
 
 
-def test_gradient():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient(backend):
     acts, labels, q, sigma = _case(B=3, C=2, N=9, Q=5, seed=1)
     acts.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda a: quantile_align(a, labels, q, sigma), (acts,))
+    assert torch.autograd.gradcheck(lambda a: quantile_align(a, labels, q, sigma, backend=backend), (acts,))
     # The flows are constants: no gradient reaches them even when they ask for one.
     q2 = q.clone().requires_grad_(True)
-    quantile_align(acts, labels, q2, sigma).sum().backward()
+    quantile_align(acts, labels, q2, sigma, backend=backend).sum().backward()
     assert q2.grad is None
 
 
@@ -113,3 +119,69 @@ def test_validation():
         quantile_align(acts, labels, q, -sigma)
     with pytest.raises(ValueError, match="at least one level"):
         quantile_levels(0)
+
+
+@pytest.mark.parametrize("N", [1, 5, 256, 700])
+def test_kernel_equals_the_reference_in_float32(N):
+    """The radix sort on float32 bit patterns: negative, positive and tiny values, rows whose
+    values share their high bytes (skipped passes), and a weighted sum's gradient."""
+    g = torch.Generator().manual_seed(N)
+    B, C, K = 5, 7, 4
+    acts = torch.randn(B, C, N, generator=g) * torch.logspace(-3, 2, C).view(1, C, 1)
+    acts[0, 0] = 1.0 + torch.randperm(N, generator=g) * 2.0 ** -20  # one exponent and high bytes, no ties
+    acts[1, 1] = -acts[1, 1].abs()  # all negative
+    labels = torch.randint(0, K, (B,), generator=g)
+    q = torch.randn(K, C, 16, generator=g).sort(-1).values
+    sigma = torch.rand(K, C, generator=g) + 0.05
+    w = torch.rand(B, generator=g)
+    out = {}
+    for backend in BACKENDS:
+        a = acts.clone().requires_grad_(True)
+        loss = quantile_align(a, labels, q, sigma, backend=backend)
+        (loss * w).sum().backward()
+        out[backend] = (loss.detach(), a.grad)
+    torch.testing.assert_close(out["cpu"][0], out["torch"][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out["cpu"][1], out["torch"][1], rtol=1e-5, atol=1e-9)
+
+
+def test_kernel_is_deterministic_with_ties():
+    """Equal values take the quantiles in index order: the same loss and gradient every call,
+    and the loss equals the reference's (which tied value gets which level does not change it)."""
+    acts = torch.tensor([[[0.5, -1.0, 0.5, 0.5, 2.0, -1.0, 0.0, 0.5]]]).repeat(3, 4, 1)
+    labels = torch.tensor([0, 1, 0])
+    q = torch.linspace(-2, 2, 6).repeat(2, 4, 1)
+    sigma = torch.ones(2, 4)
+    runs = []
+    for _ in range(3):
+        a = acts.clone().requires_grad_(True)
+        loss = quantile_align(a, labels, q, sigma, backend="cpu")
+        loss.sum().backward()
+        runs.append((loss.detach(), a.grad))
+    assert all(torch.equal(r[0], runs[0][0]) and torch.equal(r[1], runs[0][1]) for r in runs)
+    torch.testing.assert_close(runs[0][0], quantile_align(acts, labels, q, sigma, backend="torch"))
+
+
+def test_kernel_refuses_bad_direct_calls():
+    from flowam_fast.ops.backend import extension, kernel
+
+    fwd = extension().quantile_align_forward_cpu
+    a, lab, q, s = torch.rand(2, 3, 8), torch.zeros(2, dtype=torch.long), torch.rand(4, 3, 5), torch.rand(4, 3)
+    fwd(a, lab, q, s)
+    with pytest.raises(RuntimeError, match="quantiles must have shape"):
+        fwd(a, lab, q[:, :2].contiguous(), s)
+    with pytest.raises(RuntimeError, match="inv_scale must have shape"):
+        fwd(a, lab, q, s[:, :2].contiguous())
+    with pytest.raises(RuntimeError, match="dtype"):
+        fwd(a, lab, q.double(), s)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        fwd(a.transpose(1, 2).contiguous().transpose(1, 2), lab, q, s)
+    with pytest.raises(RuntimeError, match="no points"):
+        fwd(a[:, :, :0].contiguous(), lab, q, s)
+    with pytest.raises(RuntimeError, match="labels has values outside"):
+        fwd(a, lab + 4, q, s)
+    with pytest.raises(RuntimeError, match="labels must be int64"):
+        fwd(a, lab.int(), q, s)
+    with pytest.raises(ValueError, match="CPU only|cpu' only"):
+        kernel("cuda", "quantile_align_forward")
+    with pytest.raises(ValueError, match="backend 'cuda' needs CUDA tensors"):
+        quantile_align(a, torch.zeros(2, dtype=torch.long), torch.rand(1, 3, 4), torch.rand(1, 3), backend="cuda")

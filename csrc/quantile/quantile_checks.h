@@ -1,0 +1,42 @@
+// Input checks of quantile_align_forward.
+#pragma once
+#include <cstdint>
+
+#include "checks.h"
+
+namespace flowam {
+
+// acts (B, C, N); labels (B) int64 in [0, K); quantiles (K, C, Q), each class's quantile
+// functions at Q levels (each row ascending), and inv_scale (K, C), both of acts' float dtype;
+// N and Q below 2^31 (indices are int32 in the sort and the level map).
+inline void quantile_check_forward(const at::Tensor& acts, const at::Tensor& labels, const at::Tensor& quantiles,
+                                   const at::Tensor& inv_scale, c10::DeviceType dev, const char* op) {
+  const at::Tensor& target = quantiles;
+  check_dense(acts, "acts", 3, dev, op);
+  check_dense(labels, "labels", 1, dev, op);
+  check_dense(target, "quantiles", 3, dev, op);
+  check_dense(inv_scale, "inv_scale", 2, dev, op);
+  check_same_device(labels, "labels", acts, "acts", op);
+  check_same_device(target, "quantiles", acts, "acts", op);
+  check_same_device(inv_scale, "inv_scale", acts, "acts", op);
+  const auto dt = acts.scalar_type();
+  TORCH_CHECK(is_float_or_double(dt), op, ": acts must be float32 or float64, got ", dt);
+  TORCH_CHECK(target.scalar_type() == dt && inv_scale.scalar_type() == dt, op,
+              ": quantiles and inv_scale must have acts' dtype ", dt, ", got ", target.scalar_type(), " and ",
+              inv_scale.scalar_type());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
+  TORCH_CHECK(labels.size(0) == acts.size(0), op, ": labels has ", labels.size(0), " entries but acts has ",
+              acts.size(0), " samples");
+  TORCH_CHECK(target.size(1) == acts.size(1), op, ": quantiles must have shape (classes, ", acts.size(1),
+              ", levels) for acts of shape ", acts.sizes(), ", got ", target.sizes());
+  TORCH_CHECK(target.size(0) > 0 && target.size(2) > 0 && target.size(2) < (int64_t(1) << 31), op,
+              ": quantiles needs at least one class and one level, and under 2^31 levels, got shape ",
+              target.sizes());
+  TORCH_CHECK(inv_scale.size(0) == target.size(0) && inv_scale.size(1) == acts.size(1), op,
+              ": inv_scale must have shape (", target.size(0), ", ", acts.size(1), "), got ", inv_scale.sizes());
+  TORCH_CHECK(acts.size(2) > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
+  TORCH_CHECK(acts.size(2) < (int64_t(1) << 31), op, ": acts has ", acts.size(2), " points, above 2^31 - 1");
+  check_index_range(labels, target.size(0), op, "labels");
+}
+
+}  // namespace flowam
