@@ -33,6 +33,22 @@ inline void check_same_device(const at::Tensor& a, const char* name_a, const at:
               a.device(), " vs ", b.device(), ")");
 }
 
+// check_dense, and float32 or float64; returns the dtype, which the other inputs must share.
+inline at::ScalarType check_float_dense(const at::Tensor& t, const char* name, int64_t dim, c10::DeviceType type,
+                                        const char* op) {
+  check_dense(t, name, dim, type, op);
+  const auto dt = t.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, op, ": ", name, " must be float32 or float64, got ", dt);
+  return dt;
+}
+
+// check_dense, and on the device of `ref` (the tensor a kernel launches beside).
+inline void check_dense_beside(const at::Tensor& t, const char* name, int64_t dim, const at::Tensor& ref,
+                               const char* ref_name, c10::DeviceType type, const char* op) {
+  check_dense(t, name, dim, type, op);
+  check_same_device(t, name, ref, ref_name, op);
+}
+
 // Every value of an integer tensor in [0, upper). One reduction; on a GPU it waits for the
 // device, the price of refusing an index that would read out of bounds.
 inline void check_index_range(const at::Tensor& t, int64_t upper, const char* op, const char* name) {

@@ -13,15 +13,10 @@ namespace flowam {
 inline void linear_max_check_inputs(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                     const at::Tensor& shift, double negative_slope, c10::DeviceType dev,
                                     const char* op) {
-  check_dense(x, "x", 3, dev, op);
-  check_dense(weight, "weight", 2, dev, op);
-  check_dense(scale, "scale", 1, dev, op);
-  check_dense(shift, "shift", 1, dev, op);
-  check_same_device(weight, "weight", x, "x", op);
-  check_same_device(scale, "scale", x, "x", op);
-  check_same_device(shift, "shift", x, "x", op);
-  const auto dt = x.scalar_type();
-  TORCH_CHECK(is_float_or_double(dt), op, ": x must be float32 or float64, got ", dt);
+  const auto dt = check_float_dense(x, "x", 3, dev, op);
+  check_dense_beside(weight, "weight", 2, x, "x", dev, op);
+  check_dense_beside(scale, "scale", 1, x, "x", dev, op);
+  check_dense_beside(shift, "shift", 1, x, "x", dev, op);
   TORCH_CHECK(weight.scalar_type() == dt && scale.scalar_type() == dt && shift.scalar_type() == dt, op,
               ": weight, scale and shift must have the dtype of x (", dt, "), got ", weight.scalar_type(), ", ",
               scale.scalar_type(), ", ", shift.scalar_type());

@@ -12,15 +12,10 @@ namespace flowam {
 inline void quantile_check_forward(const at::Tensor& acts, const at::Tensor& labels, const at::Tensor& quantiles,
                                    const at::Tensor& inv_scale, c10::DeviceType dev, const char* op) {
   const at::Tensor& target = quantiles;
-  check_dense(acts, "acts", 3, dev, op);
-  check_dense(labels, "labels", 1, dev, op);
-  check_dense(target, "quantiles", 3, dev, op);
-  check_dense(inv_scale, "inv_scale", 2, dev, op);
-  check_same_device(labels, "labels", acts, "acts", op);
-  check_same_device(target, "quantiles", acts, "acts", op);
-  check_same_device(inv_scale, "inv_scale", acts, "acts", op);
-  const auto dt = acts.scalar_type();
-  TORCH_CHECK(is_float_or_double(dt), op, ": acts must be float32 or float64, got ", dt);
+  const auto dt = check_float_dense(acts, "acts", 3, dev, op);
+  check_dense_beside(labels, "labels", 1, acts, "acts", dev, op);
+  check_dense_beside(target, "quantiles", 3, acts, "acts", dev, op);
+  check_dense_beside(inv_scale, "inv_scale", 2, acts, "acts", dev, op);
   TORCH_CHECK(target.scalar_type() == dt && inv_scale.scalar_type() == dt, op,
               ": quantiles and inv_scale must have acts' dtype ", dt, ", got ", target.scalar_type(), " and ",
               inv_scale.scalar_type());
