@@ -104,10 +104,23 @@ inline int32_t positions_not_above_generic(const scalar_t* keys, scalar_t thr, i
 }
 
 #if defined(__AVX2__)
-// Writes base + b for each set bit b of m, lowest first; returns how many.
-inline int32_t append_set_bits(unsigned m, int32_t base, int32_t* out) {
+// The lanes of one 256-bit vector of keys not above thr (NaN included), as a bit mask.
+inline unsigned mask_not_above(const float* keys, float thr) {
+  return unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(keys), _mm256_set1_ps(thr), _CMP_NGT_UQ)));
+}
+inline unsigned mask_not_above(const double* keys, double thr) {
+  return unsigned(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(keys), _mm256_set1_pd(thr), _CMP_NGT_UQ)));
+}
+
+// positions_not_above over W keys, a 256-bit vector (32 / sizeof(scalar_t) lanes) at a time,
+// walking the set bits of each vector's mask, lowest first.
+template <typename scalar_t, int32_t W>
+inline int32_t positions_not_above_avx2(const scalar_t* keys, scalar_t thr, int32_t base, int32_t* out) {
+  constexpr int32_t L = 32 / sizeof(scalar_t);
   int32_t count = 0;
-  for (; m; m &= m - 1) out[count++] = base + __builtin_ctz(m);
+  for (int32_t h = 0; h < W; h += L) {
+    for (unsigned m = mask_not_above(keys + h, thr); m; m &= m - 1) out[count++] = base + h + __builtin_ctz(m);
+  }
   return count;
 }
 #endif
@@ -119,13 +132,7 @@ inline int32_t positions_not_above(const float* keys, float thr, int32_t base, i
   _mm512_storeu_si512(out, _mm512_maskz_compress_epi32(m, _mm512_add_epi32(_mm512_set1_epi32(base), lanes)));
   return __builtin_popcount(m);
 #elif defined(__AVX2__)
-  const __m256 t = _mm256_set1_ps(thr);
-  int32_t count = 0;
-  for (int32_t h = 0; h < 16; h += 8) {
-    const unsigned m = unsigned(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(keys + h), t, _CMP_NGT_UQ)));
-    count += append_set_bits(m, base + h, out + count);
-  }
-  return count;
+  return positions_not_above_avx2<float, 16>(keys, thr, base, out);
 #else
   return positions_not_above_generic<float, 16>(keys, thr, base, out);
 #endif
@@ -139,13 +146,7 @@ inline int32_t positions_not_above(const double* keys, double thr, int32_t base,
                       _mm256_maskz_compress_epi32(m, _mm256_add_epi32(_mm256_set1_epi32(base), lanes)));
   return __builtin_popcount(m);
 #elif defined(__AVX2__)
-  const __m256d t = _mm256_set1_pd(thr);
-  int32_t count = 0;
-  for (int32_t h = 0; h < 8; h += 4) {
-    const unsigned m = unsigned(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(keys + h), t, _CMP_NGT_UQ)));
-    count += append_set_bits(m, base + h, out + count);
-  }
-  return count;
+  return positions_not_above_avx2<double, 8>(keys, thr, base, out);
 #else
   return positions_not_above_generic<double, 8>(keys, thr, base, out);
 #endif
