@@ -11,27 +11,26 @@ namespace flowam {
 // N and Q below 2^31 (indices are int32 in the sort and the level map).
 inline void quantile_check_forward(const at::Tensor& acts, const at::Tensor& labels, const at::Tensor& quantiles,
                                    const at::Tensor& inv_scale, c10::DeviceType dev, const char* op) {
-  const at::Tensor& target = quantiles;
   const auto dt = check_float_dense(acts, "acts", 3, dev, op);
   check_dense_beside(labels, "labels", 1, acts, "acts", dev, op);
-  check_dense_beside(target, "quantiles", 3, acts, "acts", dev, op);
+  check_dense_beside(quantiles, "quantiles", 3, acts, "acts", dev, op);
   check_dense_beside(inv_scale, "inv_scale", 2, acts, "acts", dev, op);
-  TORCH_CHECK(target.scalar_type() == dt && inv_scale.scalar_type() == dt, op,
-              ": quantiles and inv_scale must have acts' dtype ", dt, ", got ", target.scalar_type(), " and ",
+  TORCH_CHECK(quantiles.scalar_type() == dt && inv_scale.scalar_type() == dt, op,
+              ": quantiles and inv_scale must have acts' dtype ", dt, ", got ", quantiles.scalar_type(), " and ",
               inv_scale.scalar_type());
   TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
   TORCH_CHECK(labels.size(0) == acts.size(0), op, ": labels has ", labels.size(0), " entries but acts has ",
               acts.size(0), " samples");
-  TORCH_CHECK(target.size(1) == acts.size(1), op, ": quantiles must have shape (classes, ", acts.size(1),
-              ", levels) for acts of shape ", acts.sizes(), ", got ", target.sizes());
-  TORCH_CHECK(target.size(0) > 0 && target.size(2) > 0 && target.size(2) < (int64_t(1) << 31), op,
+  TORCH_CHECK(quantiles.size(1) == acts.size(1), op, ": quantiles must have shape (classes, ", acts.size(1),
+              ", levels) for acts of shape ", acts.sizes(), ", got ", quantiles.sizes());
+  TORCH_CHECK(quantiles.size(0) > 0 && quantiles.size(2) > 0 && quantiles.size(2) < (int64_t(1) << 31), op,
               ": quantiles needs at least one class and one level, and under 2^31 levels, got shape ",
-              target.sizes());
-  TORCH_CHECK(inv_scale.size(0) == target.size(0) && inv_scale.size(1) == acts.size(1), op,
-              ": inv_scale must have shape (", target.size(0), ", ", acts.size(1), "), got ", inv_scale.sizes());
+              quantiles.sizes());
+  TORCH_CHECK(inv_scale.size(0) == quantiles.size(0) && inv_scale.size(1) == acts.size(1), op,
+              ": inv_scale must have shape (", quantiles.size(0), ", ", acts.size(1), "), got ", inv_scale.sizes());
   TORCH_CHECK(acts.size(2) > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
   TORCH_CHECK(acts.size(2) < (int64_t(1) << 31), op, ": acts has ", acts.size(2), " points, above 2^31 - 1");
-  check_index_range(labels, target.size(0), op, "labels");
+  check_index_range(labels, quantiles.size(0), op, "labels");
 }
 
 }  // namespace flowam

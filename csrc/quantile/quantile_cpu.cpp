@@ -1,11 +1,11 @@
 // Quantile flow alignment on the CPU: per (sample, channel) row, the squared 1-D Wasserstein-2
 // distance between the row's N values and the class's quantile function (Q stored levels) read
-// at the N levels by linear interpolation (DESIGN.md, "Faithfulness"). Sorting is the whole cost, so each row is sorted once, by an LSD
-// radix sort on the values' order-preserving bit patterns (float32; 4 byte passes, a pass
-// skipped where every value shares its byte), and the forward writes the gradient's
-// coefficients as it goes: the backward is then one multiply, where autograd's sort backward
-// would scatter. Rows are independent and every sum runs in a fixed order, so results do not
-// depend on the thread count.
+// at the N levels by linear interpolation (DESIGN.md, "Faithfulness"). Sorting is the whole
+// cost, so each row is sorted once, by an LSD radix sort on the values' order-preserving bit
+// patterns (float32; 4 byte passes, a pass skipped where every value shares its byte), and the
+// forward writes the gradient's coefficients as it goes: the backward is then one multiply,
+// where autograd's sort backward would scatter. Rows are independent and every sum runs in a
+// fixed order, so results do not depend on the thread count.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>

@@ -170,7 +170,10 @@ class SanityCheck:
         self._flow_cache = {} if flow_cache is None else flow_cache
         self.variants = tuple(variants)
         # Built once here to validate the method and its arguments before any stage runs.
-        self._uses_flows = self._engine(model, flows).config.flow_weight > 0
+        engine = self._engine(model, flows)
+        #: The AM config (JSON) of the method's explanations, as their stores record it.
+        self.am_config = engine.config.to_json()
+        self._uses_flows = engine.config.flow_weight > 0
         if self._uses_flows and train_set is None:
             raise ValueError(f"method {method!r} aligns activation flows, which must be recomputed for each "
                              "randomized model: pass train_set=")
@@ -412,13 +415,9 @@ def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, aut
     return [check.summarize(prep, measured) for check, prep, measured in zip(checks, preps, run_stages(checks, preps))]
 
 
-def _config(check: SanityCheck) -> str:
-    return check._engine(check.model, check.flows).config.to_json()
-
-
 def _objective(check: SanityCheck) -> str:
     """The check's AM config without the method's name, which only labels the results."""
-    config = json.loads(_config(check))
+    config = json.loads(check.am_config)
     del config["method"]
     return json.dumps(config, sort_keys=True)
 
@@ -426,8 +425,7 @@ def _objective(check: SanityCheck) -> str:
 def _known(check: SanityCheck, candidates):
     """The first of `candidates` (explanations of the trained model) made with the check's
     method and config, or None."""
-    config = _config(check)
-    return next((e for e in candidates if (e.method, e.config) == (check.method, config)), None)
+    return next((e for e in candidates if (e.method, e.config) == (check.method, check.am_config)), None)
 
 
 def _reusable(check: SanityCheck, done, known, classes, seeds):
@@ -515,7 +513,7 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
     for i, key in enumerate(keys):
         if results[i] is None:
             src = source[key]
-            results[i] = dict(results[src], method=checks[i][0].method, config=json.loads(_config(checks[i][0])))
+            results[i] = dict(results[src], method=checks[i][0].method, config=json.loads(checks[i][0].am_config))
             bases[i] = bases[src]
     points = []
     for (method, weight), result, base in zip(runs, results, bases):

@@ -38,7 +38,7 @@ def fused_knn_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     """The same neighbours as `knn_indices` from the fused kNN op (ties to the smaller index,
     where topk's order is unspecified); no gradient flows through indices."""
     with torch.no_grad():
-        return ops.knn(x.detach().transpose(1, 2).contiguous(), k)[1]
+        return ops.knn(x.transpose(1, 2).contiguous(), k)[1]
 
 
 def graph_feature(x: torch.Tensor, k: int, fused: bool = False) -> torch.Tensor:
