@@ -184,7 +184,8 @@ class FlowAM:
         inp = x.transpose(1, 2)
         terms = {}
         if cfg.flow_weight > 0:
-            logits, acts = get_activations(self.model, inp, list(cfg.layers))
+            # Moments of a max-pooled layer come from its input's covariance (ops.LinearActs).
+            logits, acts = get_activations(self.model, inp, list(cfg.layers), linear=cfg.alignment == "moments")
             if cfg.alignment == "quantiles":
                 per_layer = [ops.quantile_align(acts[layer], classes, *self._flow_tensors(layer), backend=self.backend)
                              for layer in cfg.layers]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ops import LinearActs
+
 
 def default_layers(model) -> list:
     layers = getattr(model, "flow_layers", None)
@@ -20,16 +22,29 @@ def default_layers(model) -> list:
     return list(layers)
 
 
+def accepts_linear(module) -> bool:
+    """True when every hook on `module` is a recorder's that takes `LinearActs` (see
+    ActivationRecorder's `linear`): a fast path may then hand the tap a linear layer's input
+    and map instead of writing its activations out."""
+    hooks = list(module._forward_hooks.values())
+    return bool(hooks) and not module._forward_pre_hooks and all(getattr(h, "accepts_linear", False) for h in hooks)
+
+
 class ActivationRecorder:
     """Context manager recording the outputs of the named modules during forward passes.
 
     with ActivationRecorder(model, ["feat.act1"]) as rec:
         logits = model(x)
     rec.activations["feat.act1"]  # (B, C, N), still attached to the autograd graph
+
+    linear=True: the caller also takes `flowam_fast.ops.LinearActs` (what `ops.flow_align`
+    reads without the activations written out); the built-in fast paths then record those at
+    their max-pooled layers, where nothing else needs the dense activations.
     """
 
-    def __init__(self, model: torch.nn.Module, layers):
+    def __init__(self, model: torch.nn.Module, layers, linear: bool = False):
         self.model = model
+        self.linear = bool(linear)
         self.layers = list(layers)
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"duplicate layer names in {self.layers}")
@@ -45,11 +60,15 @@ class ActivationRecorder:
 
     def _hook(self, name):
         def record(_module, _inputs, output):
+            if self.linear and isinstance(output, LinearActs):
+                self.activations[name] = output
+                return
             if not isinstance(output, torch.Tensor) or output.dim() != 3:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
                 raise ValueError(f"layer {name!r} must output per-point activations (B, C, N), got {shape}")
             self.activations[name] = output
 
+        record.accepts_linear = self.linear
         return record
 
     def __enter__(self):
@@ -64,9 +83,10 @@ class ActivationRecorder:
         return False
 
 
-def get_activations(model, x: torch.Tensor, layers):
-    """(logits, {layer: activations (B, C, N)}) of one forward pass of `model` on x (B, 3, N)."""
-    with ActivationRecorder(model, layers) as rec:
+def get_activations(model, x: torch.Tensor, layers, linear: bool = False):
+    """(logits, {layer: activations (B, C, N)}) of one forward pass of `model` on x (B, 3, N).
+    linear: activations may come as `LinearActs` (see ActivationRecorder)."""
+    with ActivationRecorder(model, layers, linear=linear) as rec:
         logits = model(x)
     missing = [n for n in rec.layers if n not in rec.activations]
     if missing:

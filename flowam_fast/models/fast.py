@@ -13,7 +13,9 @@ folded here into the preceding linear map. Two exact rewrites then remove most o
 
 Everything runs points-last (B, N, C). Activation taps are still called with (B, C, N) views,
 so hooks (FlowAM's flow term) see exactly what the plain path gives them; a tap with hooks on
-a max-pooled layer makes that layer dense, since its statistics need every point.
+a max-pooled layer makes that layer dense, since its statistics need every point, unless its
+hooks take `ops.LinearActs` (a flow term on moments: `activations.accepts_linear`), which
+carry the layer's input and folded map and cost no GEMM here.
 
 `model.fast_path = False` (or `with plain_path(model):`) goes back to the plain PyTorch path;
 training (BatchNorm in training mode) always uses the plain path.
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from .activations import accepts_linear
 
 
 def use_fast_path(model) -> bool:
@@ -77,7 +80,9 @@ def _max_block(x, layer, bn, negative_slope, tap=None):
     point) gets the dense pre-activation as well; the pooled value still comes from the fused
     op, whose sparse backward is cheaper than a dense max's even with the GEMM done twice."""
     w, scale, shift = fold_bn(layer, bn)
-    if tap is not None and _hooked(tap):
+    if tap is not None and accepts_linear(tap):
+        tap(ops.LinearActs(x, w * scale[:, None], shift))
+    elif tap is not None and _hooked(tap):
         _tap(tap, _dense(x, w, scale, shift, None))
     return ops.linear_max(x, w, scale, shift, 1.0 if negative_slope is None else negative_slope)
 

@@ -3,10 +3,10 @@
 from . import reference
 from .backend import available_backends
 from .edge_max import edge_max
-from .flow import FlowStats, flow_align, flow_stats, flow_std, merge_flow_stats
+from .flow import FlowStats, LinearActs, flow_align, flow_stats, flow_std, merge_flow_stats
 from .knn import knn
 from .linear_max import linear_max
 from .quantile_align import quantile_align
 
-__all__ = ["knn", "edge_max", "linear_max", "flow_stats", "flow_align", "FlowStats", "merge_flow_stats",
+__all__ = ["knn", "edge_max", "linear_max", "flow_stats", "flow_align", "LinearActs", "FlowStats", "merge_flow_stats",
            "flow_std", "quantile_align", "reference", "available_backends"]

@@ -249,3 +249,32 @@ def test_builtin_models_are_batch_composition_invariant_bit_for_bit(arch, method
                   eng.run([0, 1, 2], [0, 1], batch_size=4).sorted()):
         assert np.array_equal(other.points, together.points)
         assert np.array_equal(other.logits, together.logits)
+
+
+def test_flow_term_on_the_pooled_layers_closed_form_equals_the_written_out_one(monkeypatch):
+    """The built-in PointNet's fast path gives the flow term its max-pooled layers as
+    LinearActs (moments from the input's covariance); the objective and its gradient match
+    the same term on the written-out activations."""
+    from flowam_fast.models import build_model, fast
+    from tests.helpers import randomize
+
+    torch.manual_seed(0)
+    model = randomize(build_model("pointnet", num_classes=3, width=0.25, feature_transform=True)).eval()
+    flows = compute_flows(model, _data(num=24, n=64), quiet=True)
+    eng = FlowAM(model, flows, steps=1, num_points=64, quiet=True)
+    x0 = torch.rand(4, 64, 3) - 0.5
+    cls = torch.tensor([0, 1, 2, 1])
+    seen = []
+    orig = ops.flow_align
+    monkeypatch.setattr(ops, "flow_align", lambda a, *r, **k: seen.append(type(a).__name__) or orig(a, *r, **k))
+    out = {}
+    for linear in (True, False):
+        if not linear:
+            monkeypatch.setattr(fast, "accepts_linear", lambda module: False)
+        x = x0.clone().requires_grad_(True)
+        total, _, terms = eng.objective(x, cls)
+        total.sum().backward()
+        out[linear] = (terms["flow"].detach(), x.grad)
+    assert seen.count("LinearActs") == 2 and seen.count("Tensor") == 10  # 2 pooled of 6 layers, then all dense
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-3, atol=1e-4 * out[False][1].abs().max().item())
