@@ -26,9 +26,10 @@ def add_arguments(p) -> None:
     p.add_argument("--sanity-seeds", type=int, default=3,
                    help="seeds per class in the sanity check, at least 2 (default: 3, i.e. 3 seed pairs per class "
                         "for its seed-to-seed threshold)")
-    p.add_argument("--flow-weights", default=None,
-                   help='also run the flow weight trade-off at these weights on the sanity classes, e.g. "0,1,10,100" '
-                        '(default: not run; it costs one sanity check per weight)')
+    p.add_argument("--flow-weights", default="default",
+                   help='the flow weight trade-off at these weights on the sanity classes, e.g. "0,1,10,100", with '
+                        'the sanity check ("none" skips it; default: 0,10,100 for the pointnet demo, none for the '
+                        'dgcnn one; each weight costs one sanity check)')
     p.add_argument("--alignment", choices=["moments", "quantiles"], default="moments",
                    help="FlowAM's flow term: per-channel mean and std (default) or per-channel quantiles")
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")
@@ -41,6 +42,11 @@ def run(args) -> int:
              evaluator_epochs=args.evaluator_epochs, shapes=args.shapes, train_per_class=args.train_per_class,
              test_per_class=args.test_per_class, sanity_classes=args.sanity_classes, sanity_seeds=args.sanity_seeds,
              fresh=args.fresh, quiet=args.quiet, device=device_of(args), model=args.model,
-             tradeoff_weights=parse_weights(args.flow_weights) if args.flow_weights else None,
+             tradeoff_weights=_weights(args.flow_weights),
              alignment=args.alignment)
     return 0
+
+
+def _weights(text: str):
+    text = text.strip()
+    return text if text == "default" else None if text == "none" else parse_weights(text)

@@ -460,10 +460,11 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
     """Perceptibility against faithfulness as the flow weight varies (DESIGN.md, "Faithfulness").
 
     For each weight of `flow_weights`, the randomization check of FlowAM at that weight, and of
-    each method of `baselines` once (flow_weight None). Each point holds the trained model's
-    success and mean Chamfer distance to real samples of the target class (`class_refs`,
-    default `references`; perceptibility, lower is better), each stage's margins and the
-    verdict (faithfulness), and `worst_margin` (see `worst_margin`). references: real clouds per
+    each method of `baselines` once (flow_weight None). Each point is that check's result (as
+    `SanityCheck.run` gives it: each stage's margins and the verdict, i.e. faithfulness) with
+    the trained model's success and mean Chamfer distance to real samples of the target class
+    (`class_refs`, default `references`; perceptibility, lower is better) and `worst_margin`
+    (see `worst_margin`). references: real clouds per
     class for the realism columns; trained: explanations of the trained model already made
     (any methods and configs; those that match a point's are reused). done: results of
     `SanityCheck.run` already made on this model and these classes and seeds (e.g. the demo's
@@ -517,12 +518,11 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
             bases[i] = bases[src]
     points = []
     for (method, weight), result, base in zip(runs, results, bases):
-        stages = [{k: s[k] for k in ("variant", "stage", "chamfer_margin", "spearman_margin", "changed")}
-                  for s in result["stages"]]
-        points.append({"method": method, "flow_weight": weight, "success": result["trained"]["success"],
+        # The whole check's result (what `SanityCheck.run` gives: the demo's sanity table reads
+        # FlowAM's and AE-latent's from here), and the point's two coordinates.
+        points.append({**result, "method": method, "flow_weight": weight, "success": result["trained"]["success"],
                        "chamfer_to_class": float(metrics.chamfer_to_class(base.points, base.classes, class_refs).mean()),
-                       "worst_margin": worst_margin(stages), "stages": stages, "verdict": result["verdict"],
-                       "config": result["config"]})
+                       "worst_margin": worst_margin(result["stages"])})
     return {"classes": result["classes"], "seeds": result["seeds"], "sigmas": SIGMAS,
             "points": [p for p in points if p["method"] == "flowam"],
             "references": [p for p in points if p["method"] != "flowam"]}

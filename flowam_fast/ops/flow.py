@@ -121,7 +121,9 @@ class _LinearMoments(torch.autograd.Function):
         g_var = g_var.to(d.dtype)
         big_g = torch.matmul(a_t * g_var[:, None, :], a_t.t())  # (B, Cin, Cin), symmetric
         g_xbar = (g_mean @ a_t.t().double()).to(d.dtype)  # (B, Cin)
-        dx = torch.baddbmm(g_xbar[:, None, :] / n, d, big_g, alpha=2.0 / n)
+        # bmm, then the per-sample constant in place: baddbmm would first copy the broadcast
+        # constant into a (B, N, Cin) buffer.
+        dx = torch.bmm(d, big_g.mul_(2.0 / n)).add_((g_xbar / n)[:, None, :])
         da = dshift = None
         if ctx.needs_input_grad[1]:
             # d mean_c / d a_c = x̄; d var_c / d a_c = 2 S a_c.

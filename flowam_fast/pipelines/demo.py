@@ -91,6 +91,12 @@ def _clear_stale_cache(out: Path, model: str = "pointnet") -> None:
     (out / "demo.json").write_text(json.dumps(stamp) + "\n")
 
 
+#: The flow weights of each demo model's trade-off, run by default (`tradeoff_weights`). On the
+#: PointNet: FlowAM at 0 (regularized AM's check, a reference anyway), 10 and 100 (the demo's own
+#: sanity check) cost one check more than the sanity check alone; weight 1 would cost another
+#: (`--flow-weights 0,1,10,100`). The DGCNN demo leaves it off: its checks take longer.
+DEMO_TRADEOFF_WEIGHTS = {"pointnet": (0.0, 10.0, 100.0), "dgcnn": None}
+
 #: Processes for the sanity check's stages (one thread each). Measured on the 2-core machine,
 #: a 12-job FlowAM step: 58 ms with two threads in one process, 91 ms in each of two
 #: one-thread processes at once, so two processes do 1.28x the work.
@@ -101,16 +107,20 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
              ae_epochs: int | None = None, evaluator_epochs: int | None = None, shapes: str = "all",
              train_per_class: int = 200, test_per_class: int = 50,
              sanity_classes: str = "cube,cone,torus,chair", sanity_seeds: int = 3, fresh: bool = False,
-             quiet: bool = False, device="cpu", model: str = "pointnet", tradeoff_weights=None,
+             quiet: bool = False, device="cpu", model: str = "pointnet", tradeoff_weights="default",
              alignment: str = "moments") -> dict:
     """Run every stage into the directory `out` (see the module docstring); returns the metrics
     rows, the sanity results, the trade-off (None unless asked for) and the stage timings.
     Stages whose outputs exist are reused. Training runs on the CPU (the demo models are
     small); everything after it on `device`. model: the demo classifier, "pointnet" or "dgcnn".
     tradeoff_weights: flow weights (e.g. [0, 1, 10, 100]) of the trade-off, run on the sanity
-    check's classes and seeds; None skips it (it costs a sanity check per weight). alignment:
+    check's classes and seeds together with it (FlowAM's own weight is always one of them: the
+    sanity check's FlowAM is that point); "default" takes DEMO_TRADEOFF_WEIGHTS[model], None
+    skips it (it costs a sanity check per weight). alignment:
     FlowAM's flow term, "moments" or "quantiles" (the flows then store DEFAULT_QUANTILE_LEVELS)."""
     config = demo_config(model)  # an unknown model is refused before anything is written
+    if isinstance(tradeoff_weights, str) and tradeoff_weights == "default":
+        tradeoff_weights = None if sanity_classes.strip() == "none" else DEMO_TRADEOFF_WEIGHTS[model]
     if alignment not in ALIGNMENTS:
         raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
     if tradeoff_weights is not None and sanity_classes.strip() == "none":
@@ -189,24 +199,30 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
                       labels=["regularized AM", "AE-latent AM"], references=examples)
     with stage("evaluator"):
         evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=evaluator_epochs, quiet=quiet).to(device)
-    sanity = []
+    sanity, traded = [], None
     if sanity_classes.strip() != "none":
-        with stage("sanity"):
+        with stage("sanity" if tradeoff_weights is None else "sanity and trade-off"):
             sanity_classes = parse_classes(sanity_classes, flows.class_names, flows.num_classes)
+            sanity_seeds = list(range(sanity_seeds))
             refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS), device)
-            sanity = run_methods(model, ["flowam", "ae-latent"], sanity_classes, list(range(sanity_seeds)),
-                                 evaluator, flows, train_set,
-                                 autoencoder=ae, references=refs, quiet=quiet, num_points=num_points,
-                                 trained=results, workers=SANITY_WORKERS, **am)
+            shared = dict(autoencoder=ae, quiet=quiet, num_points=num_points, trained=results,
+                          workers=SANITY_WORKERS, **am)
+            if tradeoff_weights is None:
+                sanity = run_methods(model, ["flowam", "ae-latent"], sanity_classes, sanity_seeds, evaluator, flows,
+                                     train_set, references=refs, **shared)
+            else:
+                # One queue of checks for both: the sanity check's FlowAM is the trade-off's point
+                # at FlowAM's weight, its AE-latent AM a reference of the trade-off.
+                own = json.loads(results["flowam"].config)["flow_weight"]
+                weights = list(dict.fromkeys([float(w) for w in tradeoff_weights] + [own]))
+                class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS),
+                                       device)
+                traded = tradeoff(model, evaluator, flows, train_set, sanity_classes, sanity_seeds, weights, refs,
+                                  class_refs=class_refs, **shared)
+                sanity = [next(p for p in traded["points"] if p["flow_weight"] == own),
+                          next(p for p in traded["references"] if p["method"] == "ae-latent")]
+                write_tradeoff(traded, out)
             write_outputs(sanity, out)
-    traded = None
-    if tradeoff_weights is not None:
-        with stage("tradeoff"):
-            class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS), device)
-            traded = tradeoff(model, evaluator, flows, train_set, sanity_classes, list(range(sanity_seeds)),
-                              tradeoff_weights, refs, class_refs=class_refs, autoencoder=ae, quiet=quiet,
-                              num_points=num_points, trained=results, done=sanity, workers=SANITY_WORKERS, **am)
-            write_tradeoff(traded, out)
     with stage("metrics"):
         real = RealData(test_set.points, test_set.labels, evaluator=evaluator, device=device)  # the split loaded above
         metrics = evaluate_sets([results[m] for m in METHODS], real)

@@ -93,8 +93,15 @@ def test_demo_tiny(tmp_path, monkeypatch):
     assert [m["method"] for m in summary["methods"]] == ["flowam", "vanilla", "regularized", "ae-latent"]
     assert [m["method"] for m in summary["sanity"]] == ["flowam", "ae-latent"]
     assert all(m["seeds"] == [0, 1] and "nearest_real" in m["trained"] for m in summary["sanity"])
+    # The PointNet demo's default trade-off, with the sanity check in one queue: its FlowAM is
+    # the point at weight 100, its AE-latent AM a reference.
+    traded = json.loads((out / "tradeoff.json").read_text())
+    assert [p["flow_weight"] for p in traded["points"]] == [0.0, 10.0, 100.0]
+    assert [p["method"] for p in traded["references"]] == ["regularized", "ae-latent"]
+    assert summary["sanity"] == [traded["points"][2], traded["references"][1]] and summary["tradeoff"] == traded
     md = (out / "report.md").read_text()
     assert "Randomization sanity check" in md and "FlowAM / plain AM Chamfer ratio" in md
+    assert "Flow weight trade-off" in md and (out / "tradeoff.png").exists()
     # Outputs of another version in the same directory are redone, not mixed in or fatal:
     # flows of older activation taps and a store made with another config.
     import json as _json
@@ -107,7 +114,7 @@ def test_demo_tiny(tmp_path, monkeypatch):
         f.attrs["model"] = _json.dumps(desc)
     with h5py.File(out / "flowam.h5", "r+") as f:
         f.attrs["config"] = f.attrs["config"].replace('"steps": 2', '"steps": 3')
-    assert main(["demo", "--out", str(out), *DEMO_TINY, "--sanity-classes", "none"]) == 0
+    assert main(["demo", "--out", str(out), *DEMO_TINY, "--sanity-classes", "none"]) == 0  # no trade-off either
     from flowam_fast import Explanations, Flows
 
     assert "tap_version" in Flows.load(out / "flows.h5").model

@@ -2,6 +2,8 @@
 trade-off, stage by stage on a tiny configuration; switching a directory between demo models."""
 import json
 
+import pytest
+
 from flowam_fast.cli import main
 from flowam_fast.am.flows import Flows
 from flowam_fast.models import DGCNN, load_checkpoint
@@ -23,18 +25,20 @@ def test_dgcnn_demo_with_tradeoff(tmp_path, monkeypatch):
     point = {"method": "flowam", "success": 1.0, "chamfer_to_class": 0.05, "stages": [], "verdict": {"passes": False}}
     canned = {"classes": [0, 1], "seeds": [0, 1], "sigmas": 2.0,
               "points": [dict(point, flow_weight=w, worst_margin=1.0) for w in (0.0, 100.0)],
-              "references": [dict(point, method="regularized", flow_weight=None, worst_margin=3.0)]}
+              "references": [dict(point, method=m, flow_weight=None, worst_margin=3.0)
+                             for m in ("regularized", "ae-latent")]}
 
     def fake_tradeoff(model, evaluator, flows, train_set, classes, seeds, weights, refs, **kw):
         seen.update(model=model, classes=classes, seeds=seeds, weights=weights, **kw)
         return canned
 
-    monkeypatch.setattr(demo, "run_methods", lambda *a, **kw: seen.setdefault("sanity", ["sanity results"]))
-    monkeypatch.setattr(demo, "write_outputs", lambda results, out: None)
+    monkeypatch.setattr(demo, "run_methods", lambda *a, **kw: pytest.fail("the trade-off runs the sanity check"))
+    monkeypatch.setattr(demo, "write_outputs", lambda results, out: seen.setdefault("sanity", results))
     monkeypatch.setattr(demo, "sanity_markdown", lambda results: "sanity table")
     monkeypatch.setattr(demo, "tradeoff", fake_tradeoff)
     out = tmp_path / "demo"
-    assert main(["demo", "--model", "dgcnn", "--out", str(out), "--flow-weights", "0,100", *TINY]) == 0
+    # FlowAM's own weight (100) joins the weights asked for.
+    assert main(["demo", "--model", "dgcnn", "--out", str(out), "--flow-weights", "0", *TINY]) == 0
     model = load_checkpoint(out / "model.pt")
     cfg = DEMO_CONFIGS["dgcnn"]
     assert isinstance(model, DGCNN) and model.k == cfg["k"] and model.emb_dims == cfg["emb_dims"]
@@ -45,9 +49,11 @@ def test_dgcnn_demo_with_tradeoff(tmp_path, monkeypatch):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["model"] == "dgcnn" and summary["tradeoff"] == canned
     assert [m["method"] for m in summary["methods"]] == ["flowam", "vanilla", "regularized", "ae-latent"]
-    # The trade-off runs on the sanity check's grid and reuses its results and the demo's stores.
+    # The trade-off runs on the sanity check's grid, reuses the demo's stores, and its points at
+    # FlowAM's weight and AE-latent AM are the sanity check's results.
     assert isinstance(seen["model"], DGCNN) and seen["classes"] == [0, 1] and seen["seeds"] == [0, 1]
-    assert seen["weights"] == [0.0, 100.0] and seen["done"] == ["sanity results"]
+    assert seen["weights"] == [0.0, 100.0] and "done" not in seen
+    assert seen["sanity"] == [canned["points"][1], canned["references"][1]]
     assert sorted(seen["trained"]) == ["ae-latent", "flowam", "regularized", "vanilla"]
     assert seen["num_points"] == cfg["num_points"] and seen["steps"] == 2
     md = (out / "report.md").read_text()
@@ -75,7 +81,6 @@ def test_switching_the_demo_model_redoes_the_classifiers_outputs(tmp_path, capsy
 
 def test_demo_model_and_tradeoff_errors(tmp_path, capsys):
     from flowam_fast.pipelines.demo import run_demo
-    import pytest
 
     with pytest.raises(ValueError, match="unknown demo model"):
         run_demo(tmp_path / "x", model="resnet")
