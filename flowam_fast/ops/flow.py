@@ -96,20 +96,23 @@ class _LinearMoments(torch.autograd.Function):
     Forward: the centred covariance S = D^T D / N (D = x - x̄), mean = x̄ a^T + shift and
     var_c = a_c^T S a_c. Backward, from the upstream g_m, g_v (B, C): dL/dS = a^T diag(g_v) a
     =: G and dL/dx̄ = a^T g_m, so dx_n = (2/N) D_n G + (1/N) a^T g_m (the x̄ inside S drops
-    out: sum_n D_n = 0). Three small GEMMs each way; autograd through the same ops took 4x as
+    out: sum_n D_n = 0). A few small GEMMs each way; autograd through the same ops took 4x as
     long. S and the quadratic form are in x's dtype: on the demo PointNet's layers the
     variance is then within 1e-5 (relative) of a float64 computation, against 1e-7 for the
-    written-out float32 activations, and float64 GEMMs of these shapes cost 2-4x more."""
+    written-out float32 activations, and float64 GEMMs of these shapes cost 2-4x more.
+    Every product is per sample (bmm against the map broadcast, as models.linear.RowLinear
+    does): one GEMM over the whole batch is blocked by its row count, and a sample's result
+    would then depend on the batch it is in, which the AM engine promises it does not."""
 
     @staticmethod
     def forward(ctx, x, a, shift):
-        n = x.shape[1]
+        b, n = x.shape[0], x.shape[1]
         x_mean = x.mean(1, keepdim=True)
         d = x - x_mean
         cov = torch.bmm(d.transpose(1, 2), d).div_(n)
         a_t = a.t().contiguous()
-        var = (torch.matmul(cov, a_t) * a_t).sum(1).double()
-        mean = x_mean.squeeze(1).double() @ a_t.double() + shift.double()
+        var = (torch.bmm(cov, a_t.expand(b, -1, -1)) * a_t).sum(1).double()
+        mean = torch.baddbmm(shift.expand(b, 1, -1), x_mean, a_t.expand(b, -1, -1))[:, 0].double()
         ctx.save_for_backward(d, x_mean, cov, a_t)
         ctx.dtypes = (a.dtype, shift.dtype)
         return mean, var
@@ -117,13 +120,14 @@ class _LinearMoments(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_mean, g_var):
         d, x_mean, cov, a_t = ctx.saved_tensors
-        n = d.shape[1]
+        b, n = d.shape[0], d.shape[1]
         g_var = g_var.to(d.dtype)
-        big_g = torch.matmul(a_t * g_var[:, None, :], a_t.t())  # (B, Cin, Cin), symmetric
-        g_xbar = (g_mean @ a_t.t().double()).to(d.dtype)  # (B, Cin)
+        a_b = a_t.t().expand(b, -1, -1)
+        big_g = torch.bmm(a_t * g_var[:, None, :], a_b)  # (B, Cin, Cin), symmetric
+        g_xbar = torch.bmm(g_mean.to(d.dtype)[:, None, :], a_b)  # (B, 1, Cin)
         # bmm, then the per-sample constant in place: baddbmm would first copy the broadcast
         # constant into a (B, N, Cin) buffer.
-        dx = torch.bmm(d, big_g.mul_(2.0 / n)).add_((g_xbar / n)[:, None, :])
+        dx = torch.bmm(d, big_g.mul_(2.0 / n)).add_(g_xbar.div_(n))
         da = dshift = None
         if ctx.needs_input_grad[1]:
             # d mean_c / d a_c = x̄; d var_c / d a_c = 2 S a_c.

@@ -137,3 +137,17 @@ def test_a_foreign_hook_keeps_the_layer_written_out():
     finally:
         handle.remove()
     assert seen == [torch.Tensor] and isinstance(acts["feat.act3"], torch.Tensor)
+
+
+def test_a_samples_loss_and_gradient_do_not_depend_on_its_batch():
+    """Bit for bit, at the demo PointNet's pooled-layer sizes: the AM engine's promise that a
+    job's trajectory does not depend on the jobs beside it rests on this."""
+    lin = _linear(7, 512, 32, 256, seed=6)
+    labels = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    mu, sigma = _flow(3, 256)
+    g = torch.ones(7, dtype=torch.float64)
+    whole = _grads(lin, lambda a: flow_align(a, labels, mu, sigma, backend="cpu"), g)
+    for rows in (slice(0, 1), slice(2, 5), slice(6, 7)):
+        part = LinearActs(lin.x[rows], lin.weight, lin.shift)
+        got = _grads(part, lambda a: flow_align(a, labels[rows], mu, sigma, backend="cpu"), g[rows])
+        assert torch.equal(got[0], whole[0][rows]) and torch.equal(got[1], whole[1][rows])
