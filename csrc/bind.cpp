@@ -34,7 +34,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::arg("points_last") = false);
   // CPU only (ops.h says why), so bound without the CUDA twin of FLOWAM_DEF.
   m.def("quantile_align_forward_cpu", &flowam::quantile_align_forward_cpu, "quantile alignment loss and gradient",
-        py::arg("acts"), py::arg("labels"), py::arg("quantiles"), py::arg("inv_scale"));
+        py::arg("acts"), py::arg("labels"), py::arg("quantiles"), py::arg("inv_scale"), py::arg("points_last"));
+  m.def("quantile_sort_cpu", &flowam::quantile_sort_cpu, "rows sorted ascending", py::arg("acts"),
+        py::arg("points_last"));
 #ifdef FLOWAM_WITH_CUDA
   m.attr("with_cuda") = true;
   m.attr("knn_max_k_cuda") = flowam::kKnnCudaMaxK;

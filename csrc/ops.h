@@ -52,13 +52,19 @@ at::Tensor flow_align_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
                                    const at::Tensor& sigma, const at::Tensor& mean,
                                    const at::Tensor& std, bool points_last);
 
-// Quantile alignment loss (see flowam_fast/ops/quantile_align.py): acts (B,C,N), labels (B),
+// Quantile alignment loss (see flowam_fast/ops/quantile_align.py): acts (B,C,N), or (B,N,C) with
+// points_last, labels (B),
 // quantiles (K,C,Q) the class quantile functions at levels (j + 0.5) / Q, read at the N levels
 // by linear interpolation, inv_scale (K,C) = 1 / s, floats of one dtype. Returns {loss (B),
-// grad (B,C,N)}: grad is d loss[b] / d acts[b], so the backward is grad_loss[b] * grad. CPU
+// grad (acts' layout)}: grad is d loss[b] / d acts[b], so the backward is grad_loss[b] * grad. CPU
 // only: on a GPU torch.sort is fast, and the front end uses it there.
 std::vector<at::Tensor> quantile_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
-                                                   const at::Tensor& quantiles, const at::Tensor& inv_scale);
+                                                   const at::Tensor& quantiles, const at::Tensor& inv_scale,
+                                                   bool points_last);
+
+// Each (sample, channel) row of acts (B,C,N), or (B,N,C) with points_last, sorted ascending:
+// (B,C,N), by quantile_align's row sort (the flows' per-sample quantile functions). CPU only.
+at::Tensor quantile_sort_cpu(const at::Tensor& acts, bool points_last);
 
 #ifdef FLOWAM_WITH_CUDA
 // Declared through decltype, so a twin cannot drift from its CPU signature; each .cu file

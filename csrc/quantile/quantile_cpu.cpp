@@ -5,7 +5,10 @@
 // patterns (float32; 4 byte passes, a pass skipped where every value shares its byte), and the
 // forward writes the gradient's coefficients as it goes: the backward is then one multiply,
 // where autograd's sort backward would scatter. Rows are independent and every sum runs in a
-// fixed order, so results do not depend on the thread count.
+// fixed order, so results do not depend on the thread count. Points-last activations (B, N, C),
+// as the fast paths make them, are read in place: a row is gathered into a local buffer (the
+// rows of one sample are taken channel after channel, so each gather hits the cache lines the
+// last one loaded) and its gradient scattered back the same way.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -86,19 +89,27 @@ struct LevelMap {
   }
 };
 
-// Row r = (b, c) of acts against row (labels[b], c) of the class tables.
+// Row r = (b, c) of acts against row (labels[b], c) of the class tables. The row's values sit at
+// acts[b][c][i] (stride 1), or at acts[b][i][c] (stride channels) when points_last.
 template <typename T>
 void quantile_rows(const T* acts, const int64_t* labels, const T* quantiles, const T* inv_s, int64_t rows,
-                   int64_t channels, int64_t n, int64_t q, double coef, double* row_loss, T* grad) {
+                   int64_t channels, int64_t n, int64_t q, double coef, bool points_last, double* row_loss,
+                   T* grad) {
   const LevelMap map(n, q);
+  const int64_t stride = points_last ? channels : 1;
   at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
     RowSorter sorter;
     std::vector<int32_t> order(n);
+    std::vector<T> vals(n), gvals(n);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t row_k = labels[r / channels] * channels + r % channels;
-      const T* a = acts + r * n;
+      const int64_t b = r / channels, c = r % channels;
+      const int64_t row_k = labels[b] * channels + c;
+      const int64_t start = points_last ? b * n * channels + c : r * n;
+      const T* src = acts + start;
+      for (int64_t i = 0; i < n; ++i) vals[i] = src[i * stride];
+      const T* a = vals.data();
       const T* qk = quantiles + row_k * q;
-      T* g = grad + r * n;
+      T* g = gvals.data();
       const double is = static_cast<double>(inv_s[row_k]);
       sorter.order(a, n, order.data());
       double sum = 0.0;
@@ -110,25 +121,58 @@ void quantile_rows(const T* acts, const int64_t* labels, const T* quantiles, con
         sum += d * d;
         g[j] = static_cast<T>(coef * d * is);  // d(loss)/d(a_j): 2 (a_j - t_i) / s^2, over N C
       }
+      T* dst = grad + start;
+      for (int64_t i = 0; i < n; ++i) dst[i * stride] = g[i];
       row_loss[r] = sum;
+    }
+  });
+}
+
+template <typename T>
+void sort_rows(const T* acts, int64_t rows, int64_t channels, int64_t n, bool points_last, T* out) {
+  const int64_t stride = points_last ? channels : 1;
+  at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+    RowSorter sorter;
+    std::vector<int32_t> order(n);
+    std::vector<T> vals(n);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / channels, c = r % channels;
+      const T* src = acts + (points_last ? b * n * channels + c : r * n);
+      for (int64_t i = 0; i < n; ++i) vals[i] = src[i * stride];
+      sorter.order(vals.data(), n, order.data());
+      T* dst = out + r * n;
+      for (int64_t i = 0; i < n; ++i) dst[i] = vals[order[i]];
     }
   });
 }
 
 }  // namespace
 
+at::Tensor quantile_sort_cpu(const at::Tensor& acts, bool points_last) {
+  constexpr const char* op = "quantile_sort_cpu";
+  check_float_dense(acts, "acts", 3, c10::DeviceType::CPU, op);
+  const int64_t B = acts.size(0), C = acts.size(points_last ? 2 : 1), N = acts.size(points_last ? 1 : 2);
+  TORCH_CHECK(N < (int64_t(1) << 31), op, ": acts has ", N, " points, above 2^31 - 1");
+  auto out = at::empty({B, C, N}, acts.options());
+  AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op, [&] {
+    sort_rows<scalar_t>(acts.data_ptr<scalar_t>(), B * C, C, N, points_last, out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
 std::vector<at::Tensor> quantile_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
-                                                   const at::Tensor& quantiles, const at::Tensor& inv_scale) {
+                                                   const at::Tensor& quantiles, const at::Tensor& inv_scale,
+                                                   bool points_last) {
   constexpr const char* op = "quantile_align_forward_cpu";
-  quantile_check_forward(acts, labels, quantiles, inv_scale, c10::DeviceType::CPU, op);
-  const int64_t B = acts.size(0), C = acts.size(1), N = acts.size(2);
+  quantile_check_forward(acts, labels, quantiles, inv_scale, points_last, c10::DeviceType::CPU, op);
+  const int64_t B = acts.size(0), C = acts.size(points_last ? 2 : 1), N = acts.size(points_last ? 1 : 2);
   auto grad = at::empty_like(acts);
   auto row_loss = at::empty({B * C}, acts.options().dtype(at::kDouble));
   auto loss = at::empty({B}, acts.options());
   const double coef = 2.0 / static_cast<double>(N * C);
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op, [&] {
     quantile_rows<scalar_t>(acts.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(), quantiles.data_ptr<scalar_t>(),
-                            inv_scale.data_ptr<scalar_t>(), B * C, C, N, quantiles.size(2), coef,
+                            inv_scale.data_ptr<scalar_t>(), B * C, C, N, quantiles.size(2), coef, points_last,
                             row_loss.data_ptr<double>(), grad.data_ptr<scalar_t>());
     const double* rl = row_loss.data_ptr<double>();
     scalar_t* out = loss.data_ptr<scalar_t>();

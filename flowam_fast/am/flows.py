@@ -254,7 +254,7 @@ def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes
             stats[layer] = part if stats[layer] is None else ops.merge_flow_stats(stats[layer], part)
             if quantile_levels:
                 # Sorting is exact in any dtype: float64 only for the sum over samples.
-                q = sample_quantiles(acts[layer], quantile_levels).cpu().double()
+                q = sample_quantiles(acts[layer], quantile_levels, backend=backend).cpu().double()
                 if layer not in qsum:
                     qsum[layer] = torch.zeros((num_classes,) + q.shape[1:], dtype=torch.float64)
                 qsum[layer].index_add_(0, labels, q)

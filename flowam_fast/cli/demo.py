@@ -28,8 +28,8 @@ def add_arguments(p) -> None:
                         "for its seed-to-seed threshold)")
     p.add_argument("--flow-weights", default="default",
                    help='the flow weight trade-off at these weights on the sanity classes, e.g. "0,1,10,100", with '
-                        'the sanity check ("none" skips it; default: 0,10,100 for the pointnet demo, none for the '
-                        'dgcnn one; each weight costs one sanity check)')
+                        'the sanity check ("none" skips it; default: 0,10,100 for the pointnet demo with moments, '
+                        'none for the dgcnn one or with quantiles; each weight costs one sanity check)')
     p.add_argument("--alignment", choices=["moments", "quantiles"], default="moments",
                    help="FlowAM's flow term: per-channel mean and std (default) or per-channel quantiles")
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")

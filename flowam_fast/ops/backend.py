@@ -19,7 +19,7 @@ import torch
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
 KERNELS = ("knn_forward", "knn_backward", "edge_max_forward", "edge_max_backward", "linear_max_forward",
            "linear_max_backward", "flow_stats", "flow_align_forward", "flow_align_backward")
-CPU_ONLY_KERNELS = ("quantile_align_forward",)
+CPU_ONLY_KERNELS = ("quantile_align_forward", "quantile_sort")
 
 try:
     from flowam_fast import _C  # noqa: F401

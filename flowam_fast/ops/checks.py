@@ -68,6 +68,15 @@ def kernel_float(t: torch.Tensor) -> torch.Tensor:
     return t.float().contiguous()
 
 
+def kernel_acts(acts: torch.Tensor):
+    """(tensor for the kernel, points_last) for per-point activations acts (B,C,N). A (B,C,N)
+    view of points-last (B,N,C) memory, as the fast paths hand over, goes as that (B,N,C)
+    memory: the flow kernels read it as it is, which saves a transposing copy (and another one
+    for the gradient, which comes back in the same layout)."""
+    points_last = not acts.is_contiguous() and acts.transpose(1, 2).is_contiguous()
+    return kernel_float(acts.transpose(1, 2) if points_last else acts), points_last
+
+
 def class_flows(op: str, acts: torch.Tensor, labels, target: torch.Tensor, sigma: torch.Tensor,
                 names: str) -> torch.Tensor:
     """The checks the flow alignment ops share: acts (B,C,N), labels (B) in [0, K), `target`

@@ -154,14 +154,6 @@ def _linear_flow_align(acts: LinearActs, labels, mu, sigma) -> torch.Tensor:
     return (((mean - mu_c) / s) ** 2 + ((std - sig_c) / s) ** 2).mean(-1).to(acts.x.dtype)
 
 
-def _kernel_acts(acts: torch.Tensor):
-    """(tensor for the kernel, points_last). A (B,C,N) view of points-last (B,N,C) memory, as
-    the fast paths hand over, goes as that (B,N,C) memory: the kernels read it as it is, which
-    saves a transposing copy (and, for flow_align, another one for the gradient)."""
-    points_last = not acts.is_contiguous() and acts.transpose(1, 2).is_contiguous()
-    return checks.kernel_float(acts.transpose(1, 2) if points_last else acts), points_last
-
-
 def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backend: str = "auto") -> FlowStats:
     """Per-class count, mean and M2 over all points of all samples of each class, in float64.
     acts (B,C,N) per-point activations, labels (B) in [0, num_classes). Not differentiable.
@@ -179,7 +171,7 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backe
     with torch.no_grad():
         if b == "torch":
             return FlowStats(*reference.flow_stats(acts, labels.long(), num_classes))
-        kernel_acts, points_last = _kernel_acts(acts)
+        kernel_acts, points_last = checks.kernel_acts(acts)
         count, mean, m2 = _backend.kernel(b, "flow_stats")(kernel_acts, labels.long().contiguous(), num_classes,
                                                            points_last)
     return FlowStats(count, mean, m2)
@@ -236,6 +228,6 @@ def flow_align(acts: torch.Tensor | LinearActs, labels: torch.Tensor, mu: torch.
         return _linear_flow_align(acts, labels, mu, sigma)
     if b == "torch":
         return reference.flow_align(acts.dense() if linear else acts, labels, mu.detach(), sigma.detach())
-    kernel_acts, points_last = _kernel_acts(acts)
+    kernel_acts, points_last = checks.kernel_acts(acts)
     return _FlowAlign.apply(b, kernel_acts, labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
                                sigma.detach().to(torch.float64).contiguous(), points_last)

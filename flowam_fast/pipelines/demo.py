@@ -94,7 +94,8 @@ def _clear_stale_cache(out: Path, model: str = "pointnet") -> None:
 #: The flow weights of each demo model's trade-off, run by default (`tradeoff_weights`). On the
 #: PointNet: FlowAM at 0 (regularized AM's check, a reference anyway), 10 and 100 (the demo's own
 #: sanity check) cost one check more than the sanity check alone; weight 1 would cost another
-#: (`--flow-weights 0,1,10,100`). The DGCNN demo leaves it off: its checks take longer.
+#: (`--flow-weights 0,1,10,100`). The DGCNN demo leaves it off, as does the quantile alignment
+#: (`--alignment quantiles`): their checks take longer.
 DEMO_TRADEOFF_WEIGHTS = {"pointnet": (0.0, 10.0, 100.0), "dgcnn": None}
 
 #: Processes for the sanity check's stages (one thread each). Measured on the 2-core machine,
@@ -115,12 +116,14 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     small); everything after it on `device`. model: the demo classifier, "pointnet" or "dgcnn".
     tradeoff_weights: flow weights (e.g. [0, 1, 10, 100]) of the trade-off, run on the sanity
     check's classes and seeds together with it (FlowAM's own weight is always one of them: the
-    sanity check's FlowAM is that point); "default" takes DEMO_TRADEOFF_WEIGHTS[model], None
+    sanity check's FlowAM is that point); "default" takes DEMO_TRADEOFF_WEIGHTS[model] (none with
+    alignment="quantiles"), None
     skips it (it costs a sanity check per weight). alignment:
     FlowAM's flow term, "moments" or "quantiles" (the flows then store DEFAULT_QUANTILE_LEVELS)."""
     config = demo_config(model)  # an unknown model is refused before anything is written
     if isinstance(tradeoff_weights, str) and tradeoff_weights == "default":
-        tradeoff_weights = None if sanity_classes.strip() == "none" else DEMO_TRADEOFF_WEIGHTS[model]
+        run = sanity_classes.strip() != "none" and alignment == "moments"
+        tradeoff_weights = DEMO_TRADEOFF_WEIGHTS[model] if run else None
     if alignment not in ALIGNMENTS:
         raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
     if tradeoff_weights is not None and sanity_classes.strip() == "none":

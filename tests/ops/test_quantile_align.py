@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from flowam_fast.ops import quantile_align
+from flowam_fast.ops.backend import extension
 from flowam_fast.ops.quantile_align import quantile_levels, resample_quantiles, sample_quantiles
 
 
@@ -96,6 +97,24 @@ def test_resampling():
     np.testing.assert_allclose(sample_quantiles(acts, 2).numpy(), [[[0.5, 2.5]]])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B, N, C", [(2, 1, 3), (3, 70, 11), (2, 513, 40)])
+def test_sample_quantiles_kernel_sorts_as_torch_does(dtype, B, N, C):
+    """The radix sort (float32) and the stable sort (float64) give torch.sort's values exactly,
+    with ties and signed zeros, on (B, C, N) and on points-last memory."""
+    g = torch.Generator().manual_seed(11)
+    mem = torch.randn(B, N, C, generator=g, dtype=torch.float64).to(dtype)
+    mem[:, ::3] = mem[:, :1].clone()  # ties
+    mem[0, :, 0] = 0.0
+    mem[0, ::2, 0] = -0.0
+    for acts in (mem.transpose(1, 2), mem.transpose(1, 2).contiguous()):
+        got = sample_quantiles(acts, 7, backend="cpu")
+        assert torch.equal(got, sample_quantiles(acts, 7, backend="torch")) and got.dtype == dtype
+        assert torch.equal(extension().quantile_sort_cpu(mem, True), acts.sort(-1).values)
+    with pytest.raises(ValueError, match="NaN"):
+        sample_quantiles(mem.transpose(1, 2).masked_fill(mem.transpose(1, 2) > 1, float("nan")), 7)
+
+
 def test_validation():
     acts, labels, q, sigma = _case()
     with pytest.raises(ValueError, match="3 dimensions"):
@@ -161,26 +180,59 @@ def test_kernel_is_deterministic_with_ties():
     torch.testing.assert_close(runs[0][0], quantile_align(acts, labels, q, sigma, backend="torch"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_points_last_memory_is_read_in_place(dtype, monkeypatch):
+    """A (B, C, N) view of points-last memory (what the fast paths give the flow term) goes to
+    the kernel as it is, with no transposing copy, and gives the contiguous input's loss and
+    gradient bit for bit; the gradient comes back in the same layout."""
+    g = torch.Generator().manual_seed(9)
+    B, N, C = 3, 70, 11
+    mem = torch.randn(B, N, C, generator=g, dtype=torch.float64).to(dtype)
+    labels = torch.tensor([1, 0, 1])
+    q = torch.randn(2, C, 9, generator=g, dtype=torch.float64).sort(-1).values.to(dtype)
+    sigma = torch.rand(2, C, generator=g, dtype=torch.float64).to(dtype) + 0.1
+    view = mem.clone().requires_grad_(True)
+    dense = mem.transpose(1, 2).contiguous().requires_grad_(True)
+    ext = extension()
+    layouts = []
+    real = ext.quantile_align_forward_cpu
+    monkeypatch.setattr(ext, "quantile_align_forward_cpu",
+                        lambda a, *r: layouts.append((a.shape, r[-1])) or real(a, *r), raising=False)
+    w = torch.tensor([0.5, 1.0, 2.0], dtype=dtype)
+    got = quantile_align(view.transpose(1, 2), labels, q, sigma, backend="cpu")
+    want = quantile_align(dense, labels, q, sigma, backend="cpu")
+    (got * w).sum().backward()
+    (want * w).sum().backward()
+    assert layouts == [((B, N, C), True), ((B, C, N), False)]
+    assert torch.equal(got, want)
+    assert torch.equal(view.grad, dense.grad.transpose(1, 2))
+
+
 def test_kernel_refuses_bad_direct_calls():
     from flowam_fast.ops.backend import extension, kernel
 
     fwd = extension().quantile_align_forward_cpu
     a, lab, q, s = torch.rand(2, 3, 8), torch.zeros(2, dtype=torch.long), torch.rand(4, 3, 5), torch.rand(4, 3)
-    fwd(a, lab, q, s)
+    fwd(a, lab, q, s, False)
+    fwd(a.transpose(1, 2).contiguous(), lab, q, s, True)
     with pytest.raises(RuntimeError, match="quantiles must have shape"):
-        fwd(a, lab, q[:, :2].contiguous(), s)
+        fwd(a, lab, q[:, :2].contiguous(), s, False)
+    with pytest.raises(RuntimeError, match="quantiles must have shape"):
+        fwd(a, lab, q, s, True)  # (B, N, C) = (2, 3, 8) has 8 channels
     with pytest.raises(RuntimeError, match="inv_scale must have shape"):
-        fwd(a, lab, q, s[:, :2].contiguous())
+        fwd(a, lab, q, s[:, :2].contiguous(), False)
     with pytest.raises(RuntimeError, match="dtype"):
-        fwd(a, lab, q.double(), s)
+        fwd(a, lab, q.double(), s, False)
     with pytest.raises(RuntimeError, match="contiguous"):
-        fwd(a.transpose(1, 2).contiguous().transpose(1, 2), lab, q, s)
+        fwd(a.transpose(1, 2).contiguous().transpose(1, 2), lab, q, s, False)
     with pytest.raises(RuntimeError, match="no points"):
-        fwd(a[:, :, :0].contiguous(), lab, q, s)
+        fwd(a[:, :, :0].contiguous(), lab, q, s, False)
+    with pytest.raises(RuntimeError, match="no points"):
+        fwd(a.transpose(1, 2)[:, :0].contiguous(), lab, q, s, True)
     with pytest.raises(RuntimeError, match="labels has values outside"):
-        fwd(a, lab + 4, q, s)
+        fwd(a, lab + 4, q, s, False)
     with pytest.raises(RuntimeError, match="labels must be int64"):
-        fwd(a, lab.int(), q, s)
+        fwd(a, lab.int(), q, s, False)
     with pytest.raises(ValueError, match="CPU only|cpu' only"):
         kernel("cuda", "quantile_align_forward")
     with pytest.raises(ValueError, match="backend 'cuda' needs CUDA tensors"):
