@@ -29,7 +29,7 @@ inline void quantile_check_forward(const at::Tensor& acts, const at::Tensor& lab
               ": quantiles needs at least one class and one level, and under 2^31 levels, got shape ",
               quantiles.sizes());
   TORCH_CHECK(inv_scale.size(0) == quantiles.size(0) && inv_scale.size(1) == channels, op,
-              ": inv_scale must have shape (", quantiles.size(0), ", ", acts.size(1), "), got ", inv_scale.sizes());
+              ": inv_scale must have shape (", quantiles.size(0), ", ", channels, "), got ", inv_scale.sizes());
   TORCH_CHECK(points > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
   TORCH_CHECK(points < (int64_t(1) << 31), op, ": acts has ", points, " points, above 2^31 - 1");
   check_index_range(labels, quantiles.size(0), op, "labels");

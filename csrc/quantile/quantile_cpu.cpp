@@ -89,8 +89,18 @@ struct LevelMap {
   }
 };
 
-// Row r = (b, c) of acts against row (labels[b], c) of the class tables. The row's values sit at
-// acts[b][c][i] (stride 1), or at acts[b][i][c] (stride channels) when points_last.
+// Where row r = (b, c) of acts starts: its values sit at acts[b][c][i] (stride 1), or at
+// acts[b][i][c] (stride channels) when points_last.
+inline int64_t row_start(int64_t r, int64_t channels, int64_t n, bool points_last) {
+  return points_last ? (r / channels) * n * channels + r % channels : r * n;
+}
+
+template <typename T>
+void gather_row(const T* src, int64_t n, int64_t stride, T* vals) {
+  for (int64_t i = 0; i < n; ++i) vals[i] = src[i * stride];
+}
+
+// Row r = (b, c) of acts against row (labels[b], c) of the class tables.
 template <typename T>
 void quantile_rows(const T* acts, const int64_t* labels, const T* quantiles, const T* inv_s, int64_t rows,
                    int64_t channels, int64_t n, int64_t q, double coef, bool points_last, double* row_loss,
@@ -102,11 +112,9 @@ void quantile_rows(const T* acts, const int64_t* labels, const T* quantiles, con
     std::vector<int32_t> order(n);
     std::vector<T> vals(n), gvals(n);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / channels, c = r % channels;
-      const int64_t row_k = labels[b] * channels + c;
-      const int64_t start = points_last ? b * n * channels + c : r * n;
-      const T* src = acts + start;
-      for (int64_t i = 0; i < n; ++i) vals[i] = src[i * stride];
+      const int64_t row_k = labels[r / channels] * channels + r % channels;
+      const int64_t start = row_start(r, channels, n, points_last);
+      gather_row(acts + start, n, stride, vals.data());
       const T* a = vals.data();
       const T* qk = quantiles + row_k * q;
       T* g = gvals.data();
@@ -136,9 +144,7 @@ void sort_rows(const T* acts, int64_t rows, int64_t channels, int64_t n, bool po
     std::vector<int32_t> order(n);
     std::vector<T> vals(n);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t b = r / channels, c = r % channels;
-      const T* src = acts + (points_last ? b * n * channels + c : r * n);
-      for (int64_t i = 0; i < n; ++i) vals[i] = src[i * stride];
+      gather_row(acts + row_start(r, channels, n, points_last), n, stride, vals.data());
       sorter.order(vals.data(), n, order.data());
       T* dst = out + r * n;
       for (int64_t i = 0; i < n; ++i) dst[i] = vals[order[i]];
@@ -152,6 +158,7 @@ at::Tensor quantile_sort_cpu(const at::Tensor& acts, bool points_last) {
   constexpr const char* op = "quantile_sort_cpu";
   check_float_dense(acts, "acts", 3, c10::DeviceType::CPU, op);
   const int64_t B = acts.size(0), C = acts.size(points_last ? 2 : 1), N = acts.size(points_last ? 1 : 2);
+  TORCH_CHECK(N > 0, op, ": acts has no points (shape ", acts.sizes(), ")");
   TORCH_CHECK(N < (int64_t(1) << 31), op, ": acts has ", N, " points, above 2^31 - 1");
   auto out = at::empty({B, C, N}, acts.options());
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), op, [&] {

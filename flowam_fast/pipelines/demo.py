@@ -117,8 +117,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     tradeoff_weights: flow weights (e.g. [0, 1, 10, 100]) of the trade-off, run on the sanity
     check's classes and seeds together with it (FlowAM's own weight is always one of them: the
     sanity check's FlowAM is that point); "default" takes DEMO_TRADEOFF_WEIGHTS[model] (none with
-    alignment="quantiles"), None
-    skips it (it costs a sanity check per weight). alignment:
+    alignment="quantiles"), None skips it (it costs a sanity check per weight). alignment:
     FlowAM's flow term, "moments" or "quantiles" (the flows then store DEFAULT_QUANTILE_LEVELS)."""
     config = demo_config(model)  # an unknown model is refused before anything is written
     if isinstance(tradeoff_weights, str) and tradeoff_weights == "default":

@@ -111,6 +111,8 @@ def test_sample_quantiles_kernel_sorts_as_torch_does(dtype, B, N, C):
         got = sample_quantiles(acts, 7, backend="cpu")
         assert torch.equal(got, sample_quantiles(acts, 7, backend="torch")) and got.dtype == dtype
         assert torch.equal(extension().quantile_sort_cpu(mem, True), acts.sort(-1).values)
+    with pytest.raises(RuntimeError, match="no points"):
+        extension().quantile_sort_cpu(mem[:, :0].contiguous(), True)
     with pytest.raises(ValueError, match="NaN"):
         sample_quantiles(mem.transpose(1, 2).masked_fill(mem.transpose(1, 2) > 1, float("nan")), 7)
 
