@@ -1,6 +1,6 @@
 """flow_stats (per-class activation statistics, one pass) and flow_align (FlowAM's alignment
 loss, one read forward and one backward), C++ on the CPU, CUDA and Triton on a GPU, against the
-pure-PyTorch reference; quantile_align (alignment="quantiles": a radix sort per row, the
+pure-PyTorch reference; quantile_align (alignment="quantiles": a sort per row, the
 gradient written by the forward) on the CPU against its torch.sort reference.
 
     python benchmarks/bench_flow.py [--quick] [--threads N] [--device cuda]

@@ -9,9 +9,9 @@ first and last stored level at the tails), so a flow of Q levels serves clouds o
 For two Gaussians W2^2 = (mu1 - mu2)^2 + (sd1 - sd2)^2, the moment loss: one flow weight means
 the same on both alignments, and the quantile loss adds only what the two moments miss.
 
-Backends: "cpu" (`_C.quantile_align_forward_cpu`: one radix sort per row, and the gradient
-written by the forward, so the backward is one multiply; points-last activations are read in
-place) and "torch" (`torch.sort`, whose gradient goes back to each sorted value's point; the reference, and the path on a GPU, where
+Backends: "cpu" (`_C.quantile_align_forward_cpu`: one sort per row, an AVX-512 bitonic network
+or a radix sort, and the gradient written by the forward, so the backward is one multiply;
+points-last activations are read in place) and "torch" (`torch.sort`, whose gradient goes back to each sorted value's point; the reference, and the path on a GPU, where
 torch's sort is fast). "auto" takes "cpu" for CPU tensors when the extension is built.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def resample_quantiles(q: torch.Tensor, n: int) -> torch.Tensor:
 def sample_quantiles(acts: torch.Tensor, levels: int, backend: str = "auto") -> torch.Tensor:
     """Each sample's quantile function over its points, per channel: acts (B,C,N) -> (B,C,levels).
     Not differentiable (the flows are statistics of the data). backend "cpu" sorts each row
-    with the quantile kernel's radix sort, reading points-last memory in place (the demo
+    with the quantile kernel's row sort, reading points-last memory in place (the demo
     PointNet's flows of two classes: 0.8 s against 3.1 s with torch.sort); "torch" (and "auto" on a GPU) with torch.sort. Sorting is exact, so
     both give the same values."""
     op = "sample_quantiles"

@@ -182,6 +182,30 @@ def test_kernel_is_deterministic_with_ties():
     torch.testing.assert_close(runs[0][0], quantile_align(acts, labels, q, sigma, backend="torch"))
 
 
+@pytest.mark.parametrize("N", [63, 64, 65, 700, 1024, 1025, 2500])
+@pytest.mark.parametrize("points_last", [False, True])
+def test_kernel_gives_tied_values_their_levels_in_index_order(N, points_last):
+    """Float32 rows of up to 1024 points go through the bitonic network on AVX-512 hosts (padded
+    to 64, 128, ... words), longer ones through the radix sort; both rank equal values in index
+    order, as a stable sort does, so each point's gradient is that of its stable rank's level."""
+    g = torch.Generator().manual_seed(N)
+    B, C, K = 2, 19, 3  # 19 channels: a full tile of 16 and a partial one
+    acts = torch.randint(-8, 8, (B, C, N), generator=g).float() * 0.25  # many ties
+    labels = torch.tensor([0, 2])
+    q = torch.randn(K, C, 9, generator=g).sort(-1).values
+    sigma = torch.rand(K, C, generator=g) + 0.1
+    mem = acts.transpose(1, 2).contiguous() if points_last else acts
+    a = mem.clone().requires_grad_(True)
+    quantile_align(a.transpose(1, 2) if points_last else a, labels, q, sigma, backend="cpu").sum().backward()
+    grad = a.grad.transpose(1, 2) if points_last else a.grad
+    order = acts.sort(dim=-1, stable=True).indices
+    target = resample_quantiles(q[labels].double(), N)
+    s2 = (sigma[labels].double() + 1e-3).square().unsqueeze(-1)
+    per_rank = 2 * (acts.double().gather(-1, order) - target) / s2 / (N * C)
+    expected = torch.empty_like(per_rank).scatter_(-1, order, per_rank)
+    torch.testing.assert_close(grad.double(), expected, rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_points_last_memory_is_read_in_place(dtype, monkeypatch):
     """A (B, C, N) view of points-last memory (what the fast paths give the flow term) goes to
