@@ -30,8 +30,11 @@ def add_arguments(p) -> None:
                    help='the flow weight trade-off at these weights on the sanity classes, e.g. "0,1,10,100", with '
                         'the sanity check ("none" skips it; default: 0,10,100 for the pointnet demo with moments, '
                         'none for the dgcnn one or with quantiles; each weight costs one sanity check)')
-    p.add_argument("--alignment", choices=["moments", "quantiles"], default="moments",
-                   help="FlowAM's flow term: per-channel mean and std (default) or per-channel quantiles")
+    p.add_argument("--alignment", choices=["moments", "quantiles"], default=None,
+                   help="FlowAM's flow term: per-channel mean and std, or per-channel quantiles (default: the demo "
+                        "model's, moments for pointnet, quantiles for dgcnn; DEMO_FLOWAM in pipelines/demo.py)")
+    p.add_argument("--flow-weight", type=float, default=None,
+                   help="FlowAM's flow weight (default: the demo model's, 100 for pointnet, 300 for dgcnn)")
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")
     p.add_argument("--quiet", action="store_true")
     add_device_argument(p)
@@ -42,8 +45,7 @@ def run(args) -> int:
              evaluator_epochs=args.evaluator_epochs, shapes=args.shapes, train_per_class=args.train_per_class,
              test_per_class=args.test_per_class, sanity_classes=args.sanity_classes, sanity_seeds=args.sanity_seeds,
              fresh=args.fresh, quiet=args.quiet, device=device_of(args), model=args.model,
-             tradeoff_weights=_weights(args.flow_weights),
-             alignment=args.alignment)
+             tradeoff_weights=_weights(args.flow_weights), alignment=args.alignment, flow_weight=args.flow_weight)
     return 0
 
 
