@@ -8,7 +8,7 @@ from flowam_fast.cli import main
 from flowam_fast.am.flows import Flows
 from flowam_fast.models import DGCNN, load_checkpoint
 from flowam_fast.am.explanations import Explanations
-from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_FLOWAM, DEMO_VERSION, _clear_stale_cache
+from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_AM, DEMO_VERSION, _clear_stale_cache
 from flowam_fast.training import DEMO_CONFIGS
 
 TINY = ["--shapes", "sphere,cube", "--epochs", "1", "--ae-epochs", "1", "--evaluator-epochs", "1", "--steps", "2",
@@ -38,7 +38,7 @@ def test_dgcnn_demo_with_tradeoff(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "sanity_markdown", lambda results: "sanity table")
     monkeypatch.setattr(demo, "tradeoff", fake_tradeoff)
     out = tmp_path / "demo"
-    # FlowAM's own weight (the DGCNN demo's 300, DEMO_FLOWAM) joins the weights asked for.
+    # FlowAM's own weight (the DGCNN demo's 300, DEMO_AM) joins the weights asked for.
     assert main(["demo", "--model", "dgcnn", "--out", str(out), "--flow-weights", "0", *TINY]) == 0
     model = load_checkpoint(out / "model.pt")
     cfg = DEMO_CONFIGS["dgcnn"]
@@ -46,7 +46,8 @@ def test_dgcnn_demo_with_tradeoff(tmp_path, monkeypatch):
     flows = Flows.load(out / "flows.h5")
     assert flows.layers == list(DGCNN.flow_layers) and flows.quantiles  # the EdgeConv outputs and conv5
     flowam = json.loads(Explanations.load(out / "flowam.h5").config)
-    assert (flowam["alignment"], flowam["flow_weight"]) == DEMO_FLOWAM["dgcnn"] == ("quantiles", 300.0)
+    assert (flowam["alignment"], flowam["flow_weight"]) == ("quantiles", 300.0) == \
+        (DEMO_AM["dgcnn"]["alignment"], DEMO_AM["dgcnn"]["flow_weight"])
     assert json.loads(Explanations.load(out / "regularized.h5").config)["flow_weight"] == 0.0
     for name in ("flowam.h5", "vanilla.h5", "regularized.h5", "ae-latent.h5", "explanations.png", "baselines.png",
                  "tradeoff.json", "tradeoff.png", "metrics.json", "report.md"):
