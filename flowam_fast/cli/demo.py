@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
                    help="the demo classifier (default: pointnet; recipes in flowam_fast/training/recipes.py)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per class (default: 2)")
     p.add_argument("--steps", type=int, default=None,
-                   help="AM steps of every method (default: the demo model's, 600 for pointnet, 400 for dgcnn)")
+                   help="AM steps of every method (default: 600 with moments, 400 with quantiles; DEMO_STEPS)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo config's)")
     p.add_argument("--ae-epochs", type=int, default=None, help="autoencoder training epochs (default: its own)")
     p.add_argument("--evaluator-epochs", type=int, default=None,
@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
                         'none for the dgcnn one or with quantiles; each weight costs one sanity check)')
     p.add_argument("--alignment", choices=["moments", "quantiles"], default=None,
                    help="FlowAM's flow term: per-channel mean and std, or per-channel quantiles (default: the demo "
-                        "model's, moments for pointnet, quantiles for dgcnn; DEMO_AM in pipelines/demo.py)")
+                        "model's, moments for pointnet, quantiles for dgcnn; DEMO_FLOWAM in pipelines/demo.py)")
     p.add_argument("--flow-weight", type=float, default=None,
                    help="FlowAM's flow weight (default: the demo model's, 100 for pointnet, 300 for dgcnn)")
     p.add_argument("--fresh", action="store_true", help="redo every stage, ignoring earlier outputs")

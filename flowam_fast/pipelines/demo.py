@@ -98,17 +98,20 @@ def _clear_stale_cache(out: Path, model: str = "pointnet") -> None:
 #: (`--alignment quantiles`): their checks take longer.
 DEMO_TRADEOFF_WEIGHTS = {"pointnet": (0.0, 10.0, 100.0), "dgcnn": None}
 
-#: AM in each model's demo, where run_demo's caller leaves these None: FlowAM's flow term
-#: (alignment, flow weight) and every method's steps. The PointNet demo runs the paper's
-#: objective (the engine's defaults). On the demo DGCNN that objective leaves the sphere a ball
-#: of points and the chair a seat (24 jobs: mean Chamfer to 10 real samples of the class 0.053,
-#: sphere 0.097, chair 0.056); the quantile alignment at weight 300 gives every class its shape
-#: (0.033, sphere 0.052, chair 0.038; quantiles at 100: 0.042, moments at 300: 0.045), its
-#: step costs about 1.2x the moments' (no DGCNN layer has the closed-form moments of
-#: PointNet's max-pooled ones), and 400 steps do nearly what 600 do (0.034; the ring is the
-#: least finished), which keeps the DGCNN demo's two randomization checks within its time.
-DEMO_AM = {"pointnet": {"alignment": "moments", "flow_weight": 100.0, "steps": 600},
-           "dgcnn": {"alignment": "quantiles", "flow_weight": 300.0, "steps": 400}}
+#: FlowAM's flow term in each model's demo, (alignment, flow weight), where run_demo's caller
+#: leaves them None. The PointNet demo runs the paper's objective (the engine's defaults). On
+#: the demo DGCNN that objective leaves the sphere a ball of points and the chair a seat (24
+#: jobs: mean Chamfer to 10 real samples of the class 0.053, sphere 0.097, chair 0.056); the
+#: quantile alignment at weight 300 gives every class its shape (0.033, sphere 0.052, chair
+#: 0.038; quantiles at 100: 0.042, moments at 300: 0.045).
+DEMO_FLOWAM = {"pointnet": ("moments", 100.0), "dgcnn": ("quantiles", 300.0)}
+
+#: Every method's AM steps in the demo, by FlowAM's alignment, where the caller leaves steps
+#: None. A quantile step costs more (12 jobs, one thread: PointNet 51-55 ms against 14.5-16,
+#: DGCNN about 1.2x), and 400 steps do nearly what 600 do (FlowAM Chamfer on the PointNet
+#: 0.0243 against 0.0220, on the DGCNN 0.034 against 0.033, the ring the least finished), which
+#: keeps both quantile demos' randomization checks within their time.
+DEMO_STEPS = {"moments": 600, "quantiles": 400}
 
 #: Processes for the sanity check's stages (one thread each). Measured on the 2-core machine,
 #: a 12-job FlowAM step: 58 ms with two threads in one process, 91 ms in each of two
@@ -131,19 +134,19 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     sanity check's FlowAM is that point); "default" takes DEMO_TRADEOFF_WEIGHTS[model] (none with
     alignment="quantiles"), None skips it (it costs a sanity check per weight). alignment:
     FlowAM's flow term, "moments" or "quantiles" (the flows then store DEFAULT_QUANTILE_LEVELS),
-    and flow_weight FlowAM's weight on it; these and steps (every method's) take DEMO_AM[model]'s
-    where None."""
+    and flow_weight FlowAM's weight on it: DEMO_FLOWAM[model]'s where None; steps (every
+    method's) DEMO_STEPS[alignment] where None."""
     config = demo_config(model)  # an unknown model is refused before anything is written
-    alignment = DEMO_AM[model]["alignment"] if alignment is None else alignment
-    flow_weight = float(DEMO_AM[model]["flow_weight"] if flow_weight is None else flow_weight)
-    steps = int(DEMO_AM[model]["steps"] if steps is None else steps)
+    alignment = DEMO_FLOWAM[model][0] if alignment is None else alignment
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
+    flow_weight = float(DEMO_FLOWAM[model][1] if flow_weight is None else flow_weight)
     if not flow_weight > 0:
         raise ValueError(f"FlowAM's flow_weight must be > 0 (0 is regularized AM), got {flow_weight}")
+    steps = int(DEMO_STEPS[alignment] if steps is None else steps)
     if isinstance(tradeoff_weights, str) and tradeoff_weights == "default":
         run = sanity_classes.strip() != "none" and alignment == "moments"
         tradeoff_weights = DEMO_TRADEOFF_WEIGHTS[model] if run else None
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
     if tradeoff_weights is not None and sanity_classes.strip() == "none":
         raise ValueError("the trade-off runs on the sanity check's classes: give sanity_classes, not 'none'")
     device = torch.device(device)

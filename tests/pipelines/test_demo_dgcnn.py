@@ -8,7 +8,7 @@ from flowam_fast.cli import main
 from flowam_fast.am.flows import Flows
 from flowam_fast.models import DGCNN, load_checkpoint
 from flowam_fast.am.explanations import Explanations
-from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_AM, DEMO_VERSION, _clear_stale_cache
+from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_FLOWAM, DEMO_STEPS, DEMO_VERSION, _clear_stale_cache
 from flowam_fast.training import DEMO_CONFIGS
 
 TINY = ["--shapes", "sphere,cube", "--epochs", "1", "--ae-epochs", "1", "--evaluator-epochs", "1", "--steps", "2",
@@ -38,7 +38,7 @@ def test_dgcnn_demo_with_tradeoff(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "sanity_markdown", lambda results: "sanity table")
     monkeypatch.setattr(demo, "tradeoff", fake_tradeoff)
     out = tmp_path / "demo"
-    # FlowAM's own weight (the DGCNN demo's 300, DEMO_AM) joins the weights asked for.
+    # FlowAM's own weight (the DGCNN demo's 300, DEMO_FLOWAM) joins the weights asked for.
     assert main(["demo", "--model", "dgcnn", "--out", str(out), "--flow-weights", "0", *TINY]) == 0
     model = load_checkpoint(out / "model.pt")
     cfg = DEMO_CONFIGS["dgcnn"]
@@ -46,8 +46,7 @@ def test_dgcnn_demo_with_tradeoff(tmp_path, monkeypatch):
     flows = Flows.load(out / "flows.h5")
     assert flows.layers == list(DGCNN.flow_layers) and flows.quantiles  # the EdgeConv outputs and conv5
     flowam = json.loads(Explanations.load(out / "flowam.h5").config)
-    assert (flowam["alignment"], flowam["flow_weight"]) == ("quantiles", 300.0) == \
-        (DEMO_AM["dgcnn"]["alignment"], DEMO_AM["dgcnn"]["flow_weight"])
+    assert (flowam["alignment"], flowam["flow_weight"]) == DEMO_FLOWAM["dgcnn"] == ("quantiles", 300.0)
     assert json.loads(Explanations.load(out / "regularized.h5").config)["flow_weight"] == 0.0
     for name in ("flowam.h5", "vanilla.h5", "regularized.h5", "ae-latent.h5", "explanations.png", "baselines.png",
                  "tradeoff.json", "tradeoff.png", "metrics.json", "report.md"):
@@ -108,3 +107,26 @@ def test_demo_model_and_tradeoff_errors(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     assert main(["demo", "--out", str(tmp_path / "y"), "--flow-weights", "1,-2"]) == 1
     assert "weights >= 0" in capsys.readouterr().err
+
+
+def test_demo_steps_follow_the_alignment(tmp_path, monkeypatch):
+    """Every method's steps default to DEMO_STEPS of FlowAM's alignment: 400 with quantiles
+    (their step costs more), 600 with moments; --steps overrides them."""
+    from flowam_fast.pipelines import demo
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def engine(*args, **kw):
+        seen.append(kw)
+        raise Stop
+
+    monkeypatch.setattr(demo, "FlowAM", engine)
+    tiny = dict(shapes="sphere,cube", epochs=1, ae_epochs=1, train_per_class=3, test_per_class=2, quiet=True)
+    for alignment, steps, want in (("quantiles", None, 400), ("moments", None, 600), ("quantiles", 7, 7)):
+        with pytest.raises(Stop):
+            demo.run_demo(tmp_path / "d", alignment=alignment, steps=steps, **tiny)
+        assert seen[-1]["steps"] == want
+    assert DEMO_STEPS == {"moments": 600, "quantiles": 400}
