@@ -4,11 +4,12 @@
 // cost, so each row is sorted once: float32 rows of up to 1024 points by an AVX-512 bitonic
 // network where the compiler targets AVX-512 (bitonic_sort.h), others by an LSD radix sort on
 // the values' order-preserving bit patterns (4 byte passes, a pass skipped where every value
-// shares its byte); the two give the same order. The forward writes the gradient's coefficients as it goes: the backward is then one multiply,
-// where autograd's sort backward would scatter. Rows are independent and every sum runs in a
-// fixed order, so results do not depend on the thread count. Points-last activations (B, N, C),
-// as the fast paths make them, are read in place: a tile of channels is gathered into a local
-// buffer, one point (one cache line) at a time, and its gradient scattered back the same way.
+// shares its byte); the two give the same order. The forward writes the gradient's
+// coefficients as it goes: the backward is then one multiply, where autograd's sort backward
+// would scatter. Rows are independent and every sum runs in a fixed order, so results do not
+// depend on the thread count. Points-last activations (B, N, C), as the fast paths make them,
+// are read in place: a tile of channels is gathered into a local buffer, one point (one cache
+// line) at a time, and its gradient scattered back the same way.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>

@@ -2,6 +2,7 @@
 (pipelines/demo.py)."""
 from __future__ import annotations
 
+from ..am.engine import ALIGNMENTS
 from ..pipelines.demo import run_demo
 from ..training import DEMO_CONFIGS
 from .options import add_device_argument, device_of, parse_weights
@@ -31,7 +32,7 @@ def add_arguments(p) -> None:
                    help='the flow weight trade-off at these weights on the sanity classes, e.g. "0,1,10,100", with '
                         'the sanity check ("none" skips it; default: 0,10,100 for the pointnet demo with moments, '
                         'none for the dgcnn one or with quantiles; each weight costs one sanity check)')
-    p.add_argument("--alignment", choices=["moments", "quantiles"], default=None,
+    p.add_argument("--alignment", choices=ALIGNMENTS, default=None,
                    help="FlowAM's flow term: per-channel mean and std, or per-channel quantiles (default: the demo "
                         "model's, moments for pointnet, quantiles for dgcnn; DEMO_FLOWAM in pipelines/demo.py)")
     p.add_argument("--flow-weight", type=float, default=None,
