@@ -16,7 +16,7 @@ EXT_INPUTS := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml $(V
 	$(wildcard $(VENV)/lib/python*/site-packages/torch/version.py)
 BUILT := $(VENV)/.built
 
-.PHONY: setup demo test bench build
+.PHONY: setup demo test bench build docs cmake-check
 
 # The venv with torch and what the extension build needs (their pins are requirements.txt's),
 # then two independent jobs that make runs side by side (-j2): the rest of the packages, and
@@ -52,3 +52,13 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# The API pages (mkdocs.yml, docs/), built from the docstrings; --strict turns every broken
+# reference or unparsable docstring into an error.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+# The CMake front end of the same build definition (csrc/build.json): configure, build and
+# import the module it produces, so the two front ends cannot drift apart.
+cmake-check: setup
+	$(PY) csrc/cmake_check.py --build-dir build/cmake --jobs 2

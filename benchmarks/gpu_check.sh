@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The one-command check for a machine with a GPU (DESIGN.md, "The GPU check"):
+# The one-command check for a machine with a GPU (docs/design.md, "The GPU check"):
 #   1. build flowam_fast._C with its CUDA kernels against the torch installed there
 #      (no network: --no-build-isolation --no-deps; TORCH_CUDA_ARCH_LIST, MAX_JOBS as set below);
 #   2. check that the package's core imports (optional packages such as plyfile and POT may be
 #      missing) and that the extension has its CUDA kernels;
 #   3. run the GPU tests: pytest -m cuda tests;
-#   4. run the GPU benchmarks and one FlowAM run, into OUT_DIR/gpu.md (benchmarks/gpu_report.py).
+#   4. run the GPU benchmarks and one FlowAM run, into OUT_DIR/gpu.md (benchmarks/gpu_report.py), headed
+#      by the machine and this command.
 # Logs of each step go to OUT_DIR too. Without a GPU it runs as far as it can and stops, with
 # "no CUDA device: ..." and a non-zero status, at the first step that needs one. The steps have
 # time limits that keep the whole check within about 8 minutes on an H200.
@@ -90,7 +91,7 @@ tail -5 "$OUT/pytest.log"
 # 4. Benchmarks (they run whatever the tests said: a failure there is in the report).
 say "4/4 GPU benchmarks into $OUT/gpu.md, log: $OUT/bench.log"
 timeout "$(left 90)" "$PY" benchmarks/gpu_report.py --out "$OUT/gpu.md" --tests-log "$OUT/pytest.log" \
-  >"$OUT/bench.log" 2>&1
+  --command "benchmarks/gpu_check.sh $1" >"$OUT/bench.log" 2>&1
 bench_rc=$?
 tail -3 "$OUT/bench.log"
 [ $bench_rc -eq 124 ] && echo "gpu_check: the benchmarks ran out of time; gpu.md holds what they measured" >&2

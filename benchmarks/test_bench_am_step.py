@@ -6,9 +6,8 @@ full-width models at a small batch (B=2, N=512).
 """
 import pytest
 
+from flowam_fast.benchmarks import am_step as am
 from flowam_fast.ops import backend
-
-import bench_am_step as am
 
 pytest.importorskip("pytest_benchmark")
 pytestmark = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")

@@ -40,7 +40,7 @@ std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, cons
 std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes,
                                        bool points_last);
 
-// Per-sample flow alignment loss (see DESIGN.md): acts (B,C,N), or (B,N,C) with points_last
+// Per-sample flow alignment loss (see docs/design.md): acts (B,C,N), or (B,N,C) with points_last
 // (the fast paths' layout, read without a transposing copy), labels (B), mu/sigma (K,C).
 // Returns {loss (B), mean (B,C), std (B,C)}; mean/std are kept for the backward, whose
 // gradient has acts' layout.

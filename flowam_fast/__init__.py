@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 #: name -> module that defines it.
 _API = {"FlowAM": "flowam_fast.am.engine", "Explanations": "flowam_fast.am.explanations",
         "Flows": "flowam_fast.am.flows", "compute_flows": "flowam_fast.am.flows"}
-_SUBPACKAGES = ("ops", "models", "data", "training", "am", "evaluation", "sweep", "pipelines", "cli")
+_SUBPACKAGES = ("ops", "models", "data", "training", "am", "evaluation", "sweep", "pipelines", "benchmarks", "cli")
 
 __all__ = ["FlowAM", "Explanations", "Flows", "compute_flows", "__version__", *_SUBPACKAGES]
 

@@ -1,6 +1,6 @@
 // Quantile flow alignment on the CPU: per (sample, channel) row, the squared 1-D Wasserstein-2
 // distance between the row's N values and the class's quantile function (Q stored levels) read
-// at the N levels by linear interpolation (DESIGN.md, "Faithfulness"). Sorting is most of the
+// at the N levels by linear interpolation (docs/design.md, "Faithfulness"). Sorting is most of the
 // cost, so each row is sorted once: float32 rows of up to 1024 points by an AVX-512 bitonic
 // network where the compiler targets AVX-512 (bitonic_sort.h), others by an LSD radix sort on
 // the values' order-preserving bit patterns (4 byte passes, a pass skipped where every value

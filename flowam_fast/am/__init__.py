@@ -1,10 +1,29 @@
 """Activation maximization: per-class activation flows, the batched engine and its search
 spaces, the (class x seed) grid, the explanations store and its contact sheets, and the
-autoencoder of the generative baseline. Uses ops, models and data; knows no evaluation."""
-from .engine import METHODS, FlowAM, continuity_loss
-from .explanations import Explanations
-from .flows import Flows, compute_flows
-from .grid import parse_classes, parse_seeds
+autoencoder of the generative baseline. Uses ops, models and data; knows no evaluation.
 
-__all__ = ["FlowAM", "METHODS", "continuity_loss", "Explanations", "Flows", "compute_flows", "parse_classes",
-           "parse_seeds"]
+The names below are imported on first use, so that a torch-free module of this package
+(`names`: the choices the command line lists in its help) imports without the engine."""
+from __future__ import annotations
+
+import importlib
+
+#: name -> module of this package that defines it.
+_API = {"FlowAM": "engine", "continuity_loss": "engine", "METHODS": "names", "ALIGNMENTS": "names",
+        "Explanations": "explanations", "Flows": "flows", "compute_flows": "flows", "parse_classes": "grid",
+        "parse_seeds": "grid"}
+
+__all__ = ["FlowAM", "METHODS", "ALIGNMENTS", "continuity_loss", "Explanations", "Flows", "compute_flows",
+           "parse_classes", "parse_seeds"]
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

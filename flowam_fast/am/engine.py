@@ -1,5 +1,5 @@
 """The batched activation-maximization engine: FlowAM and its baselines over a (class x seed)
-grid, all jobs optimized together (DESIGN.md, "The FlowAM objective").
+grid, all jobs optimized together (docs/design.md, "The FlowAM objective").
 
 Per job j with target class c and points x (N,3):
     L(x) = -z_c(x) + flow_weight * mean_l flow_align_l(x) + continuity_weight * cont(x)
@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -28,25 +29,14 @@ from .explanations import Explanations
 from .flows import Flows, describe_model
 from .spaces import LatentSpace, PointSpace, initial_points
 from ..models.activations import default_layers, get_activations
+from .names import ALIGNMENTS, METHODS, PRESETS
+from .reprs import counted, model_name, short_list
 
-METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
-#: The flow term's statistics: per-channel mean and std over the points ("moments", DESIGN.md's
-#: objective), or each channel's whole distribution over the points ("quantiles": a 1-D
-#: Wasserstein-2 distance per channel, `ops.quantile_align`; needs flows with quantiles).
-ALIGNMENTS = ("moments", "quantiles")
-# method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
-# For ae-latent the clamp is to the autoencoder's latent range, not the data bounds.
-_PRESETS = {
-    "flowam": (100.0, 1.0, True),
-    "regularized": (0.0, 1.0, True),
-    "vanilla": (0.0, 0.0, False),
-    "ae-latent": (0.0, 0.0, True),
-}
-#: Added to squared neighbour distances inside the continuity log (DESIGN.md).
+#: Added to squared neighbour distances inside the continuity log (docs/design.md).
 CONT_EPS = 1e-7
 
 
-@dataclass
+@dataclass(repr=False)
 class AMConfig:
     method: str = "flowam"
     steps: int = 600
@@ -62,6 +52,19 @@ class AMConfig:
     autoencoder: str = ""
     alignment: str = "moments"
 
+    def __repr__(self) -> str:
+        # The settings that define a run always; the rest only where they differ from the default.
+        always = ("method", "steps", "lr", "flow_weight", "continuity_weight", "num_points")
+        default = AMConfig()
+        shown = [f"{k}={getattr(self, k)!r}" for k in always]
+        shown += [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in always
+                  + ("layers", "autoencoder") and getattr(self, f.name) != getattr(default, f.name)]
+        if self.layers:
+            shown.append(f"layers={short_list(self.layers, 2)} ({len(self.layers)})")
+        if self.autoencoder:
+            shown.append(f"autoencoder={model_name(self.autoencoder)!r}")
+        return f"AMConfig({', '.join(shown)})"
+
     def to_json(self) -> str:
         d = asdict(self)
         # Stores compare configs as strings: the default is left out so that stores written
@@ -72,8 +75,20 @@ class AMConfig:
 
 
 def continuity_loss(x: torch.Tensor, k: int, d2_target: float, backend: str = "auto") -> torch.Tensor:
-    """Per-job mean over points and their k nearest neighbours (self excluded) of
-    |log((d2 + eps) / d2_target)|. x (J,N,3) -> (J,)."""
+    """The continuity term: how far neighbour distances are from the data's.
+
+    Per job, the mean over points and their k nearest neighbours (self excluded) of
+    |log((d2 + eps) / d2_target)|, d2 the squared distance to the neighbour.
+
+    Args:
+        x: Points (J, N, 3).
+        k: Neighbours per point.
+        d2_target: The data's mean squared neighbour distance (`Flows.d2_target`).
+        backend: Kernel backend of the kNN search.
+
+    Returns:
+        The loss of each job (J,), differentiable with respect to x.
+    """
     d2, _ = ops.knn(x, k + 1, backend=backend)
     return torch.log((d2[..., 1:] + CONT_EPS) / d2_target).abs().mean(dim=(1, 2))
 
@@ -101,12 +116,44 @@ def frozen(model):
 class FlowAM:
     """Activation maximization over a (class x seed) grid.
 
-    model: any nn.Module taking (B,3,N) and returning logits (B,K); the built-in PointNet and
-    DGCNN run on the fused fast paths in eval mode. flows: a `Flows` for this model (needed
-    for method="flowam", and for the bounds and continuity target of "regularized").
-    method: "flowam" | "vanilla" (logit only, no clamp) | "regularized" (continuity + bounds)
-    | "ae-latent" (logit only, optimized in `autoencoder`'s latent space; see the module docstring).
-    flow_weight / continuity_weight / clamp: None takes the method's preset.
+    All jobs of a batch are optimized together with Adam; each job's result does not depend
+    on the batch it ran in. Each job keeps the iterate with the highest target logit among
+    those the model classifies as the target class (the last iterate if none does).
+
+    Args:
+        model: Any nn.Module taking (B, 3, N) points and returning logits (B, K); the built-in
+            PointNet and DGCNN run on the fused fast paths in eval mode. It is frozen while
+            the engine runs and restored afterwards.
+        flows: The `Flows` of this model, needed for method "flowam" (the flow term) and for
+            the data bounds and continuity target of any method that uses them.
+        method: "flowam" (logit, flow alignment, continuity, bounds), "vanilla" (logit only,
+            no clamp), "regularized" (logit, continuity, bounds) or "ae-latent" (logit only,
+            optimized in the latent space of `autoencoder`, whose decoding the classifier
+            sees).
+        steps: Adam steps per job.
+        lr: Adam's learning rate.
+        flow_weight: Weight of the flow alignment term; None takes the method's preset.
+        continuity_weight: Weight of the continuity term; None takes the method's preset.
+        continuity_k: Neighbours of the continuity term; None takes the flows' (whose
+            continuity target was measured with it; another k is refused).
+        num_points: Points per explanation.
+        init: Initial cloud of each job: "uniform" (in a cube), "normal" or "sphere", drawn
+            from a generator seeded by (class, seed).
+        init_scale: Half-width (uniform), std (normal) or radius (sphere) of the initial cloud.
+        clamp: Clamp the points to the flows' data bounds after each step (the latent range
+            for "ae-latent"); None takes the method's preset.
+        layers: Layers of the flow term; None takes the flows' layers.
+        autoencoder: The autoencoder of method "ae-latent" (and only of it).
+        device: Device of the optimization; None takes the model's.
+        backend: Kernel backend of the fused ops ("auto", "cpu", "cuda", "triton", "torch").
+        quiet: No progress bar.
+        alignment: Statistics of the flow term: "moments" (per-channel mean and std) or
+            "quantiles" (a 1-D Wasserstein-2 distance per channel; needs flows with quantiles).
+
+    Raises:
+        ValueError: An unknown method, alignment or init, a missing or unexpected
+            autoencoder, missing flows for a method that needs them, invalid steps, lr or
+            num_points, or flows that do not match the model (layers, channels, classes).
     """
 
     def __init__(self, model, flows: Flows | None = None, method: str = "flowam", steps: int = 600,
@@ -114,14 +161,14 @@ class FlowAM:
                  continuity_k: int | None = None, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
                  clamp: bool | None = None, layers=None, autoencoder=None, device=None, backend: str = "auto",
                  quiet: bool = False, alignment: str = "moments"):
-        if method not in _PRESETS:
+        if method not in PRESETS:
             raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
         if alignment not in ALIGNMENTS:
             raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
         if (method == "ae-latent") != (autoencoder is not None):
-            raise ValueError("method 'ae-latent' needs autoencoder= (see flowam_fast.autoencoder), and only it "
+            raise ValueError("method 'ae-latent' needs autoencoder= (see flowam_fast.am.autoencoder), and only it "
                              f"takes one (method {method!r})")
-        fw, cw, cl = _PRESETS[method]
+        fw, cw, cl = PRESETS[method]
         fw = fw if flow_weight is None else float(flow_weight)
         cw = cw if continuity_weight is None else float(continuity_weight)
         cl = cl if clamp is None else bool(clamp)
@@ -154,6 +201,14 @@ class FlowAM:
         if fw > 0:
             self._check_flows_match_model()
 
+    def __repr__(self) -> str:
+        cfg = self.config
+        flow = f"flow_weight={cfg.flow_weight:g} ({cfg.alignment}, {counted(len(cfg.layers), 'layer')}), " \
+            if cfg.flow_weight > 0 else ""
+        return (f"FlowAM(method={cfg.method!r}, model={type(self.model).__name__!r}, steps={cfg.steps}, lr={cfg.lr:g}, "
+                f"{flow}continuity_weight={cfg.continuity_weight:g}, {cfg.num_points} points, "
+                f"device={str(self.device)!r})")
+
     def _continuity_target(self) -> float:
         """The flows' d2_target for clouds of num_points points. It was measured on clouds of
         flows.num_points points; neighbour distances on a surface scale as (area / N)^(1/2), so
@@ -179,7 +234,17 @@ class FlowAM:
 
     # -- the objective -------------------------------------------------------------------
     def objective(self, x: torch.Tensor, classes: torch.Tensor):
-        """Per-job loss terms for points x (J,N,3): (total (J,), logits (J,K), terms dict)."""
+        """The loss of each job, with the logits and the terms it is made of.
+
+        Args:
+            x: Points (J, N, 3), one cloud per job.
+            classes: Target class of each job (J,), int64.
+
+        Returns:
+            A tuple of the total loss (J,), the logits (J, K) and a dict of the unweighted
+            terms (J,) by name: "logit" (the target logit), and "flow" and "continuity"
+            where their weights are positive.
+        """
         cfg = self.config
         inp = x.transpose(1, 2)
         terms = {}
@@ -215,15 +280,37 @@ class FlowAM:
 
     # -- the sweep -------------------------------------------------------------------------
     def run(self, classes, seeds, batch_size: int | None = None, store=None) -> Explanations:
-        """Optimize every (class, seed) job. batch_size: jobs per batch (default: all).
-        store: an HDF5 path; jobs already stored there (same method and config) are skipped,
-        and the store is rewritten atomically after each batch."""
+        """Optimize every (class, seed) job of the grid.
+
+        Args:
+            classes: Target class indices.
+            seeds: Seeds of each class.
+            batch_size: Jobs optimized together; None runs them all in one batch.
+            store: An HDF5 path: jobs already stored there (same method and config) are
+                skipped, and the store is rewritten atomically after each batch.
+
+        Returns:
+            The explanations of every job, those read from `store` included.
+
+        Raises:
+            ValueError: A class the model does not have, a class without flows, or a store
+                written with another config.
+        """
         classes = [int(c) for c in classes]
         seeds = [int(s) for s in seeds]
         return self.run_jobs([(c, s) for c in classes for s in seeds], batch_size=batch_size, store=store)
 
     def run_jobs(self, jobs, batch_size: int | None = None, store=None) -> Explanations:
-        """As `run`, for any list of (class, seed) jobs rather than a full grid (a sweep's shard)."""
+        """As `run`, for any list of (class, seed) jobs rather than a full grid (a sweep's shard).
+
+        Args:
+            jobs: (class, seed) pairs; a repeated pair runs once.
+            batch_size: Jobs optimized together; None runs them all in one batch.
+            store: An HDF5 path, as in `run`.
+
+        Returns:
+            The explanations of every job, those read from `store` included.
+        """
         # A repeated job would be optimized twice and stored twice; keep the first.
         jobs = list(dict.fromkeys((int(c), int(s)) for c, s in jobs))
         classes = list(dict.fromkeys(c for c, _ in jobs))
@@ -237,7 +324,13 @@ class FlowAM:
         if store is not None:
             done = Explanations.resume(store, self.config.to_json(), done)
             have = set(zip(done.classes.tolist(), done.seeds.tolist()))
-            jobs = [j for j in jobs if j not in have]
+            wanted, jobs = len(jobs), [j for j in jobs if j not in have]
+            if not jobs:
+                # Nothing to optimize: one line rather than an empty progress bar.
+                if not self.quiet and wanted:
+                    print(f"{self.config.method}: all {counted(wanted, 'job')} were already in {store}",
+                          file=sys.stderr)
+                return done
         batch_size = batch_size or max(1, len(jobs))
         bar = tqdm(total=len(jobs) * self.config.steps, desc=self.config.method, disable=self.quiet, unit="step")
         results = [done]

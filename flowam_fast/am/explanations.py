@@ -1,4 +1,4 @@
-"""The explanations store: one HDF5 file per sweep (layout in DESIGN.md, "Conventions")."""
+"""The explanations store: one HDF5 file per sweep (layout in docs/design.md, "Conventions")."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,27 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_path
+from .configdiff import config_changes
+from .reprs import counted, int_ranges, model_name, short_list
 
 FORMAT = "flowam_fast.explanations"
 
 
-@dataclass
+@dataclass(repr=False)
 class Explanations:
-    """points (J,N,3) float32, classes (J,) int64, seeds (J,) int64, logits (J,K) float32, and
-    the method, config (JSON), model description and class names they came from."""
+    """A set of explanations, one per (class, seed) job, and how they were made.
+
+    Attributes:
+        points: Explanation clouds (J, N, 3), float32.
+        classes: Target class of each job (J,), int64.
+        seeds: Seed of each job (J,), int64.
+        logits: The model's logits on each explanation (J, K), float32.
+        method: The AM method ("flowam", "vanilla", "regularized" or "ae-latent").
+        config: The engine's configuration, as JSON.
+        model: A description of the model, as JSON.
+        class_names: Names of the model's classes (may be empty).
+        version: The flowam_fast version that wrote them.
+    """
 
     points: np.ndarray
     classes: np.ndarray
@@ -32,15 +45,25 @@ class Explanations:
     def __len__(self) -> int:
         return int(self.classes.shape[0])
 
+    def __repr__(self) -> str:
+        classes = sorted(set(self.classes.tolist()))
+        success = f"success {self.success.mean():.1%}" if len(self) else "no jobs"
+        return (f"Explanations(method={self.method!r}, model={model_name(self.model)!r}, "
+                f"{counted(len(self), 'job')}, {counted(len(classes), 'class')} "
+                f"{short_list(self.class_name(c) for c in classes)}, seeds {int_ranges(self.seeds.tolist()) or 'none'}, "
+                f"{self.points.shape[1]} points, {success})")
+
     @property
     def success(self) -> np.ndarray:
         """Per job: the target class is the argmax of the stored logits."""
         return self.logits.argmax(1) == self.classes
 
     def class_name(self, c: int) -> str:
+        """The name of class `c`, or "class <c>" where the names do not cover it."""
         return self.class_names[c] if c < len(self.class_names) else f"class {c}"
 
     def sorted(self) -> "Explanations":
+        """The same explanations in (class, seed) order."""
         order = np.lexsort((self.seeds, self.classes))
         return self._take(order)
 
@@ -49,6 +72,12 @@ class Explanations:
                             self.method, self.config, self.model, list(self.class_names), self.version)
 
     def select(self, classes=None, seeds=None) -> "Explanations":
+        """The explanations of the given classes and seeds, in their stored order.
+
+        Args:
+            classes: Class indices to keep; None keeps every class.
+            seeds: Seeds to keep; None keeps every seed.
+        """
         keep = np.ones(len(self), bool)
         if classes is not None:
             keep &= np.isin(self.classes, list(classes))
@@ -58,6 +87,11 @@ class Explanations:
 
     @staticmethod
     def concat(parts) -> "Explanations":
+        """The explanations of all `parts` (at least one) in one set, in order.
+
+        Raises:
+            ValueError: The parts were made with different methods or configs.
+        """
         parts = list(parts)
         first = parts[0]
         for p in parts[1:]:
@@ -68,6 +102,7 @@ class Explanations:
                             first.method, first.config, first.model, list(first.class_names), first.version)
 
     def save(self, path) -> None:
+        """Write the store to the HDF5 file `path`, atomically (a reader never sees half a file)."""
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f["points"] = self.points.astype(np.float32)
             f["classes"] = self.classes.astype(np.int64)
@@ -82,6 +117,12 @@ class Explanations:
 
     @classmethod
     def load(cls, path) -> "Explanations":
+        """Read a store written by `save`.
+
+        Raises:
+            FileNotFoundError: There is no file at `path`.
+            ValueError: The file is not a readable, complete and consistent store.
+        """
         if not Path(path).exists():
             raise FileNotFoundError(f"explanations file not found: {path}")
         try:
@@ -106,17 +147,40 @@ class Explanations:
     @classmethod
     def resume(cls, path, config: str, empty: "Explanations") -> "Explanations":
         """The jobs already stored at `path` for the same config, or `empty` if there is no file.
-        A store made with another config is an error rather than silently mixed or lost."""
+
+        A store made with another config is an error rather than silently mixed or lost.
+
+        Args:
+            path: The store's HDF5 path.
+            config: The engine's configuration, as JSON (`FlowAM.config.to_json()`).
+            empty: What to return when there is no file yet.
+
+        Raises:
+            ValueError: The store was made with another config, or cannot be read.
+        """
         if not Path(path).exists():
             return empty
         stored = cls.load(path)
         if stored.config != config:
-            raise ValueError(f"{path} holds explanations made with another config; choose another --out "
-                             f"or delete it.\n stored: {stored.config}\n now:    {config}")
+            raise ValueError(f"{path} holds explanations made with another config "
+                             f"({', '.join(config_changes(stored.config, config))}); delete it or choose another "
+                             "store (on the command line: --fresh discards it and starts over, or choose another "
+                             "--out)")
         return stored
 
     def to_ply(self, directory) -> list:
-        """One binary PLY per job, named <class>_<name>_seed<seed>.ply."""
+        """Write one binary PLY (vertices x, y, z) per job.
+
+        Files are named `<method>_<class:03d>_<name>_seed<seed>.ply`, e.g.
+        `flowam_007_chair_seed3.ply`, where `<name>` is the class name with spaces and slashes
+        replaced by underscores.
+
+        Args:
+            directory: where the files go; created if missing.
+
+        Returns:
+            The paths written, one per job, in the jobs' order.
+        """
         from plyfile import PlyData, PlyElement
 
         directory = Path(directory)
@@ -134,6 +198,33 @@ class Explanations:
         return written
 
     def plot(self, path, **kw) -> None:
+        """Draw the explanations as a contact sheet image at `path`.
+
+        Args:
+            path: The image file to write.
+            **kw: Options of `flowam_fast.am.sheets.contact_sheet`.
+        """
         from .sheets import contact_sheet
 
         contact_sheet([self], path, **kw)
+
+    def to_html(self, path, references=None, title=None):
+        """Write an interactive 3-D viewer of the explanations: one self-contained HTML page.
+
+        Args:
+            path: The .html file to write; its directory must exist.
+            references: Optional {class index: (M, 3) real cloud}, as
+                `flowam_fast.am.sheets.class_examples(points, labels)` returns, shown beside
+                each explanation.
+            title: The page's title; defaults to "<method> explanations".
+
+        Returns:
+            The path written.
+
+        Raises:
+            FileNotFoundError: The directory of `path` does not exist.
+            ValueError: There are no explanations, or the references are malformed.
+        """
+        from .viewer import write_html
+
+        return write_html(self, path, references=references, title=title)

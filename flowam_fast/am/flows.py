@@ -1,5 +1,5 @@
 """Activation flows: per-class, per-channel statistics of a model's per-point activations over
-all points of all training samples of each class (DESIGN.md), plus the data bounds and the
+all points of all training samples of each class (docs/design.md), plus the data bounds and the
 continuity target the FlowAM objective needs.
 
 `compute_flows` makes one pass over the data; the reduction runs in the fused `flow_stats`
@@ -19,6 +19,7 @@ from .. import __version__, ops
 from ..atomic import atomic_path
 from ..models.activations import default_layers, get_activations
 from ..ops.quantile_align import sample_quantiles
+from .reprs import counted, model_name, short_list
 
 
 def describe_model(model: torch.nn.Module) -> str:
@@ -29,19 +30,36 @@ def describe_model(model: torch.nn.Module) -> str:
     return json.dumps({"class": type(model).__name__, "parameters": n_params, **extra}, sort_keys=True)
 
 
-@dataclass
+@dataclass(repr=False)
 class Flows:
-    """Per-class activation flows of one model.
+    """Per-class activation flows of one model, with the data geometry FlowAM needs.
 
-    mean[layer], std[layer]: (K, C_l) float32; count: (K,) number of training samples per
-    class; lo, hi: (3,) per-axis bounds of the data; d2_target: mean squared distance to the
-    `continuity_k` nearest neighbours (self excluded) in the training data.
-    quantiles[layer] (optional, for `alignment="quantiles"`): (K, C_l, Q) float32, each class's
-    quantile function per channel at the Q levels (j + 0.5)/Q: the mean over the class's
-    training samples of each sample's quantile function over its points. That mean is the
-    Wasserstein-2 barycenter of the samples' distributions, the one target closest to all of
-    them on average, which is what a single cloud is compared with; it also reduces batch by
-    batch, as the moments do, at K x C x Q numbers per layer whatever the number of samples.
+    Made by `compute_flows`; stored in HDF5 by `save` and read back by `load`.
+
+    The quantiles of a class are the mean over its training samples of each sample's quantile
+    function over its points. That mean is the Wasserstein-2 barycenter of the samples'
+    distributions, the one target closest to all of them on average, which is what a single
+    cloud is compared with; it also reduces batch by batch, as the moments do, at K x C x Q
+    numbers per layer whatever the number of samples.
+
+    Attributes:
+        layers: Names of the layers with flows, in order.
+        mean: Per layer, each class's per-channel mean over all points of its samples
+            (K, C_l), float32.
+        std: Per layer, the matching population std (K, C_l), float32; NaN for a class
+            without samples.
+        count: Training samples per class (K,), int64.
+        lo: Per-axis lower bounds of the data (3,).
+        hi: Per-axis upper bounds of the data (3,).
+        d2_target: Mean squared distance of a training point to its `continuity_k` nearest
+            neighbours (self excluded), on clouds of `num_points` points.
+        continuity_k: Neighbours of `d2_target`.
+        class_names: Names of the classes (may be empty).
+        model: A description of the model, as JSON.
+        num_points: Points per training cloud.
+        quantiles: Optional, for FlowAM's `alignment="quantiles"`: per layer, each class's
+            quantile function per channel at the Q levels (j + 0.5) / Q, (K, C_l, Q) float32;
+            None when not computed.
     """
 
     layers: list
@@ -57,13 +75,29 @@ class Flows:
     num_points: int = 0
     quantiles: dict | None = None
 
+    def __repr__(self) -> str:
+        layers = [f"{layer} ({int(self.mean[layer].shape[1])})" for layer in self.layers]
+        if len(layers) > 3:
+            layers = [*layers[:2], "...", layers[-1]]
+        stats = f"moments+quantiles({self.quantile_levels})" if self.quantiles else "moments"
+        names = self.class_names or range(self.num_classes)
+        return (f"Flows(model={model_name(self.model)!r}, {counted(self.num_classes, 'class')} {short_list(names)}, "
+                f"{counted(len(self.layers), 'layer')}: {', '.join(layers)}, {self.num_points} points, {stats})")
+
     @property
     def quantile_levels(self) -> int:
         """Q, the number of stored quantile levels; 0 when the flows have no quantiles."""
         return int(next(iter(self.quantiles.values())).shape[-1]) if self.quantiles else 0
 
     def class_quantiles(self, layer: str):
-        """(quantiles (K,C,Q), std (K,C)) of `layer`; raises if the flows have no quantiles."""
+        """The quantile flow of `layer`, as FlowAM's quantile alignment reads it.
+
+        Returns:
+            A tuple of the quantiles (K, C, Q) and the std (K, C) of the layer.
+
+        Raises:
+            ValueError: The flows have no quantiles.
+        """
         if not self.quantiles:
             raise ValueError("these flows have no quantiles (alignment='quantiles' needs them); recompute them with "
                              "compute_flows(..., quantile_levels=Q) or `flowam-fast flows --quantile-levels Q`")
@@ -71,15 +105,23 @@ class Flows:
 
     @property
     def num_classes(self) -> int:
+        """K, the number of classes."""
         return int(self.count.shape[0])
 
     def channels(self) -> dict:
+        """The number of channels of each layer, by layer name."""
         return {layer: int(self.mean[layer].shape[1]) for layer in self.layers}
 
     def class_flow(self, layer: str):
+        """The moment flow of `layer`: a tuple of the mean (K, C) and the std (K, C)."""
         return self.mean[layer], self.std[layer]
 
     def check_classes(self, classes) -> None:
+        """Check that every one of `classes` has a flow.
+
+        Raises:
+            ValueError: A class is out of range or had no training samples.
+        """
         for c in classes:
             if not 0 <= int(c) < self.num_classes:
                 raise ValueError(f"unknown class {c}: the flows cover classes 0..{self.num_classes - 1}")
@@ -87,7 +129,11 @@ class Flows:
                 raise ValueError(f"class {c} has no training samples in the flows")
 
     def check_taps(self, model) -> None:
-        """Raise if the flows were computed at an older version of the model's activation taps."""
+        """Check that the flows were computed at the model's version of its activation taps.
+
+        Raises:
+            ValueError: The flows were computed at another version of the taps.
+        """
         want = getattr(model, "tap_version", None)
         if want is None or not self.model:
             return
@@ -97,8 +143,17 @@ class Flows:
                              f"the model has version {want} (the taps moved); recompute them (flowam-fast flows)")
 
     def check_compatible(self, layers, channels: dict, model=None) -> None:
-        """Raise unless every one of `layers` has flows here, with the model's channel counts
-        (and, given the model, its tap version)."""
+        """Check that the flows fit a model.
+
+        Args:
+            layers: Layers the caller will align.
+            channels: The model's channel count of each of `layers`, by name.
+            model: The model, whose activation tap version is checked too; None skips that.
+
+        Raises:
+            ValueError: A layer without flows, a channel count that differs, or flows of
+                another version of the model's taps.
+        """
         if model is not None:
             self.check_taps(model)
         missing = [layer for layer in layers if layer not in self.layers]
@@ -113,6 +168,7 @@ class Flows:
                              + "; they were computed for another model (" + self.model + ")")
 
     def save(self, path) -> None:
+        """Write the flows to the HDF5 file `path`, atomically."""
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
             f.attrs["format"] = "flowam_fast.flows"
             f.attrs["version"] = __version__
@@ -135,6 +191,12 @@ class Flows:
 
     @classmethod
     def load(cls, path) -> "Flows":
+        """Read flows written by `save`.
+
+        Raises:
+            FileNotFoundError: There is no file at `path`.
+            ValueError: The file is not a readable, complete flows file.
+        """
         try:
             f = h5py.File(path, "r")
         except FileNotFoundError:
@@ -197,18 +259,37 @@ def neighbour_d2(points: torch.Tensor, k: int, backend: str = "auto") -> torch.T
 def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes: int | None = None,
                   continuity_k: int = 3, device=None, backend: str = "auto", quiet: bool = False,
                   classes=None, geometry_of: Flows | None = None, quantile_levels: int = 0) -> Flows:
-    """One pass over `dataset` (items (points (N,3), label)) through `model` (input (B,3,N)).
+    """Compute a model's activation flows in one pass over a dataset.
 
-    layers: names of modules whose outputs are per-point activations (B,C,N); default: the
-    model's `flow_layers`. num_classes: default len(dataset.classes) or max label + 1.
-    classes: only the samples of these classes go through the model (the others get count 0,
-    and the bounds and continuity target come from these samples alone). A class's flow
-    depends on its own samples only, so its flow is the same as from the whole pass.
-    geometry_of: flows whose data bounds, continuity target (and k) and point count are taken
-    as they are instead of measured again: they depend on the data alone, not on the model, so
-    flows of another model on the same data (a randomized one, say) skip that work.
-    quantile_levels: Q > 0 also stores each class's quantile functions at Q levels (see
-    `Flows.quantiles`; FlowAM's alignment="quantiles" reads them); 0 stores none.
+    Args:
+        model: The classifier, taking (B, 3, N) points; run in eval mode, its mode restored after.
+        dataset: Items (points (N, 3), label); a dataset with `points` and `labels` arrays
+            (such as `ModelNet40`) is read in batches from them.
+        layers: Names of modules whose outputs are per-point activations (B, C, N); None
+            takes the model's `flow_layers`.
+        batch_size: Samples per forward pass.
+        num_classes: K; None takes len(dataset.classes), or the largest label + 1.
+        continuity_k: Neighbours of the continuity target.
+        device: Device of the forward passes; None takes the model's.
+        backend: Kernel backend of the fused ops.
+        quiet: No progress bar.
+        classes: Only the samples of these classes go through the model (the others get
+            count 0, and the bounds and continuity target come from these samples alone). A
+            class's flow depends on its own samples only, so it is the same as from the
+            whole pass. None takes every class.
+        geometry_of: Flows whose data bounds, continuity target (and k) and point count are
+            taken as they are instead of measured again: they depend on the data alone, not
+            on the model, so flows of another model on the same data (a randomized one, say)
+            skip that work.
+        quantile_levels: Q > 0 also stores each class's quantile functions at Q levels (see
+            `Flows.quantiles`; FlowAM's alignment="quantiles" reads them); 0 stores none.
+
+    Returns:
+        The flows of the model on the dataset.
+
+    Raises:
+        ValueError: A negative quantile_levels, labels outside [0, num_classes), or no
+            samples (of the requested classes).
     """
     if quantile_levels < 0:
         raise ValueError(f"quantile_levels must be >= 0, got {quantile_levels}")

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 
 def parse_classes(text: str, class_names, num_classes: int) -> list:
-    """"all", or a comma list of indices and class names."""
+    """Resolve a class list as users write it: "all", or a comma list of indices and class names.
+
+    Args:
+        text: E.g. "all" or "0,3,chair".
+        class_names: Names of the classes, in index order (may be empty).
+        num_classes: The number of classes.
+
+    Returns:
+        The class indices, in the order written.
+
+    Raises:
+        ValueError: An unknown name, an index out of range, or no class at all.
+    """
     if text.strip() == "all":
         return list(range(num_classes))
     out = []
@@ -24,7 +36,17 @@ def parse_classes(text: str, class_names, num_classes: int) -> list:
 
 
 def parse_seeds(text: str) -> list:
-    """"0-9", "0,3,7" or a mix."""
+    """Resolve a seed list as users write it: ranges, single seeds or a mix.
+
+    Args:
+        text: E.g. "0-9", "0,3,7" or "0-4,9"; a range includes both ends.
+
+    Returns:
+        The seeds, in the order written.
+
+    Raises:
+        ValueError: An empty range, a token that is not an integer, or no seed at all.
+    """
     out = []
     for tok in (t.strip() for t in text.split(",") if t.strip()):
         if "-" in tok[1:]:

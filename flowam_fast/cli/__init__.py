@@ -1,6 +1,8 @@
 """The `flowam-fast` command line: one module per command (cli/<command>.py, each with
 `add_arguments(parser)` and `run(args)`), the only place with argparse code. A command parses
-its arguments and calls library functions; this file only wires the commands up."""
+its arguments and calls library functions; this file only wires the commands up. A command
+module imports the library (torch and the rest) inside `run`, not at module level, so that
+`flowam-fast --help` and every command's `--help` answer without importing torch."""
 from __future__ import annotations
 
 import argparse
@@ -13,11 +15,23 @@ COMMANDS = {
     "train": ("flowam_fast.cli.train", "train a PointNet or DGCNN classifier"),
     "flows": ("flowam_fast.cli.flows", "compute per-class activation flows of a model on a dataset"),
     "explain": ("flowam_fast.cli.explain", "run FlowAM (or a baseline) over a (class x seed) grid"),
+    "view": ("flowam_fast.cli.view", "summarize a stored set of explanations; write its HTML viewer or PNG sheet"),
     "evaluate": ("flowam_fast.cli.evaluate", "metrics of stored explanations against real data"),
     "sanity": ("flowam_fast.cli.sanity", "cascading model-parameter randomization sanity check"),
     "bench": ("flowam_fast.cli.bench", "benchmark the fused kernels against the reference path"),
     "sweep": ("flowam_fast.cli.sweep", "a sharded (model x method x class x seed) sweep from a TOML spec, local or on Ray"),
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends an option's default to its help where it has one worth showing: not for flags
+    (False), options without a default (None), or help that already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flowam-fast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..am.explanations import Explanations
-from ..data.modelnet40 import read_shape_names
-from ..evaluation.evaluator import load_evaluator, real_data
-from ..evaluation.report import check_same_classes, evaluate_sets, method_table, write_report
 from .options import add_device_argument, device_of
 
 
@@ -23,14 +19,19 @@ def add_arguments(p) -> None:
     p.add_argument("--data", required=True, help="dataset directory (ModelNet40 HDF5 layout); its test split is used")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--evaluator", help="evaluator PointNet checkpoint (default: train one, kept in --out)")
-    p.add_argument("--refs", type=int, default=20, help="real samples per class for Chamfer (default 20)")
-    p.add_argument("--emd-refs", type=int, default=5, help="real samples per class for EMD (default 5)")
-    p.add_argument("--emd-points", type=int, default=256, help="points per cloud for EMD (default 256)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--refs", type=int, default=20, help="real samples per class for Chamfer")
+    p.add_argument("--emd-refs", type=int, default=5, help="real samples per class for EMD")
+    p.add_argument("--emd-points", type=int, default=256, help="points per cloud for EMD")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
     add_device_argument(p)
 
 
 def run(args) -> int:
+    from ..am.explanations import Explanations
+    from ..data.modelnet40 import read_shape_names
+    from ..evaluation.evaluator import load_evaluator, real_data
+    from ..evaluation.report import check_same_classes, evaluate_sets, method_table, write_report
+
     sets = [Explanations.load(p) for p in args.explanations]
     methods = [e.method for e in sets]
     if len(set(methods)) != len(methods):

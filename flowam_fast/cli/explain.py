@@ -1,30 +1,41 @@
 """`flowam-fast explain`: FlowAM or a baseline over a (class x seed) grid, from the CLI."""
 from __future__ import annotations
 
-from ..am.engine import METHODS, FlowAM
-from ..am.flows import Flows
-from ..am.autoencoder import load_autoencoder
-from ..am.grid import parse_classes, parse_seeds
-from ..models import load_checkpoint
-from .options import add_am_arguments, add_device_argument, device_of
+from ..am.names import METHODS
+from .options import add_am_arguments, add_arch_argument, add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="classifier checkpoint")
-    p.add_argument("--arch", choices=["pointnet", "dgcnn"], help="architecture, for reference checkpoints")
+    p.add_argument("--model", required=True, help="classifier checkpoint (.pt)")
+    add_arch_argument(p)
     p.add_argument("--flows", required=True, help="flows file from `flowam-fast flows`")
     p.add_argument("--classes", default="all", help='"all" or a comma list of indices or names')
     p.add_argument("--seeds", default="0-1", help='e.g. "0-9" or "0,3,5"')
-    p.add_argument("--method", choices=METHODS, default="flowam")
-    p.add_argument("--autoencoder", help="autoencoder checkpoint for --method ae-latent (flowam_fast.autoencoder)")
+    p.add_argument("--method", choices=METHODS, default=METHODS[0], help="FlowAM or a baseline")
+    p.add_argument("--autoencoder",
+                   help="autoencoder checkpoint for --method ae-latent (flowam_fast.am.autoencoder)")
     p.add_argument("--out", required=True, help="explanations store (.h5); jobs already in it are skipped")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the jobs already in --out (made with another config, say) and start over")
     p.add_argument("--ply", help="also write one PLY per job into this directory")
     p.add_argument("--png", help="also write a contact sheet PNG")
+    p.add_argument("--html", help="also write the interactive viewer page (HTML)")
+    p.add_argument("--data", help="dataset directory (ModelNet40 HDF5 layout): show a real test sample of each class "
+                                  "beside the explanations in --png and --html")
     add_am_arguments(p)
     add_device_argument(p)
 
 
 def run(args) -> int:
+    from pathlib import Path
+
+    from ..am.autoencoder import load_autoencoder
+    from ..am.engine import FlowAM
+    from ..am.flows import Flows
+    from ..am.grid import parse_classes, parse_seeds
+    from ..models import load_checkpoint
+    from .view import class_references, write_views
+
     device = device_of(args)
     model = load_checkpoint(args.model, arch=args.arch).to(device)
     flows = Flows.load(args.flows)
@@ -39,10 +50,12 @@ def run(args) -> int:
                     flow_weight=args.flow_weight, continuity_weight=args.continuity_weight,
                     num_points=args.num_points or (ae.num_points if ae is not None else flows.num_points) or 1024,
                     quiet=args.quiet, device=device, alignment=args.alignment)
+    if args.fresh:
+        Path(args.out).unlink(missing_ok=True)
     result = engine.run(classes, seeds, batch_size=args.batch_size, store=args.out)
     if args.ply:
         result.to_ply(args.ply)
-    if args.png:
-        result.plot(args.png)
+    references = class_references(args.data, result) if args.data and (args.png or args.html) else None
+    write_views(result, html=args.html, png=args.png, references=references)
     print(f"{len(result)} explanations ({args.method}) in {args.out}; success {result.success.mean():.1%}")
     return 0

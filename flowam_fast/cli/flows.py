@@ -1,28 +1,29 @@
 """`flowam-fast flows`: per-class activation flows of a model on a dataset's training split."""
 from __future__ import annotations
 
-from ..am.flows import compute_flows
-from ..data import ModelNet40
-from ..models import load_checkpoint
-from .options import add_device_argument, device_of
+from .options import add_arch_argument, add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="checkpoint (.pt) written by `flowam-fast train` or a reference layout")
-    p.add_argument("--arch", choices=["pointnet", "dgcnn"], help="architecture, for reference checkpoints")
+    add_arch_argument(p)
     p.add_argument("--data", required=True, help="dataset directory in the ModelNet40 HDF5 layout")
     p.add_argument("--out", required=True, help="output flows file (.h5)")
     p.add_argument("--layers", help="comma-separated module names (default: the model's flow_layers)")
     p.add_argument("--num-points", type=int, default=None, help="points per sample (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="samples per forward pass")
     p.add_argument("--quantile-levels", type=int, default=0,
                    help="also store each class's per-channel quantiles at this many levels, for --alignment "
-                        "quantiles (e.g. 64; default 0: none)")
-    p.add_argument("--quiet", action="store_true")
+                        "quantiles (e.g. 64; 0: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_argument(p)
 
 
 def run(args) -> int:
+    from ..am.flows import compute_flows
+    from ..data import ModelNet40
+    from ..models import load_checkpoint
+
     model = load_checkpoint(args.model, arch=args.arch).to(device_of(args))
     num_points = args.num_points or getattr(model, "num_points", None) or 1024
     data = ModelNet40(args.data, split="train", num_points=num_points)

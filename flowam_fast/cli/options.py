@@ -1,10 +1,17 @@
-"""Argument groups shared by several commands."""
+"""Argument groups shared by several commands. Torch-free at import: see cli/__init__.py."""
 from __future__ import annotations
+
+from ..am.names import ALIGNMENTS, ARCHITECTURES, PRESETS
+
+
+def add_arch_argument(p) -> None:
+    p.add_argument("--arch", choices=ARCHITECTURES,
+                   help="architecture of a checkpoint in a reference layout (default: read from the checkpoint)")
 
 
 def add_device_argument(p) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="where models and the engine run (default: cpu; cuda: the current CUDA device)")
+                   help="where models and the engine run (cuda: the current CUDA device)")
 
 
 def device_of(args):
@@ -19,16 +26,23 @@ def device_of(args):
 
 def add_am_arguments(p) -> None:
     """Options of the objective, shared by the commands that run the engine."""
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--flow-weight", type=float, default=None, help="default: the method's preset (flowam: 100)")
-    p.add_argument("--continuity-weight", type=float, default=None, help="default: the method's preset (1)")
-    p.add_argument("--alignment", choices=["moments", "quantiles"], default="moments",
-                   help="flow term: per-channel mean and std (default), or per-channel quantiles (1-D Wasserstein; "
+    p.add_argument("--steps", type=int, default=600, help="Adam steps of every job")
+    p.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
+    p.add_argument("--flow-weight", type=float, default=None,
+                   help=f"weight of the flow term (default: the method's preset: {_presets(0)})")
+    p.add_argument("--continuity-weight", type=float, default=None,
+                   help=f"weight of the continuity term (default: the method's preset: {_presets(1)})")
+    p.add_argument("--alignment", choices=ALIGNMENTS, default=ALIGNMENTS[0],
+                   help="flow term: per-channel mean and std (moments), or per-channel quantiles (1-D Wasserstein; "
                         "needs flows made with --quantile-levels)")
-    p.add_argument("--num-points", type=int, default=None, help="default: as in the flows")
+    p.add_argument("--num-points", type=int, default=None, help="points per explanation (default: as in the flows)")
     p.add_argument("--batch-size", type=int, default=None, help="jobs per batch (default: all at once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _presets(index: int) -> str:
+    """One preset weight of every method (flowam_fast.am.names.PRESETS): "flowam 100, ..."."""
+    return ", ".join(f"{method} {preset[index]:g}" for method, preset in PRESETS.items())
 
 
 def parse_weights(text: str) -> list:

@@ -6,45 +6,48 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..am.autoencoder import load_or_train_autoencoder
-from ..am.engine import METHODS
-from ..am.flows import Flows
-from ..am.grid import parse_classes, parse_seeds
-from ..data import ModelNet40
-from ..evaluation.evaluator import load_evaluator
-from ..evaluation.metrics import references_by_class, to_device
-from ..evaluation.sanity import (CLASS_REFS, REALISM_REFS, TRADEOFF_REFERENCES, markdown, run_methods, tradeoff,
-                                 tradeoff_markdown, write_outputs, write_tradeoff)
-from ..models import load_checkpoint
-from .options import add_am_arguments, add_device_argument, device_of, parse_weights
+from ..am.names import METHODS
+from .options import add_am_arguments, add_arch_argument, add_device_argument, device_of, parse_weights
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="classifier checkpoint")
-    p.add_argument("--arch", choices=["pointnet", "dgcnn"], help="architecture, for reference checkpoints")
+    p.add_argument("--model", required=True, help="classifier checkpoint (.pt)")
+    add_arch_argument(p)
     p.add_argument("--flows", required=True, help="the model's flows (`flowam-fast flows`)")
     p.add_argument("--data", required=True, help="dataset directory (ModelNet40 HDF5 layout)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--methods", default="flowam", help='comma list of flowam, vanilla, regularized, ae-latent')
+    p.add_argument("--methods", default=METHODS[0], help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--classes", default="all", help='"all" or a comma list of indices or names')
     p.add_argument("--seeds", default="0-1", help="at least two seeds (the threshold is their variation)")
-    p.add_argument("--variants", default="cascading,independent")
+    p.add_argument("--variants", default="cascading,independent",
+                   help="comma list of the randomization variants: cascading (parameter blocks re-initialized "
+                        "from the output down, one more per stage) and independent (one block at a time)")
     p.add_argument("--evaluator", help="evaluator PointNet checkpoint (default: train one, kept in --out)")
     p.add_argument("--autoencoder", help="autoencoder for ae-latent (default: train one, kept in --out)")
     p.add_argument("--flow-weights",
                    help='e.g. "0,1,10,100": run the trade-off of FlowAM over these flow weights instead (with '
                         'the methods of --tradeoff-references as references; --methods and --flow-weight are then '
                         'unused); writes tradeoff.json, tradeoff.md and tradeoff.png')
-    p.add_argument("--tradeoff-references", default=",".join(TRADEOFF_REFERENCES),
-                   help=f'reference methods of the trade-off, each checked once (default: {",".join(TRADEOFF_REFERENCES)}; '
-                        '"none" for none)')
+    p.add_argument("--tradeoff-references",
+                   help='comma list of the reference methods of the trade-off, each checked once, or "none" '
+                        "(default: flowam_fast.evaluation.sanity.TRADEOFF_REFERENCES)")
     add_am_arguments(p)
     add_device_argument(p)
 
 
 def run(args) -> int:
+    from ..am.autoencoder import load_or_train_autoencoder
+    from ..am.flows import Flows
+    from ..am.grid import parse_classes, parse_seeds
+    from ..data import ModelNet40
+    from ..evaluation.evaluator import load_evaluator
+    from ..evaluation.metrics import references_by_class, to_device
+    from ..evaluation.sanity import (CLASS_REFS, REALISM_REFS, TRADEOFF_REFERENCES, markdown, run_methods, tradeoff,
+                                     tradeoff_markdown, write_outputs, write_tradeoff)
+    from ..models import load_checkpoint
+
     weights = parse_weights(args.flow_weights) if args.flow_weights else None
-    listed = args.tradeoff_references if weights else args.methods
+    listed = (args.tradeoff_references or ",".join(TRADEOFF_REFERENCES)) if weights else args.methods
     methods = [] if weights and listed.strip() == "none" else [m.strip() for m in listed.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad or not (methods or weights):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    p.add_argument("spec", help="sweep spec (TOML; see README, Sweeps)")
+    p.add_argument("spec", help="sweep spec (TOML; see docs/design.md, section Sweeps)")
     p.add_argument("--out", required=True, help="output directory: <model>/<method>.h5, shards/, sweep.json")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: shards one after another here; ray: one Ray task per shard (default: local)")
+                   help="local: shards one after another here; ray: one Ray task per shard")
     p.add_argument("--address", help="Ray cluster address, e.g. HEAD:6379 (default: start a local Ray)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (on Ray: one GPU per task); default cpu")
-    p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a shard whose worker died (default 3)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on Ray: one GPU per task)")
+    p.add_argument("--max-retries", type=int, default=3, help="Ray: retries of a shard whose worker died")
     p.add_argument("--fresh", action="store_true", help="discard an earlier sweep in --out and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

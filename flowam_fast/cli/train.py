@@ -6,12 +6,12 @@ import contextlib
 import tempfile
 from pathlib import Path
 
-import torch
-
-from ..data import ModelNet40, generate_shapes
-from ..models import build_model, save_checkpoint
-from ..training import DEMO_CONFIG, train
+from ..am.names import ARCHITECTURES
 from .options import add_device_argument, device_of
+
+#: Options whose default is the demo recipe's (flowam_fast.training.DEMO_CONFIG), read in `run`:
+#: the recipe lives beside the training code, which imports torch.
+RECIPE_OPTIONS = ("epochs", "num_points", "batch_size", "lr", "weight_decay")
 
 
 @contextlib.contextmanager
@@ -19,6 +19,8 @@ def _dataset_dir(data: str, data_dir: str | None, quiet: bool):
     """The dataset directory: `data` itself, or for "synthetic" the procedural shapes written
     to `data_dir` (kept) or to a temporary directory (removed on exit; the splits are read
     into memory before that)."""
+    from ..data import generate_shapes
+
     if data != "synthetic":
         yield Path(data)
         return
@@ -30,25 +32,35 @@ def _dataset_dir(data: str, data_dir: str | None, quiet: bool):
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", choices=["pointnet", "dgcnn"], default="pointnet")
+    p.add_argument("--model", choices=ARCHITECTURES, default=ARCHITECTURES[0], help="architecture")
     p.add_argument("--data", default="synthetic", help='"synthetic" (procedural shapes) or a ModelNet40-layout directory')
     p.add_argument("--data-dir", default=None,
                    help="with --data synthetic: where to write the shapes (default: a temporary directory)")
-    p.add_argument("--epochs", type=int, default=DEMO_CONFIG["epochs"])
+    recipe = "(default: the demo recipe's, flowam_fast.training.DEMO_CONFIG)"
+    p.add_argument("--epochs", type=int, default=None, help=f"training epochs {recipe}")
     p.add_argument("--out", required=True, help="checkpoint to write (.pt)")
-    p.add_argument("--width", type=float, default=1.0, help="width multiplier (the demo uses 0.25)")
+    p.add_argument("--width", type=float, default=1.0, help="width multiplier of the layers (the demo uses 0.25)")
     p.add_argument("--k", type=int, default=20, help="DGCNN neighbours")
-    p.add_argument("--num-points", type=int, default=DEMO_CONFIG["num_points"])
-    p.add_argument("--batch-size", type=int, default=DEMO_CONFIG["batch_size"])
-    p.add_argument("--lr", type=float, default=DEMO_CONFIG["lr"])
-    p.add_argument("--weight-decay", type=float, default=DEMO_CONFIG["weight_decay"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-points", type=int, default=None, help=f"points per sample {recipe}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"samples per batch {recipe}")
+    p.add_argument("--lr", type=float, default=None, help=f"Adam's learning rate {recipe}")
+    p.add_argument("--weight-decay", type=float, default=None, help=f"Adam's weight decay {recipe}")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, shuffling and augmentation")
     p.add_argument("--rotate", action="store_true", help="augment with random rotations about the vertical axis")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_argument(p)
 
 
 def run(args) -> int:
+    import torch
+
+    from ..data import ModelNet40
+    from ..models import build_model, save_checkpoint
+    from ..training import DEMO_CONFIG, train
+
+    for key in RECIPE_OPTIONS:
+        if getattr(args, key) is None:
+            setattr(args, key, DEMO_CONFIG[key])
     with _dataset_dir(args.data, args.data_dir, args.quiet) as root:
         train_set = ModelNet40(root, "train", num_points=args.num_points)
         test_set = ModelNet40(root, "test", num_points=args.num_points)

@@ -81,8 +81,16 @@ def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
-    """Centre each cloud (..., P, 3) on its centroid and scale it so its farthest point has
-    norm 1. A cloud that is a single repeated point is only centred."""
+    """Centre each cloud on its centroid and scale it so its farthest point has norm 1.
+
+    A cloud that is a single repeated point is only centred.
+
+    Args:
+        points: Clouds (..., P, 3).
+
+    Returns:
+        The normalized clouds, of the same shape.
+    """
     centred = points - points.mean(axis=-2, keepdims=True)
     radius = np.sqrt((centred**2).sum(-1)).max(axis=-1)[..., None, None]
     return centred / np.where(radius > 0, radius, 1.0)
@@ -91,12 +99,31 @@ def normalize_unit_sphere(points: np.ndarray) -> np.ndarray:
 class ModelNet40(torch.utils.data.Dataset):
     """A split of a dataset in the ModelNet40 HDF5 layout.
 
-    Items are ``(points, label)``: points a float32 tensor (num_points, 3) (the first
-    `num_points` stored points, so the same every time), label an int.
+    A dataset directory holds `ply_data_{split}*.h5` files, each with `data` (M, P, 3) and
+    `label` (M, 1) or (M,), and `shape_names.txt` with one class name per line. Everything is
+    read into memory and checked at construction, so a bad file fails at once with its name
+    and the problem. Items are `(points, label)`: points a float32 tensor (num_points, 3) (the
+    first `num_points` stored points, so the same every time), label an int.
 
-    Attributes: ``classes`` (names from shape_names.txt), ``labels`` (int64 array (M,)),
-    ``points`` (float32 array (M, num_points, 3), for batched access without a DataLoader),
-    ``files`` (the HDF5 files read).
+    Args:
+        root: The dataset directory.
+        split: "train" or "test".
+        num_points: Points per sample, at most the number stored.
+        normalize: Centre each cloud and scale it into the unit sphere
+            (`normalize_unit_sphere`).
+
+    Attributes:
+        classes: Class names, from shape_names.txt.
+        labels: Label of each sample, int64 array (M,).
+        points: All samples, float32 array (M, num_points, 3), for batched access without
+            a DataLoader.
+        files: The HDF5 files read, in the order their samples are concatenated.
+
+    Raises:
+        ValueError: An unknown split or a num_points that is not a positive int.
+        DatasetNotFoundError: The directory, its split files or shape_names.txt are missing.
+        DatasetError: A file is unreadable, has the wrong shapes or dtypes, labels outside
+            the classes, NaN or Inf, or fewer points than num_points.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", num_points: int = 1024, normalize: bool = True):
@@ -142,6 +169,7 @@ class ModelNet40(torch.utils.data.Dataset):
 
     @property
     def num_classes(self) -> int:
+        """The number of classes."""
         return len(self.classes)
 
     def class_indices(self, c: int) -> np.ndarray:

@@ -8,7 +8,7 @@ noise. Shapes stand upright (y up) with one heading, as ModelNet40's HDF5 files 
 ``rotation`` adds a random turn about the vertical axis. The default keeps one heading
 because an activation flow pools all points of all samples of a class: with random headings
 a dumbbell's flow is the average over headings, and the shape that matches it best is a
-round blob, not a dumbbell (README, "Aligned layers"). Classifiers learn yaw invariance from
+round blob, not a dumbbell (docs/design.md, "Aligned layers"). Classifiers learn yaw invariance from
 training augmentation instead (``train(rotate=True)``). Classes
 that share a silhouette family (cube and cylinder, pyramid and cone) also differ in their
 proportions by more than the random scale can undo, so a small model tells them apart.
@@ -187,6 +187,7 @@ SHAPES: dict[str, Callable[[], list[Part]]] = {
                             *_legs((-0.62, 0.62), (-0.37, 0.37), 0.26, -0.45, 0.08))],
 }
 CLASSES = tuple(SHAPES)
+"""Names of the procedural shape classes, in their default label order."""
 
 
 def sample_surface(parts: list[Part], rng: np.random.Generator, num_samples: int, num_points: int) -> np.ndarray:
@@ -255,10 +256,29 @@ def write_h5(path: str | os.PathLike, points: np.ndarray, labels: np.ndarray) ->
 
 def generate_shapes(out_dir: str | os.PathLike, train_per_class: int = 200, test_per_class: int = 50,
                     num_points: int = 2048, seed: int = 0, classes=CLASSES, rotation: float = 0.0) -> Path:
-    """Write the procedural dataset in the ModelNet40 HDF5 layout (ply_data_train0.h5,
-    ply_data_test0.h5, shape_names.txt) into out_dir, which is created if needed.
-    rotation: each sample turns about the vertical axis by an angle uniform in [-rotation,
-    rotation] degrees (0, the default: one heading; 180: any). Returns out_dir as a Path."""
+    """Write the procedural dataset in the ModelNet40 HDF5 layout.
+
+    Writes ply_data_train0.h5, ply_data_test0.h5 and shape_names.txt into out_dir, which is
+    created if needed. Each sample is drawn from a generator seeded by (seed, split, class),
+    so a class's samples do not depend on which other classes are generated.
+
+    Args:
+        out_dir: The dataset directory.
+        train_per_class: Training samples per class.
+        test_per_class: Test samples per class.
+        num_points: Points per sample, uniform over each shape's surface by area.
+        seed: Seed of the whole dataset.
+        classes: Names of the shapes to generate, in label order (from `CLASSES`).
+        rotation: Each sample turns about the vertical axis by an angle uniform in
+            [-rotation, rotation] degrees (0: one heading; 180: any).
+
+    Returns:
+        out_dir, as a Path.
+
+    Raises:
+        ValueError: An unknown class, more than 256 classes, a count that is not a positive
+            int, or a rotation outside [0, 180].
+    """
     unknown = [c for c in classes if c not in SHAPES]
     if unknown:
         raise ValueError(f"unknown shape classes {unknown}; available: {list(CLASSES)}")

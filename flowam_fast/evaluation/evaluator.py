@@ -5,7 +5,22 @@ from __future__ import annotations
 
 
 def load_evaluator(data_dir, path=None, cache_dir=None, epochs: int | None = None, quiet: bool = False):
-    """The evaluator PointNet: from `path`, else cache_dir/evaluator.pt, trained there first if missing."""
+    """Load the evaluator PointNet of the metrics, training it first if there is none yet.
+
+    Args:
+        data_dir: The dataset it is trained on, where it must be trained.
+        path: A checkpoint to load; None takes cache_dir/evaluator.pt.
+        cache_dir: Where a trained evaluator is kept for the next run.
+        epochs: Training epochs; None takes the evaluator recipe's.
+        quiet: No progress output while training.
+
+    Returns:
+        The evaluator, in eval mode.
+
+    Raises:
+        ValueError: Neither path nor cache_dir is given, or the checkpoint is not a PointNet
+            (the FID features are the inputs of its fc1 and fc3).
+    """
     from ..atomic import cached_file
     from ..models import load_checkpoint
     from ..training.recipes import train_evaluator
@@ -19,7 +34,17 @@ def load_evaluator(data_dir, path=None, cache_dir=None, epochs: int | None = Non
 
 
 def real_data(data_dir, num_points: int, evaluator, **kw):
-    """The test split of data_dir, prepared once for every explanation set (see report.RealData)."""
+    """The test split of data_dir, prepared once for every explanation set.
+
+    Args:
+        data_dir: A dataset in the ModelNet40 HDF5 layout.
+        num_points: Points per sample.
+        evaluator: The evaluator PointNet, or None to leave out the metrics that need it.
+        **kw: Further arguments of `RealData`.
+
+    Returns:
+        The real data, as a `RealData`.
+    """
     from ..data import ModelNet40
     from .report import RealData
 

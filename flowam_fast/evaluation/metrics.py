@@ -44,14 +44,32 @@ EMD_MAX_ITER = 1_000_000
 
 
 def success_rate(logits, classes) -> float:
-    """Fraction of jobs whose target class is the argmax."""
+    """Fraction of jobs whose target class is the argmax of their logits.
+
+    Args:
+        logits: Logits (J, K).
+        classes: Target class of each job (J,).
+
+    Returns:
+        The fraction, NaN for no jobs.
+    """
     logits = torch.as_tensor(logits)
     classes = torch.as_tensor(classes)
     return float((logits.argmax(1) == classes).float().mean()) if len(classes) else float("nan")
 
 
 def references_by_class(points: np.ndarray, labels: np.ndarray, num_refs: int, seed: int = 0) -> dict:
-    """Up to `num_refs` real samples per class, chosen by a fixed seed: {class: (R,M,3)}."""
+    """Up to `num_refs` real samples per class, chosen at random by a fixed seed.
+
+    Args:
+        points: Real clouds (M, P, 3).
+        labels: Their classes (M,).
+        num_refs: Samples per class at most.
+        seed: Seed of the choice.
+
+    Returns:
+        {class: float32 tensor (R, P, 3)}, the samples in dataset order.
+    """
     rng = np.random.default_rng(seed)
     refs = {}
     for c in np.unique(labels):
@@ -68,9 +86,23 @@ def to_device(refs: dict, device) -> dict:
 
 
 def chamfer_to_class(points, classes, refs: dict, chunk: int = 256, backend: str = "auto") -> np.ndarray:
-    """Per job: Chamfer distance to the real samples of its class, averaged over those refs.
-    points (J,N,3); classes (J,); refs {class: (R,M,3)} (see `references_by_class`). Runs on
-    the device of the references (move them with `to_device` to measure on a GPU)."""
+    """Per job, the Chamfer distance to the real samples of its class, averaged over them.
+
+    Runs on the device of the references (move them with `to_device` to measure on a GPU).
+
+    Args:
+        points: Clouds (J, N, 3).
+        classes: Class of each cloud (J,).
+        refs: {class: (R, M, 3)}, as from `references_by_class`.
+        chunk: (cloud, reference) pairs per kernel call.
+        backend: Kernel backend of the Chamfer distance.
+
+    Returns:
+        The mean distance of each job (J,), float64, in squared-distance units.
+
+    Raises:
+        ValueError: A class without references.
+    """
     points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
     classes = np.asarray(classes)
     missing = sorted(set(classes.tolist()) - set(refs))
@@ -93,9 +125,22 @@ def chamfer_to_class(points, classes, refs: dict, chunk: int = 256, backend: str
 
 
 def nearest_class(points, refs: dict, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Per job: the real class whose samples are closest (mean Chamfer over its refs) and that
-    distance, over every class in refs. Class-agnostic realism: a cloud can look real without
-    looking like the class it was made for. Returns (distance (J,), class (J,))."""
+    """Per job, the real class whose samples are closest, over every class in refs.
+
+    Class-agnostic realism: a cloud can look real without looking like the class it was made
+    for. A class's distance is the mean Chamfer distance over its references.
+
+    Args:
+        points: Clouds (J, N, 3).
+        refs: {class: (R, M, 3)}, as from `references_by_class`.
+        backend: Kernel backend of the Chamfer distance.
+
+    Returns:
+        A tuple of the distance to the nearest class (J,) and that class (J,).
+
+    Raises:
+        ValueError: No references.
+    """
     points = np.asarray(points)
     if not refs:
         raise ValueError("nearest_class needs references of at least one class")
@@ -130,9 +175,24 @@ def _evaluator_taps(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.M
 
 
 def evaluator_features(model: torch.nn.Module, points, batch_size: int = 256) -> dict:
-    """Evaluator features of J clouds (J, N, 3): {"global": (J, C_global) input of `fc1`,
-    "penultimate": (J, C_pen) input of `fc3`, "logits": (J, K), "probs": (J, K) softmax},
-    all float64 numpy. The model runs in eval mode, `batch_size` clouds per forward."""
+    """The evaluator's features of J clouds, for FID, m-IS and the sanity check.
+
+    The model runs in eval mode, `batch_size` clouds per forward pass.
+
+    Args:
+        model: The evaluator, a PointNet (its fc1 and fc3 inputs are read).
+        points: Clouds (J, N, 3).
+        batch_size: Clouds per forward pass.
+
+    Returns:
+        A dict of float64 numpy arrays: "global" (J, C_global), the input of `fc1`;
+        "penultimate" (J, C_pen), the input of `fc3`; "logits" (J, K); "probs" (J, K),
+        their softmax.
+
+    Raises:
+        ValueError: batch_size < 1, a model without fc1 and fc3, or points that are not
+            (J, N, 3) or contain NaN or Inf.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fc1, fc3 = _evaluator_taps(model)
@@ -189,10 +249,16 @@ def _feature_set(x, name: str) -> np.ndarray:
 
 
 def ledoit_wolf_alpha(x) -> float:
-    """Ledoit & Wolf (2004) optimal weight of the scaled identity (tr S / d) I, from (n, d)
-    samples. The paper's quantities with its normalized Frobenius norm ||A||^2 = tr(A A^T) / d:
+    """Ledoit & Wolf's (2004) optimal shrinkage weight of the scaled identity (tr S / d) I.
+
+    Computed from (n, d) samples x with the paper's quantities and its normalized Frobenius
+    norm ||A||^2 = tr(A A^T) / d:
     delta^2 = ||S - mu I||^2, beta^2 = min(delta^2, sum_k ||x_k x_k^T - S||^2 / n^2),
-    alpha = beta^2 / delta^2, with S the biased (1/n) covariance of the centered x_k."""
+    alpha = beta^2 / delta^2, with S the biased (1/n) covariance of the centered x_k.
+
+    Returns:
+        alpha, in [0, 1].
+    """
     x = _feature_set(x, "x")
     n, d = x.shape
     xc = x - x.mean(0)
@@ -220,10 +286,19 @@ def _shrinkage_alpha(x: np.ndarray, shrinkage) -> float:
 
 
 def gaussian_fit(x, shrinkage="ledoit-wolf") -> tuple[np.ndarray, np.ndarray]:
-    """Mean (d,) and covariance (d, d) of an (n, d) feature set: the sample covariance S
-    (ddof=1) shrunk as (1 - alpha) S + alpha (tr S / d) I (see `frechet_distance`). The
+    """The Gaussian fit of a feature set, with a shrunk covariance.
+
+    The sample covariance S (ddof=1) shrunk as (1 - alpha) S + alpha (tr S / d) I. The
     Ledoit-Wolf alpha is estimated on the 1/n covariance, but it is scale-free, so it applies
-    to S as it is."""
+    to S as it is.
+
+    Args:
+        x: Features (n, d), n >= `MIN_SET_SIZE`.
+        shrinkage: As in `frechet_distance`.
+
+    Returns:
+        A tuple of the mean (d,) and the covariance (d, d).
+    """
     x = _feature_set(x, "x")
     alpha = _shrinkage_alpha(x, shrinkage)
     mean = x.mean(0)
@@ -299,14 +374,24 @@ def _trace_sqrt_product(sa: np.ndarray, sb: np.ndarray) -> float:
 
 
 def frechet_distance(a, b, shrinkage="ledoit-wolf", fit_b=None) -> float:
-    """Fréchet distance between Gaussian fits of feature sets a (n, d) and b (m, d), in float64:
+    """The Fréchet distance between Gaussian fits of two feature sets, in float64.
+
     ||mu_a - mu_b||^2 + tr Sa + tr Sb - 2 tr((Sa^1/2 Sb Sa^1/2)^1/2), clipped at >= 0.
 
-    shrinkage: None or 0.0 (sample covariance), alpha in [0, 1], or "ledoit-wolf" (alpha
-    estimated per set); see the module docstring for why shrinkage is the default.
-    fit_b: b's fit with the same shrinkage, when it is already known (a real set compared
-    with many explanation sets): `gaussian_fit`'s (mean, covariance), or the factored
-    (mean, F, s) that `fid_per_class` caches; b is not read then."""
+    Args:
+        a: Features (n, d).
+        b: Features (m, d).
+        shrinkage: None or 0.0 (sample covariance), alpha in [0, 1], or "ledoit-wolf"
+            (alpha estimated per set); see the module docstring for why shrinkage is the
+            default.
+        fit_b: b's fit with the same shrinkage, when it is already known (a real set
+            compared with many explanation sets): `gaussian_fit`'s (mean, covariance), or
+            the factored (mean, F, s) that `fid_per_class` caches; b is not read then.
+
+    Raises:
+        ValueError: A set smaller than `MIN_SET_SIZE`, NaN or Inf, an invalid shrinkage, or
+            feature dimensions that differ.
+    """
     fa = _factor_fit(a, shrinkage)
     if fit_b is None:
         fit_b = _factor_fit(b, shrinkage)
@@ -362,15 +447,29 @@ def _layer_fid(expl, ex: np.ndarray, real, re: np.ndarray, shrinkage, c: int, la
 
 def fid_per_class(expl_feats: dict, expl_classes, real_feats: dict, real_labels,
                   layers=("global", "penultimate"), shrinkage="ledoit-wolf", real_cache: dict | None = None) -> dict:
-    """Per class present in `expl_classes` and per layer, the Fréchet distance between the
-    explanations' features of that class and the real samples' features of that class.
+    """FID per class and layer between the explanations and the real samples of each class.
 
-    expl_feats / real_feats: {layer: (J, C) / (R, C)} (e.g. from `evaluator_features`).
-    Returns {"per_class": {c: {layer: fid, ..., "mean": over layers}},
-    "per_layer": {layer: mean over classes}, "mean": over classes and layers}.
-    Every class needs at least MIN_SET_SIZE explanations and MIN_SET_SIZE real samples.
-    real_cache: a dict kept between calls with the same real features, where the real
-    sets' Gaussian fits are kept (they cost as much as the distances)."""
+    Every class present in `expl_classes` needs at least `MIN_SET_SIZE` explanations and
+    `MIN_SET_SIZE` real samples.
+
+    Args:
+        expl_feats: The explanations' features {layer: (J, C)}, e.g. from `evaluator_features`.
+        expl_classes: Class of each explanation (J,).
+        real_feats: The real samples' features {layer: (R, C)}.
+        real_labels: Class of each real sample (R,).
+        layers: Feature layers to compare.
+        shrinkage: As in `frechet_distance`.
+        real_cache: A dict kept between calls with the same real features, where the real
+            sets' Gaussian fits are kept (they cost as much as the distances).
+
+    Returns:
+        A dict: "per_class" {c: {layer: fid, ..., "mean": over layers}}, "per_layer"
+        {layer: mean over classes} and "mean" (over classes and layers).
+
+    Raises:
+        ValueError: No layers, missing or mis-shaped features, or a class with too few
+            explanations or real samples.
+    """
     expl_classes = np.asarray(expl_classes).reshape(-1)
     real_labels = np.asarray(real_labels).reshape(-1)
     layers = tuple(layers)
@@ -407,11 +506,22 @@ def _kl_mean_over_pairs(p: np.ndarray) -> float:
 
 
 def m_inception_score(probs, classes) -> dict:
-    """m-IS (Gurumurthy et al. 2017), the intra-class diversity of the explanations: per class
-    c, exp(mean over ordered pairs i != j of KL(p_i || p_j)) over the evaluator's predicted
-    distributions p of the explanations of class c. 1 means identical predictions. A class
-    with a single explanation has no pairs and scores 1.0.
-    probs (J, K) rows summing to 1; classes (J,). Returns {"per_class": {c: mis}, "mean"}."""
+    """m-IS (Gurumurthy et al. 2017), the intra-class diversity of the explanations.
+
+    Per class c, exp(mean over ordered pairs i != j of KL(p_i || p_j)) over the evaluator's
+    predicted distributions p of the explanations of class c. 1 means identical predictions.
+    A class with a single explanation has no pairs and scores 1.0.
+
+    Args:
+        probs: Predicted distributions (J, K), rows summing to 1.
+        classes: Class of each explanation (J,).
+
+    Returns:
+        A dict: "per_class" {c: m-IS} and "mean" (over classes).
+
+    Raises:
+        ValueError: Mis-shaped probs, NaN or Inf, or rows that are not distributions.
+    """
     p = np.asarray(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs, dtype=np.float64)
     classes = np.asarray(classes).reshape(-1)
     if p.ndim != 2 or p.shape[0] != classes.size:
@@ -467,10 +577,26 @@ def _clouds_f64(x, name: str) -> np.ndarray:
 
 
 def emd(a, b, max_points: int = 256, seed: int = 0) -> np.ndarray:
-    """Earth mover's distance per pair, a (P, N, 3), b (P, M, 3) -> (P,): the exact optimal
-    transport cost between uniform weights with squared-Euclidean cost, i.e. the mean squared
-    distance moved (the unit of `chamfer`). Clouds over `max_points` points are first
-    subsampled at random (numpy generator seeded by `seed`): the only approximation."""
+    """The earth mover's distance of each pair of clouds a[i], b[i].
+
+    The exact optimal transport cost between uniform weights with squared-Euclidean cost, i.e.
+    the mean squared distance moved (the unit of the Chamfer distance). Clouds over
+    `max_points` points are first subsampled at random: the only approximation.
+
+    Args:
+        a: Clouds (P, N, 3).
+        b: Clouds (P, M, 3).
+        max_points: Points per cloud at most.
+        seed: Seed of the numpy generator of the subsets.
+
+    Returns:
+        The distance of each pair (P,), float64.
+
+    Raises:
+        ValueError: max_points < 1, mis-shaped clouds, NaN or Inf, or a and b with different
+            numbers of clouds.
+        RuntimeError: The exact solver did not converge.
+    """
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
     a = _clouds_f64(a, "a")
@@ -485,9 +611,25 @@ def emd(a, b, max_points: int = 256, seed: int = 0) -> np.ndarray:
 
 
 def emd_to_class(points, classes, refs: dict, num_refs: int = 5, max_points: int = 256, seed: int = 0) -> np.ndarray:
-    """Per job: EMD to the first `num_refs` real samples of its class, averaged over them.
-    points (J, N, 3); classes (J,); refs {class: (R, M, 3)} (see `references_by_class`).
-    Every cloud is subsampled once (see `emd`), so a job meets all its refs with one subset."""
+    """Per job, the EMD to the first `num_refs` real samples of its class, averaged over them.
+
+    Every cloud is subsampled once (see `emd`), so a job meets all its refs with one subset.
+
+    Args:
+        points: Clouds (J, N, 3).
+        classes: Class of each cloud (J,).
+        refs: {class: (R, M, 3)}, as from `references_by_class`.
+        num_refs: References per class compared with.
+        max_points: Points per cloud at most.
+        seed: Seed of the subsets.
+
+    Returns:
+        The mean distance of each job (J,), float64.
+
+    Raises:
+        ValueError: num_refs or max_points < 1, mis-shaped input, or a class without
+            references.
+    """
     if num_refs < 1:
         raise ValueError(f"num_refs must be >= 1, got {num_refs}")
     if max_points < 1:

@@ -19,8 +19,21 @@ COLUMNS = (("success", "success", "{:.1%}", True), ("chamfer", "Chamfer", "{:.4f
 
 
 class RealData:
-    """Real test samples and what the metrics need of them, computed once for every set:
-    per-class references for Chamfer/EMD and the evaluator's features of every sample."""
+    """Real test samples and what the metrics need of them, computed once for every set.
+
+    Holds per-class reference clouds for Chamfer and EMD and the evaluator's features of every
+    sample (for FID and m-IS).
+
+    Args:
+        points: Real clouds (M, P, 3).
+        labels: Their classes (M,).
+        evaluator: The evaluator PointNet; None leaves out FID and m-IS.
+        num_refs: Reference clouds per class for Chamfer.
+        emd_refs: Of those, the ones EMD compares with (it is far slower).
+        emd_points: Points per cloud in EMD (a random subset of larger clouds).
+        seed: Seed of the choice of references.
+        device: Where Chamfer runs (the references are moved there); None keeps them on CPU.
+    """
 
     def __init__(self, points: np.ndarray, labels: np.ndarray, evaluator=None, num_refs: int = 20,
                  emd_refs: int = 5, emd_points: int = 256, seed: int = 0, device=None):
@@ -63,6 +76,16 @@ def set_metrics(expl, real: RealData) -> dict:
 
 
 def evaluate_sets(sets, real: RealData) -> list:
+    """Every metric of each explanation set against the real data.
+
+    Args:
+        sets: `Explanations` to evaluate, one per method.
+        real: The real data, as from `real_data`.
+
+    Returns:
+        One dict per set: method, jobs, success, Chamfer and EMD (and, with an evaluator,
+        FID, FID per layer, m-IS and the evaluator's success), overall and per class.
+    """
     return [set_metrics(e, real) for e in sets]
 
 
@@ -76,6 +99,7 @@ def _present(results) -> list:
 
 
 def method_table(results: list) -> str:
+    """A Markdown table of `evaluate_sets`' results, one row per method."""
     cols = _present(results)
     lines = ["| method | jobs | " + " | ".join(c[1] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in results:
@@ -152,8 +176,20 @@ def check_same_classes(sets, class_names) -> None:
 
 def write_report(results, real, out_dir, title: str = "flowam-fast evaluation", preamble: str = "",
                  appendix: str = "", extra_json: dict | None = None) -> list:
-    """Results of report.evaluate_sets -> out_dir/metrics.json (with extra_json), out_dir/report.md
-    (with preamble and appendix Markdown) and bar charts."""
+    """Write the results of `evaluate_sets` as JSON, a Markdown report and bar charts.
+
+    Writes out_dir/metrics.json, out_dir/report.md and one bar chart per metric into out_dir
+    (created if needed).
+
+    Args:
+        results: What `evaluate_sets` returned.
+        real: The real data the results were measured against (described in the report).
+        out_dir: The output directory.
+        title: The report's title.
+        preamble: Markdown placed before the tables.
+        appendix: Markdown placed after them.
+        extra_json: More entries of metrics.json, beside "methods".
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = bar_charts(results, out_dir)

@@ -137,15 +137,35 @@ def seed_pairs(classes: np.ndarray, seeds: np.ndarray):
 class SanityCheck:
     """Runs the randomization stages for one method and measures how far explanations move.
 
-    model: the trained classifier (left untouched; stages work on copies). evaluator: a
-    PointNet for the features (see flowam_fast.metrics.evaluator_features). train_set: the
-    training data, to recompute the flows of randomized models (needed when the method has a
-    flow term). flows: the trained model's flows (bounds, continuity target, layers).
-    references: real clouds per class, {class: (R, M, 3)} (``metrics.references_by_class``),
-    for the realism columns; None leaves them out. workers: processes that run the stages
-    (one thread each). flow_cache: a dict shared by checks of the same model, flows and seed
-    that differ only in the objective (see `tradeoff`), so that each randomized model's flows
-    are computed once (within this process). am: keyword arguments of FlowAM.
+    The stages, the threshold and the verdict are those of the `flowam_fast.evaluation.sanity`
+    module.
+
+    Args:
+        model: The trained classifier (left untouched; stages work on copies).
+        evaluator: A PointNet for the features (see `metrics.evaluator_features`).
+        flows: The trained model's flows (bounds, continuity target, layers).
+        train_set: The training data, to recompute the flows of randomized models (needed
+            when the method has a flow term).
+        method: The AM method, as in `FlowAM`.
+        autoencoder: The autoencoder of method "ae-latent".
+        variants: "cascading", "independent" or both.
+        seed: Seed of the re-initialized weights.
+        references: Real clouds per class, {class: (R, M, 3)} (`metrics.references_by_class`),
+            for the realism columns; None leaves them out.
+        quiet: No progress output.
+        flow_cache: A dict shared by checks of the same model, flows and seed that differ
+            only in the objective (see `tradeoff`), so that each randomized model's flows are
+            computed once (within this process).
+        workers: Processes that run the stages (one thread each).
+        **am: Keyword arguments of `FlowAM`.
+
+    Attributes:
+        plan: The stages, as (variant, stage name, module names randomized), in run order.
+        am_config: The AM config (JSON) of the method's explanations, as their stores record it.
+
+    Raises:
+        ValueError: workers < 1, an unknown variant, invalid FlowAM arguments, or a method
+            with a flow term and no train_set.
     """
 
     def __init__(self, model, evaluator, flows=None, train_set=None, method: str = "flowam", autoencoder=None,
@@ -239,10 +259,20 @@ class SanityCheck:
         return self._flow_cache["order"]
 
     def trained_explanations(self, classes, seeds, known=None):
-        """The trained model's explanations of the (class, seed) grid. Jobs already in `known`
-        (explanations of this model made with this method and config, e.g. a store of the same
-        run) are taken from it: the engine's result for a job does not depend on the batch it
-        ran in, so they equal what a new run would give."""
+        """The trained model's explanations of the (class, seed) grid.
+
+        Jobs already in `known` are taken from it: the engine's result for a job does not
+        depend on the batch it ran in, so they equal what a new run would give.
+
+        Args:
+            classes: Target classes.
+            seeds: Seeds of each class.
+            known: Explanations of this model made with this method and config (e.g. a store
+                of the same run), or None.
+
+        Raises:
+            ValueError: `known` was made with another method or config.
+        """
         engine = self._engine(self.model, self.flows)
         if known is None:
             return engine.run(classes, seeds)
@@ -255,6 +285,14 @@ class SanityCheck:
         return Explanations.concat([have, engine.run_jobs(missing)]) if missing else have
 
     def explain(self, model, classes, seeds, flows=None):
+        """Explanations of `model` (trained or randomized) by this check's method and settings.
+
+        Args:
+            model: The classifier to explain.
+            classes: Target classes.
+            seeds: Seeds of each class.
+            flows: The flows of `model`; None takes the trained model's.
+        """
         flows = self.flows if flows is None else flows
         return self._engine(model, flows).run(classes, seeds)
 
@@ -268,8 +306,20 @@ class SanityCheck:
         return {"nearest_real": float(dist.mean()), "nearest_is_target": float((cls == expl.classes).mean())}
 
     def stage(self, mods, classes, seeds, base_points, base_feat):
-        """One randomized model: (Chamfer (J,), Spearman (J,) to the trained model's
-        explanations, {success, realism columns})."""
+        """Explain one randomized model and compare with the trained model's explanations.
+
+        Args:
+            mods: Names of the modules re-initialized.
+            classes: Target classes.
+            seeds: Seeds of each class.
+            base_points: The trained model's explanations (J, N, 3), in (class, seed) order.
+            base_feat: Their evaluator features (J, D).
+
+        Returns:
+            A tuple of the Chamfer distance (J,) and the Spearman correlation (J,) of each
+            job to the trained model's explanation, and a dict of the success rate and the
+            realism columns.
+        """
         m = copy.deepcopy(self.model)
         randomize(m, mods, self.seed)
         expl = self.explain(m, classes, seeds, self._flows_for(m, classes, mods)).sorted()
@@ -278,8 +328,21 @@ class SanityCheck:
         return cd, sp, {"success": float(expl.success.mean()), **self._realism(expl)}
 
     def prepare(self, classes, seeds, trained=None) -> dict:
-        """What the stages of `run` need: the trained model's explanations (see
-        `trained_explanations`), their features, and the distinct randomizations to run."""
+        """What the stages of `run` need.
+
+        Args:
+            classes: Target classes.
+            seeds: Seeds of each class, at least two (the threshold is the seed-to-seed
+                variation).
+            trained: Known explanations of the trained model (see `trained_explanations`).
+
+        Returns:
+            A dict of the trained model's explanations, their features, and the distinct
+            randomizations to run.
+
+        Raises:
+            ValueError: Fewer than two distinct seeds.
+        """
         seeds = list(dict.fromkeys(int(s) for s in seeds))
         if len(seeds) < 2:
             raise ValueError("the sanity check needs at least 2 seeds: its threshold is the seed-to-seed variation")
@@ -293,13 +356,29 @@ class SanityCheck:
         return {"classes": classes, "seeds": seeds, "base": base, "base_feat": self._features(base), "todo": todo}
 
     def run(self, classes, seeds, trained=None) -> dict:
-        """Every stage of the plan on the (class, seed) grid. trained: explanations of the
-        trained model already made with this method and config (see `trained_explanations`)."""
+        """Run every stage of the plan on the (class, seed) grid.
+
+        Args:
+            classes: Target classes.
+            seeds: Seeds of each class, at least two.
+            trained: Explanations of the trained model already made with this method and
+                config (see `trained_explanations`), or None.
+
+        Returns:
+            The result (JSON-ready): the config, the seed-to-seed reference, the threshold,
+            every stage's similarity, margins and realism, and the verdict per variant and
+            overall ("passes").
+        """
         prep = self.prepare(classes, seeds, trained)
         return self.summarize(prep, run_stages([self], [prep])[0])
 
     def summarize(self, prep: dict, measured: list) -> dict:
-        """The result of `run` from `prepare`'s output and each randomization's `stage`."""
+        """The result of `run` from `prepare`'s output and each randomization's `stage`.
+
+        Args:
+            prep: What `prepare` returned.
+            measured: The output of `stage` for each of prep's randomizations, in order.
+        """
         base, base_feat, seeds = prep["base"], prep["base_feat"], prep["seeds"]
         i, j = seed_pairs(base.classes, base.seeds)
         ss_cd = _chamfer_pairs(base.points[i], base.points[j])
@@ -406,8 +485,27 @@ def markdown(results: list) -> str:
 
 def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, autoencoder=None, variants=VARIANTS,
                 references=None, quiet: bool = False, trained: dict | None = None, **am) -> list:
-    """SanityCheck.run for each method (the autoencoder goes to "ae-latent" only). trained:
-    {method: explanations of the trained model already made}, reused where they match."""
+    """`SanityCheck.run` for each method, with the stages of all methods in one queue.
+
+    Args:
+        model: The trained classifier.
+        methods: The AM methods to check.
+        classes: Target classes.
+        seeds: Seeds of each class, at least two.
+        evaluator: A PointNet for the features.
+        flows: The trained model's flows.
+        train_set: The training data, to recompute the flows of randomized models.
+        autoencoder: The autoencoder of "ae-latent" (given to that method only).
+        variants: "cascading", "independent" or both.
+        references: Real clouds per class for the realism columns, or None.
+        quiet: No progress output.
+        trained: {method: explanations of the trained model already made}, reused where
+            they match.
+        **am: Keyword arguments of `FlowAM`.
+
+    Returns:
+        The result of each method's check, in the order of `methods`.
+    """
     checks = [SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
                           autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
                           references=references, quiet=quiet, **am) for method in methods]
@@ -457,7 +555,7 @@ TRADEOFF_REFERENCES = ("regularized", "ae-latent")
 def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, references: dict,
              class_refs: dict | None = None, autoencoder=None, baselines=TRADEOFF_REFERENCES, variants=VARIANTS,
              quiet: bool = False, trained=(), done=(), **am) -> dict:
-    """Perceptibility against faithfulness as the flow weight varies (DESIGN.md, "Faithfulness").
+    """Perceptibility against faithfulness as the flow weight varies (docs/design.md, "Faithfulness").
 
     For each weight of `flow_weights`, the randomization check of FlowAM at that weight, and of
     each method of `baselines` once (flow_weight None). Each point is that check's result (as

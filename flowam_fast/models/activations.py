@@ -15,6 +15,11 @@ from ..ops import LinearActs
 
 
 def default_layers(model) -> list:
+    """The layers FlowAM aligns by default: the model's `flow_layers`.
+
+    Raises:
+        ValueError: The model lists none (pass the layer names explicitly then).
+    """
     layers = getattr(model, "flow_layers", None)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no default flow layers; pass layers=[...] with the names "
@@ -33,13 +38,26 @@ def accepts_linear(module) -> bool:
 class ActivationRecorder:
     """Context manager recording the outputs of the named modules during forward passes.
 
+    ```python
     with ActivationRecorder(model, ["feat.act1"]) as rec:
         logits = model(x)
     rec.activations["feat.act1"]  # (B, C, N), still attached to the autograd graph
+    ```
 
-    linear=True: the caller also takes `flowam_fast.ops.LinearActs` (what `ops.flow_align`
-    reads without the activations written out); the built-in fast paths then record those at
-    their max-pooled layers, where nothing else needs the dense activations.
+    Args:
+        model: The model whose modules are hooked.
+        layers: Names of modules (as in `model.named_modules()`) whose outputs are per-point
+            activations (B, C, N).
+        linear: The caller also takes `flowam_fast.ops.LinearActs` (what `ops.flow_align`
+            reads without the activations written out); the built-in fast paths then record
+            those at their max-pooled layers, where nothing else needs the dense activations.
+
+    Attributes:
+        activations: The recorded outputs of the last forward pass, by layer name.
+
+    Raises:
+        ValueError: A duplicate or unknown layer name; during the forward pass, a layer
+            whose output is not (B, C, N).
     """
 
     def __init__(self, model: torch.nn.Module, layers, linear: bool = False):
@@ -84,8 +102,21 @@ class ActivationRecorder:
 
 
 def get_activations(model, x: torch.Tensor, layers, linear: bool = False):
-    """(logits, {layer: activations (B, C, N)}) of one forward pass of `model` on x (B, 3, N).
-    linear: activations may come as `LinearActs` (see ActivationRecorder)."""
+    """Run one forward pass and record the activations of the named layers.
+
+    Args:
+        model: The classifier.
+        x: Points (B, 3, N).
+        layers: Names of modules whose outputs are per-point activations.
+        linear: Activations may come as `LinearActs` (see `ActivationRecorder`).
+
+    Returns:
+        A tuple of the logits and a dict of each layer's activations (B, C, N).
+
+    Raises:
+        ValueError: An unknown layer, or a layer the forward pass did not call (on the
+            fused fast path only the activation taps are called).
+    """
     with ActivationRecorder(model, layers, linear=linear) as rec:
         logits = model(x)
     missing = [n for n in rec.layers if n not in rec.activations]

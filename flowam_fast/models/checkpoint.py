@@ -27,14 +27,31 @@ class CheckpointError(ValueError):
 
 
 def build_model(arch: str, num_classes: int = 40, **kw) -> torch.nn.Module:
+    """A new, untrained classifier of architecture `arch`.
+
+    Args:
+        arch: "pointnet" or "dgcnn".
+        num_classes: Number of classes.
+        **kw: Keyword arguments of the model class (`PointNet` or `DGCNN`), e.g. width.
+
+    Raises:
+        ValueError: An unknown architecture.
+    """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[arch](num_classes=num_classes, **kw)
 
 
 def save_checkpoint(model, path, **meta) -> None:
-    """Save model weights with the architecture and its config, so load_checkpoint(path) needs
-    no other argument. meta: anything else to keep (accuracy, epochs, ...)."""
+    """Save a model's weights with its architecture and config, atomically.
+
+    `load_checkpoint(path)` then needs no other argument.
+
+    Args:
+        model: A `PointNet` or `DGCNN`.
+        path: The file to write.
+        **meta: Anything else to keep (accuracy, epochs, ...).
+    """
     blob = {"format": "flowam_fast.checkpoint", "version": __version__, "arch": model.arch,
             "config": dict(model.config), "model_state_dict": model.state_dict(), "meta": meta}
     with atomic_path(path) as tmp:
@@ -116,16 +133,33 @@ def load_state(model, state: dict, source: str = "checkpoint") -> None:
 
 def load_checkpoint(path, arch: str | None = None, num_classes: int | None = None, *, trusted: bool = False,
                     **kw) -> torch.nn.Module:
-    """The model stored at `path`, in eval mode.
+    """Load the model stored at `path`, in eval mode.
 
-    arch, num_classes and the model's keyword arguments kw (e.g. k=20 for DGCNN, width) are
-    needed only where the checkpoint does not say them: our own checkpoints store them all; for
-    a reference state_dict the architecture is told by its keys, num_classes is read off the
-    last layer, feature_transform (PointNet) and emb_dims (DGCNN) off the weights, and DGCNN's
-    k, which no weight shows, defaults to the reference's 20.
+    Reads our own checkpoints (`save_checkpoint`) and the reference implementations' layouts:
+    a raw state_dict, one saved from DataParallel (`module.` prefix), or a training script's
+    dict holding it under 'model_state_dict', 'model' or 'state_dict'. The architecture
+    arguments are needed only where the checkpoint does not say them: our own checkpoints
+    store them all; for a reference state_dict the architecture is told by its keys,
+    num_classes is read off the last layer, feature_transform (PointNet) and emb_dims (DGCNN)
+    off the weights, and DGCNN's k, which no weight shows, defaults to the reference's 20.
 
-    The file is read with torch.load(weights_only=True); `trusted=True` allows a checkpoint that
-    pickles other objects too (this runs code from the file).
+    Args:
+        path: The checkpoint file.
+        arch: "pointnet" or "dgcnn"; None takes the checkpoint's, or guesses it from the keys.
+        num_classes: Overrides the number of classes the checkpoint says or shows.
+        trusted: The file is read with torch.load(weights_only=True); True also allows a
+            checkpoint that pickles other objects (this runs code from the file).
+        **kw: The model's keyword arguments where the checkpoint does not say them (e.g. k=20
+            for DGCNN, width); they override the checkpoint's.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        FileNotFoundError: There is no file at `path`.
+        CheckpointError: The file cannot be read, pickles objects other than tensors (and
+            `trusted` is False), or its weights do not fit the model.
+        ValueError: An unknown architecture.
     """
     blob = _read(path, trusted)
     config = {}

@@ -56,7 +56,29 @@ def graph_feature(x: torch.Tensor, k: int, fused: bool = False) -> torch.Tensor:
 
 
 class DGCNN(nn.Module):
-    """DGCNN classifier; (B, 3, N) -> logits (B, num_classes). See the module docstring."""
+    """DGCNN classifier: points (B, 3, N) -> logits (B, num_classes).
+
+    Its state_dict keys match the public PyTorch implementation (WangYueFt/dgcnn), so its
+    checkpoints load as they are. Activation taps (`nn.Identity`) sit at the per-point layers
+    FlowAM aligns: `edge1..edge4` (EdgeConv outputs after the max over neighbours) and `act5`
+    (conv5's output), all (B, C, N). In eval mode the forward pass runs on the fused ops (see
+    `fast_path`).
+
+    Args:
+        num_classes: Number of classes.
+        k: Neighbours of each EdgeConv graph.
+        emb_dims: Channels of conv5, the per-point embedding that is pooled.
+        dropout: Dropout probability of the head.
+        width: Scales the EdgeConv widths (64, 64, 128, 256) and the head (512, 256), for
+            small models; 1 gives exactly the reference shapes.
+
+    Attributes:
+        flow_layers: The per-point layers FlowAM aligns by default (names of activation taps).
+        fast_path: Eval mode runs on the fused ops; False for the plain PyTorch path.
+
+    Raises:
+        ValueError: num_classes, k or emb_dims < 1, or width <= 0.
+    """
 
     arch = "dgcnn"
     #: The per-point layers FlowAM aligns by default (names of activation taps).
@@ -101,11 +123,15 @@ class DGCNN(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """The number of classes (outputs of the last layer)."""
         return self.linear3.out_features
 
     def randomization_groups(self) -> list:
-        """Parameter blocks from the output down, for the cascading randomization sanity check:
-        [(name, [module names])], each a layer with its BatchNorm."""
+        """Parameter blocks from the output down, for the cascading randomization sanity check.
+
+        Returns:
+            A list of (name, module names) pairs, each block a layer with its BatchNorm.
+        """
         return [("linear3", ["linear3"]), ("linear2", ["linear2", "bn7"]), ("linear1", ["linear1", "bn6"]),
                 ("conv5", ["conv5"]), ("conv4", ["conv4"]), ("conv3", ["conv3"]), ("conv2", ["conv2"]),
                 ("conv1", ["conv1"])]
@@ -114,7 +140,11 @@ class DGCNN(nn.Module):
         return ((self.conv1, self.edge1), (self.conv2, self.edge2), (self.conv3, self.edge3), (self.conv4, self.edge4))
 
     def head(self, g: torch.Tensor) -> torch.Tensor:
-        """Logits from the pooled feature cat(max, mean) (B, 2 * emb_dims)."""
+        """The classifier head: logits (B, num_classes) from the pooled feature.
+
+        Args:
+            g: The pooled feature cat(max, mean) over the points, (B, 2 * emb_dims).
+        """
         g = F.leaky_relu(self.bn6(self.linear1(g)), negative_slope=0.2)
         g = self.dp1(g)
         g = F.leaky_relu(self.bn7(self.linear2(g)), negative_slope=0.2)

@@ -1,4 +1,4 @@
-"""Eval-mode fast paths of the built-in models on the fused ops (DESIGN.md, "Fast paths").
+"""Eval-mode fast paths of the built-in models on the fused ops (docs/design.md, "Fast paths").
 
 The model is frozen in eval mode during AM, so each BatchNorm is a per-channel affine map,
 folded here into the preceding linear map. Two exact rewrites then remove most of the work:
@@ -37,7 +37,11 @@ def use_fast_path(model) -> bool:
 
 @contextlib.contextmanager
 def plain_path(model):
-    """Run `model` on the plain PyTorch path inside the block."""
+    """Context manager: run `model` on the plain PyTorch path inside the block.
+
+    Sets `model.fast_path = False` and restores it on exit; the plain path calls every
+    module, so any layer can be recorded there.
+    """
     old = model.fast_path
     model.fast_path = False
     try:

@@ -120,15 +120,40 @@ class PointNetfeat(nn.Module):
 
 
 class PointNet(nn.Module):
-    """PointNet classifier; (B, 3, N) -> logits (B, num_classes). See the module docstring."""
+    """PointNet classifier: points (B, 3, N) -> logits (B, num_classes).
+
+    Its state_dict keys match fxia22/pointnet.pytorch's `PointNetCls`, so that code's
+    checkpoints load as they are. Activation taps (`nn.Identity`) sit at the per-point layers
+    FlowAM aligns, after each BatchNorm and before any ReLU: `feat.act1..3` in the encoder
+    and `feat.stn.act1..3`, `feat.fstn.act1..3` in the T-Nets, all (B, C, N). In eval mode the
+    forward pass runs on the fused ops (see `fast_path`).
+
+    Args:
+        num_classes: Number of classes.
+        feature_transform: Include the feature T-Net (64 x 64 transform).
+        width: Scales every hidden width (64, 128, 1024, 512, 256), for small models;
+            1 gives exactly the reference shapes.
+
+    Attributes:
+        flow_layers: The per-point layers FlowAM aligns by default: the input T-Net's
+            conv1..conv3, then the encoder's conv1..conv3.
+        tap_version: Version of the activation taps, stored with flows so that flows of
+            older taps are refused.
+        fast_path: Eval mode runs on the fused ops; False for the plain PyTorch path.
+        last_trans_feat: The last forward pass's feature transform matrix, for the
+            orthogonality regularizer (None without a feature T-Net).
+
+    Raises:
+        ValueError: num_classes < 1 or width <= 0.
+    """
 
     arch = "pointnet"
     #: The per-point layers FlowAM aligns by default: the input T-Net's conv1..conv3, then the
-    #: encoder's conv1..conv3 (DESIGN.md's). The encoder's layers see the cloud only after the
+    #: encoder's conv1..conv3 (docs/design.md's). The encoder's layers see the cloud only after the
     #: input T-Net's 3x3 transform, which is far from a rotation (singular values 0.03 to 4.7 on
     #: the demo's real data), so they alone let a distorted cloud whose transform undoes the
     #: distortion match the flows; the T-Net's own layers see the raw points and close that gap
-    #: (demo Chamfer 0.065 -> 0.047 on yawed data; README, "Aligned layers"). The taps sit
+    #: (demo Chamfer 0.065 -> 0.047 on yawed data; docs/design.md, "Aligned layers"). The taps sit
     #: before the ReLUs: after a ReLU a dead channel has sigma ~ 0, and s = sigma + 1e-3 then
     #: lets any activation there dominate the objective (post-ReLU taps kept 3 of 12 demo
     #: classes from ever becoming the argmax).
@@ -160,11 +185,16 @@ class PointNet(nn.Module):
 
     @property
     def num_classes(self) -> int:
+        """The number of classes (outputs of the last layer)."""
         return self.fc3.out_features
 
     def randomization_groups(self) -> list:
-        """Parameter blocks from the output down, for the cascading randomization sanity check:
-        [(name, [module names])], each a layer with its BatchNorm (or a whole T-Net)."""
+        """Parameter blocks from the output down, for the cascading randomization sanity check.
+
+        Returns:
+            A list of (name, module names) pairs, each block a layer with its BatchNorm
+            (or a whole T-Net).
+        """
         groups = [("fc3", ["fc3"]), ("fc2", ["fc2", "bn2"]), ("fc1", ["fc1", "bn1"]),
                   ("conv3", ["feat.conv3", "feat.bn3"]), ("conv2", ["feat.conv2", "feat.bn2"])]
         if self.feature_transform:

@@ -83,7 +83,17 @@ def has_triton(device: torch.device | str = "cuda") -> bool:
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """The backends that run on tensors of `device`, "torch" always among them."""
+    """The backends that run on tensors of `device` in this installation.
+
+    "auto" picks among them: on CUDA tensors cuda, then triton, then torch; on CPU tensors
+    cpu, then torch.
+
+    Args:
+        device: A torch device or its name.
+
+    Returns:
+        The concrete backend names, in the order of `BACKENDS`; "torch" is always among them.
+    """
     device = torch.device(device)
     usable = {
         "cpu": device.type == "cpu" and has_cpu_kernels(),

@@ -28,9 +28,26 @@ class _EdgeMax(torch.autograd.Function):
 
 
 def edge_max(feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """out[b,i,c] = max_j feat[b, idx[b,i,j], c] for feat (B,N,C) and idx (B,M,k) (int64 or
-    int32, values in [0, N)). Returns (B,M,C); the gradient goes to each maximum's one
-    neighbour (the first in idx order among equal values)."""
+    """Gather-max over neighbours: out[b, i, c] = max_j feat[b, idx[b, i, j], c].
+
+    EdgeConv's max without the edge tensor. The gradient goes to each maximum's one neighbour
+    (the first in idx order among equal values).
+
+    Args:
+        feat: Features (B, N, C).
+        idx: Neighbour indices (B, M, k), int64 or int32, values in [0, N), k >= 1.
+        backend: "auto" (the fastest kernel backend for the inputs' device), "cpu",
+            "cuda", "triton" or "torch" (the pure-PyTorch reference).
+
+    Returns:
+        The maxima (B, M, C).
+
+    Raises:
+        TypeError: An input that is not a tensor of the right kind (floating point; idx int32 or int64).
+        ValueError: Wrong shapes, mismatched devices, NaN or Inf, indices out of range, or a backend that is
+            unknown or does not run on the inputs' device.
+        RuntimeError: A backend that is not available in this installation.
+    """
     op = "edge_max"
     checks.points(op, "feat", feat)
     checks.index(op, "idx", idx, ndim=3, upper=feat.shape[1])

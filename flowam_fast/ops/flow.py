@@ -13,28 +13,49 @@ from . import checks, reference
 
 
 class FlowStats(NamedTuple):
-    """Per-class statistics over all points of all samples of each class: count (K) int64
-    (points), mean (K,C) and m2 (K,C) float64, m2 being the sum of squared deviations from
-    the mean. A class with no points has count 0 and mean = m2 = 0."""
+    """Per-class statistics over all points of all samples of each class.
+
+    A class with no points has count 0 and mean = m2 = 0.
+
+    Attributes:
+        count: Points per class (K,), int64.
+        mean: Per-class, per-channel mean (K, C), float64.
+        m2: Per-class, per-channel sum of squared deviations from the mean (K, C), float64.
+    """
 
     count: torch.Tensor
     mean: torch.Tensor
     m2: torch.Tensor
 
     def merge(self, other) -> "FlowStats":
-        """The statistics of both parts together (Chan et al.'s parallel update), so a dataset
-        can be reduced batch by batch: stats = stats.merge(flow_stats(acts, labels, K))."""
+        """The statistics of both parts together (Chan et al.'s parallel update).
+
+        A dataset can so be reduced batch by batch:
+        `stats = stats.merge(flow_stats(acts, labels, K))`. See `merge_flow_stats`.
+        """
         return merge_flow_stats(self, other)
 
     @property
     def std(self) -> torch.Tensor:
+        """The population std (K, C), float64; NaN for a class with no points (see `flow_std`)."""
         return flow_std(self.count, self.m2)
 
 
 def merge_flow_stats(a, b) -> FlowStats:
-    """Chan et al.'s merge of two partial results (count, mean, m2) over disjoint sets of
-    points, e.g. two batches of a dataset. Exact in exact arithmetic, and stable: it never
-    subtracts sums of squares."""
+    """Merge two partial statistics over disjoint sets of points (Chan et al.'s update).
+
+    Exact in exact arithmetic, and stable: it never subtracts sums of squares.
+
+    Args:
+        a: (count, mean, m2) of one part, e.g. a batch of a dataset (a `FlowStats`).
+        b: The same of another part.
+
+    Returns:
+        The statistics of both parts together.
+
+    Raises:
+        ValueError: The parts' shapes differ.
+    """
     (count_a, mean_a, m2_a), (count_b, mean_b, m2_b) = a, b
     if count_a.shape != count_b.shape or mean_a.shape != mean_b.shape or m2_a.shape != m2_b.shape:
         raise ValueError(f"merge_flow_stats: shapes differ: {tuple(mean_a.shape)} vs {tuple(mean_b.shape)}")
@@ -47,22 +68,35 @@ def merge_flow_stats(a, b) -> FlowStats:
 
 
 def flow_std(count: torch.Tensor, m2: torch.Tensor) -> torch.Tensor:
-    """Population std sqrt(m2 / count) per class and channel, float64. NaN for a class with no
-    points: it has no flow, and flow_align refuses NaN statistics for the classes it uses."""
+    """The population std sqrt(m2 / count) per class and channel, float64.
+
+    NaN for a class with no points: it has no flow, and `flow_align` refuses NaN statistics
+    for the classes it uses.
+
+    Args:
+        count: Points per class (K,).
+        m2: Sums of squared deviations (K, C).
+    """
     return torch.sqrt(m2 / count.to(torch.float64).unsqueeze(1))
 
 
 class LinearActs(NamedTuple):
-    """The per-point activations y_n = A x_n + shift of a linear layer (its BatchNorm folded
-    into A), given by the layer's input x (B, N, Cin, points-last) and the map rather than
-    written out. The fast paths hand these to a flow term that asked for them at the
-    max-pooled layers, whose (B, C, N) pre-activations they otherwise never write.
+    """A linear layer's per-point activations, given by its input and map, not written out.
+
+    The activations are y_n = A x_n + shift (the layer's BatchNorm folded into A). The fast
+    paths hand these to a flow term that asked for them at the max-pooled layers, whose
+    (B, C, N) pre-activations they otherwise never write.
 
     A channel's mean and variance over the points are linear and quadratic in x's moments:
     m = A x̄ + shift and var_c = a_cᵀ Σ a_c, Σ the (Cin, Cin) covariance of x over the points.
     So `flow_align` gets its loss and gradient from Σ in B·N·Cin² operations instead of
-    the dense layer's B·N·C·Cin GEMM and two passes over B·N·C values (C = 256, Cin = 32 on
-    the demo PointNet: 8x fewer, before the GEMM's backward)."""
+    the dense layer's B·N·C·Cin GEMM and two passes over B·N·C values, C / Cin times fewer.
+
+    Attributes:
+        x: The layer's input (B, N, Cin), points-last.
+        weight: The map A (C, Cin).
+        shift: The shift (C,).
+    """
 
     x: torch.Tensor
     weight: torch.Tensor
@@ -156,8 +190,27 @@ def _linear_flow_align(acts: LinearActs, labels, mu, sigma) -> torch.Tensor:
 
 def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backend: str = "auto") -> FlowStats:
     """Per-class count, mean and M2 over all points of all samples of each class, in float64.
-    acts (B,C,N) per-point activations, labels (B) in [0, num_classes). Not differentiable.
-    Bit-identical from run to run (a fixed reduction order, whatever the thread count)."""
+
+    Not differentiable. Bit-identical from run to run (a fixed reduction order, whatever the
+    thread count). Reduce a dataset batch by batch with `FlowStats.merge`.
+
+    Args:
+        acts: Per-point activations (B, C, N).
+        labels: Class of each sample (B,), int32 or int64, in [0, num_classes).
+        num_classes: K.
+        backend: "auto" (the fastest kernel backend for the inputs' device), "cpu",
+            "cuda", "triton" or "torch" (the pure-PyTorch reference).
+
+    Returns:
+        The statistics of each class.
+
+    Raises:
+        TypeError: A num_classes that is not an int, or inputs that are not tensors of the
+            right kind.
+        ValueError: Wrong shapes, labels out of range, NaN or Inf, mismatched devices, or a
+            backend that is unknown or does not run on the inputs' device.
+        RuntimeError: A backend that is not available in this installation.
+    """
     op = "flow_stats"
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         raise TypeError(f"{op}: num_classes must be an int, got {type(num_classes).__name__}")
@@ -199,9 +252,11 @@ class _FlowAlign(torch.autograd.Function):
 
 def flow_align(acts: torch.Tensor | LinearActs, labels: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
                backend: str = "auto") -> torch.Tensor:
-    """Per-sample flow alignment loss (B): the mean over channels of
-    ((m - mu)/s)^2 + ((sd - sigma)/s)^2 with m, sd the mean and std of acts (B,C,N) over the
-    points, mu, sigma (K,C) the flow of each sample's class (labels (B)), s = sigma + 1e-3.
+    """The flow alignment loss of each sample.
+
+    The mean over channels of ((m - mu)/s)^2 + ((sd - sigma)/s)^2, with m, sd the mean and std
+    of the sample's activations over its points, mu, sigma the flow of the sample's class and
+    s = sigma + 1e-3.
 
     Differentiable with respect to acts only: mu and sigma are constants (the flow of the
     training data), and no gradient is computed for them even if they require one.
@@ -209,6 +264,24 @@ def flow_align(acts: torch.Tensor | LinearActs, labels: torch.Tensor, mu: torch.
     kernel backend then computes the moments from x's covariance, in PyTorch ops on x's
     device (the work is small and GEMM-shaped); backend="torch" writes the activations out
     and runs the reference, the closed form's oracle.
+
+    Args:
+        acts: Per-point activations (B, C, N), or a `LinearActs`.
+        labels: Class of each sample (B,).
+        mu: Per-class, per-channel flow mean (K, C).
+        sigma: Per-class, per-channel flow std (K, C), non-negative.
+        backend: "auto" (the fastest kernel backend for the inputs' device), "cpu",
+            "cuda", "triton" or "torch" (the pure-PyTorch reference).
+
+    Returns:
+        The loss of each sample (B,).
+
+    Raises:
+        TypeError: Inputs that are not tensors of the right kind.
+        ValueError: Wrong or mismatched shapes, mismatched devices, NaN or Inf (in mu or sigma
+            for a class in labels), a negative sigma, or a backend that is unknown or does
+            not run on the inputs' device.
+        RuntimeError: A backend that is not available in this installation.
     """
     op = "flow_align"
     linear = isinstance(acts, LinearActs)

@@ -40,9 +40,28 @@ def _cuda_k_limit(k: int):
 
 
 def knn(x: torch.Tensor, k: int, ref: torch.Tensor | None = None, backend: str = "auto"):
-    """k nearest neighbours of every point of x (B,N,D) among ref (B,M,D) (default: x itself,
-    self included). Returns dist2 (B,N,k) ascending, differentiable w.r.t. x and ref, and
-    idx (B,N,k) int64. Ties go to the smaller index."""
+    """The k nearest neighbours of every point of x among the points of ref.
+
+    Ties go to the smaller index.
+
+    Args:
+        x: Query points (B, N, D).
+        k: Neighbours per point, in [1, M].
+        ref: Reference points (B, M, D); None searches x itself, each point among its own
+            neighbours.
+        backend: "auto" (the fastest kernel backend for the inputs' device), "cpu",
+            "cuda", "triton" or "torch" (the pure-PyTorch reference).
+
+    Returns:
+        A tuple of the squared distances (B, N, k), ascending and differentiable with
+        respect to x and ref, and the neighbours' indices (B, N, k), int64.
+
+    Raises:
+        TypeError: An input that is not a tensor of the right kind (floating point; k an int).
+        ValueError: Wrong shapes, mismatched devices, NaN or Inf, a k out of range, or a backend that is
+            unknown or does not run on the inputs' device.
+        RuntimeError: A backend that is not available in this installation.
+    """
     op = "knn"
     checks.points(op, "x", x)
     if ref is not None:

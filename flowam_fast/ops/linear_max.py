@@ -40,14 +40,32 @@ def _vector(op: str, name: str, t, size: int, like: torch.Tensor, fill: float) -
 def linear_max(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
                shift: torch.Tensor | None = None, negative_slope: float = 0.0,
                backend: str = "auto") -> torch.Tensor:
-    """out[b, c] = max_n act(scale[c] * (weight @ x[b, n])[c] + shift[c]), act = LeakyReLU
-    with `negative_slope` (0: ReLU, 1: identity). x (B,N,Cin), weight (Cout,Cin), scale and
-    shift (Cout) (None: ones and zeros). Returns (B,Cout).
+    """A per-point linear layer, its affine map, a LeakyReLU and the max over points, fused.
 
-    The (B,N,Cout) activation is never built. The gradient (to x, weight, scale and shift)
+    out[b, c] = max_n act(scale[c] * (weight @ x[b, n])[c] + shift[c]), act the LeakyReLU
+    with `negative_slope` (PointNet's global feature, with its BatchNorm folded into scale
+    and shift). The (B, N, Cout) activation is never built. The gradient (to x, weight, scale and shift)
     reaches only each channel's argmax point; on ties the smallest point index wins, and at a
     pre-activation of exactly 0 the activation's derivative is `negative_slope`, as in
     torch's leaky_relu. Computed in float64 if any input is float64, else float32.
+
+    Args:
+        x: Per-point inputs (B, N, Cin).
+        weight: The linear map (Cout, Cin).
+        scale: Per-channel scale (Cout,); None: ones.
+        shift: Per-channel shift (Cout,); None: zeros.
+        negative_slope: Slope of the LeakyReLU below 0 (0: ReLU, 1: identity).
+        backend: "auto" (the fastest kernel backend for the inputs' device), "cpu",
+            "cuda", "triton" or "torch" (the pure-PyTorch reference).
+
+    Returns:
+        The maxima over points (B, Cout).
+
+    Raises:
+        TypeError: An input that is not a tensor of the right kind (floating point; negative_slope a float).
+        ValueError: Wrong shapes, mismatched devices, NaN or Inf, a non-finite negative_slope, or a backend that is
+            unknown or does not run on the inputs' device.
+        RuntimeError: A backend that is not available in this installation.
     """
     op = "linear_max"
     checks.points(op, "x", x)

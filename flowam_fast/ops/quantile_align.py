@@ -1,6 +1,6 @@
 """Quantile flow alignment (FlowAM's `alignment="quantiles"`): per channel, the squared 1-D
 Wasserstein-2 distance between a cloud's activations over its points and its class's
-distribution, normalized by s = sigma + 1e-3 as the moment loss is (DESIGN.md, "Faithfulness").
+distribution, normalized by s = sigma + 1e-3 as the moment loss is (docs/design.md, "Faithfulness").
 
 For one channel with values a_1..a_N sorted ascending, W2^2 = (1/N) sum_i (a_(i) - q(t_i))^2,
 t_i = (i + 0.5) / N, q the class's quantile function. The class's quantile function is stored
@@ -85,10 +85,30 @@ class _QuantileAlign(torch.autograd.Function):
 
 def quantile_align(acts: torch.Tensor, labels: torch.Tensor, quantiles: torch.Tensor, sigma: torch.Tensor,
                    backend: str = "auto") -> torch.Tensor:
-    """Per-sample loss (B): the mean over channels of W2^2 / s^2 between each channel's values
-    over the points of acts (B,C,N) and the quantile function of the sample's class, quantiles
-    (K,C,Q) at levels (j + 0.5)/Q; sigma (K,C) the class's std, s = sigma + 1e-3.
-    Differentiable with respect to acts only (the flows are constants)."""
+    """The quantile flow alignment loss of each sample (FlowAM's `alignment="quantiles"`).
+
+    The mean over channels of W2^2 / s^2, W2 the 1-D Wasserstein-2 distance between the
+    channel's values over the sample's points and its class's distribution, s = sigma + 1e-3.
+    Differentiable with respect to acts only (the flows are constants).
+
+    Args:
+        acts: Per-point activations (B, C, N).
+        labels: Class of each sample (B,).
+        quantiles: Each class's quantile function per channel (K, C, Q), at the levels
+            (j + 0.5) / Q; read at the N levels of the points by linear interpolation.
+        sigma: Each class's per-channel std (K, C).
+        backend: "auto", "cpu" (the extension's kernel) or "torch" (the reference, and the
+            path on a GPU).
+
+    Returns:
+        The loss of each sample (B,).
+
+    Raises:
+        TypeError: Inputs that are not tensors of the right kind.
+        ValueError: Wrong or mismatched shapes, mismatched devices, NaN or Inf (in the flows
+            of a class in labels), or a backend that is unknown or does not run here.
+        RuntimeError: A backend that is not available in this installation.
+    """
     op = "quantile_align"
     checks.points(op, "acts", acts)
     checks.points(op, "quantiles", quantiles, ndim=3, check_finite=False)

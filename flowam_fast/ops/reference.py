@@ -7,12 +7,17 @@ import torch
 #: Added to the per-sample variance before the square root, so the std and its gradient stay
 #: finite for a constant channel (a dead ReLU); it changes a std of 1e-2 by under 1e-6.
 STD_EPS = 1e-8
-#: The flow alignment's scale is s = sigma_class + SCALE_EPS (DESIGN.md).
+#: The flow alignment's scale is s = sigma_class + SCALE_EPS (docs/design.md).
 SCALE_EPS = 1e-3
 
 
 def knn(query: torch.Tensor, k: int, ref: torch.Tensor | None = None):
-    """Matmul + topk: dist2 (B,M,k) ascending and idx (B,M,k); ties go to the smaller index."""
+    """Reference of `flowam_fast.ops.knn.knn`: all pairwise distances, then a stable sort.
+
+    Returns:
+        A tuple of the squared distances (B, M, k), ascending, and the indices (B, M, k);
+        ties go to the smaller index.
+    """
     ref = query if ref is None else ref
     d2 = (
         query.pow(2).sum(-1, keepdim=True)
@@ -22,7 +27,7 @@ def knn(query: torch.Tensor, k: int, ref: torch.Tensor | None = None):
     # A stable ascending sort keeps equal distances in index order, which topk does not promise.
     _, order = torch.sort(d2.detach(), dim=-1, stable=True)
     idx = order[..., :k]
-    # Exact differences for the selected pairs: non-negative, and the gradient DESIGN.md asks for.
+    # Exact differences for the selected pairs: non-negative, and the gradient docs/design.md asks for.
     nb = torch.gather(ref.unsqueeze(1).expand(-1, query.shape[1], -1, -1), 2,
                       idx.unsqueeze(-1).expand(-1, -1, -1, ref.shape[-1]))
     dist2 = (query.unsqueeze(2) - nb).pow(2).sum(-1)
@@ -30,7 +35,12 @@ def knn(query: torch.Tensor, k: int, ref: torch.Tensor | None = None):
 
 
 def knn_topk(query: torch.Tensor, k: int, ref: torch.Tensor | None = None):
-    """The baseline the benchmarks compare against: what a PyTorch user writes (matmul + topk)."""
+    """The kNN baseline of the benchmarks: what a PyTorch user writes (matmul, then topk).
+
+    Returns:
+        A tuple of the squared distances (B, M, k) and the indices (B, M, k); topk does not
+        promise an order among ties.
+    """
     ref = query if ref is None else ref
     neg = 2.0 * torch.bmm(query, ref.transpose(1, 2)) - query.pow(2).sum(-1, keepdim=True) - ref.pow(2).sum(-1).unsqueeze(1)
     val, idx = neg.topk(k, dim=-1)
@@ -38,7 +48,7 @@ def knn_topk(query: torch.Tensor, k: int, ref: torch.Tensor | None = None):
 
 
 def edge_max(feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """out[b,i,c] = max_j feat[b, idx[b,i,j], c], through the full (B,M,k,C) gather."""
+    """Reference of `flowam_fast.ops.edge_max.edge_max`, through the full (B, M, k, C) gather."""
     B, M, k = idx.shape
     C = feat.shape[-1]
     gathered = torch.gather(feat.unsqueeze(1).expand(B, M, feat.shape[1], C), 2,
@@ -47,14 +57,18 @@ def edge_max(feat: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def linear_max(x, weight, scale, shift, negative_slope: float = 0.0) -> torch.Tensor:
-    """max_n act(scale * (W x_n) + shift) through the full (B,N,Cout) activation."""
+    """Reference of `flowam_fast.ops.linear_max.linear_max`, through the full (B, N, Cout) activation."""
     z = torch.matmul(x, weight.t()) * scale + shift
     return torch.nn.functional.leaky_relu(z, negative_slope).max(dim=1).values
 
 
 def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int):
-    """Per-class count (points), mean and M2 (sum of squared deviations) over all points of
-    all samples of the class, in float64. acts (B,C,N)."""
+    """Reference of `flowam_fast.ops.flow.flow_stats`, one class at a time.
+
+    Returns:
+        A tuple of the per-class count (points), mean and M2 (sum of squared deviations)
+        over all points of all samples of the class, in float64.
+    """
     a = acts.double()
     B, C, N = a.shape
     count = torch.zeros(num_classes, dtype=torch.int64, device=a.device)
@@ -69,15 +83,25 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int):
 
 
 def sample_moments(acts: torch.Tensor):
-    """Per-sample, per-channel mean and std over the points: (B,C) each."""
+    """Per-sample, per-channel mean and std over the points of acts (B, C, N).
+
+    Returns:
+        A tuple of the means (B, C) and the stds (B, C); the variance gets `STD_EPS` before
+        the square root.
+    """
     mean = acts.mean(-1)
     var = (acts - mean.unsqueeze(-1)).pow(2).mean(-1)
     return mean, torch.sqrt(var + STD_EPS)
 
 
 def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-sample loss (B): mean over channels of ((m - mu)/s)^2 + ((std - sigma)/s)^2,
-    s = sigma + SCALE_EPS, with mu, sigma the flow of each sample's class."""
+    """Reference of `flowam_fast.ops.flow.flow_align` on written-out activations.
+
+    Returns:
+        The loss of each sample (B,): the mean over channels of ((m - mu)/s)^2 +
+        ((std - sigma)/s)^2, s = sigma + SCALE_EPS, with mu, sigma the flow of the sample's
+        class.
+    """
     m, sd = sample_moments(acts)
     mu_c = mu[labels].to(acts.dtype)
     sig_c = sigma[labels].to(acts.dtype)

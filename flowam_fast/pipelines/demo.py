@@ -4,7 +4,8 @@ DIR/data (procedural dataset, ModelNet40 HDF5 layout) -> DIR/model.pt (the demo 
 with model="dgcnn" the demo DGCNN; `training.DEMO_CONFIGS`) ->
 DIR/flows.h5 -> DIR/{flowam,vanilla,regularized,ae-latent}.h5 (every class, 2 seeds; ae-latent
 with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by side) and
-DIR/baselines.png (regularized and AE-latent AM) -> DIR/evaluator.pt and the metrics
+DIR/baselines.png (regularized and AE-latent AM), DIR/explanations.html (FlowAM's explanations
+beside real samples, an interactive 3-D viewer) -> DIR/evaluator.pt and the metrics
 (DIR/metrics.json, bar charts) -> the randomization sanity check of FlowAM and AE-latent AM
 on a few classes (DIR/sanity.json, DIR/sanity.png) -> optionally the flow weight's trade-off
 (DIR/tradeoff.json, DIR/tradeoff.png) -> DIR/report.md.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -36,6 +38,7 @@ from ..evaluation.report import RealData, evaluate_sets, method_table, write_rep
 from ..evaluation.sanity import CLASS_REFS, REALISM_REFS, TRADEOFF_REFERENCES, tradeoff, tradeoff_markdown, \
     write_outputs, write_tradeoff
 from ..evaluation.sanity import markdown as sanity_markdown
+from .. import provenance
 from ..models import load_checkpoint
 from ..models.activations import default_layers
 from ..training import demo_config, train_demo_model
@@ -222,6 +225,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
                       references=examples)
         contact_sheet([results["regularized"], results["ae-latent"]], out / "baselines.png",
                       labels=["regularized AM", "AE-latent AM"], references=examples)
+        results["flowam"].to_html(out / "explanations.html", references=examples, title="FlowAM explanations")
     with stage("evaluator"):
         evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=evaluator_epochs, quiet=quiet).to(device)
     sanity, traded = [], None
@@ -252,7 +256,10 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
         metrics = evaluate_sets([results[m] for m in METHODS], real)
     timings["total"] = time.perf_counter() - t_all
     ratio = metrics[0]["chamfer"] / metrics[1]["chamfer"]
+    command = provenance.invoked_command(fallback=shlex.join(["flowam-fast", "demo", "--model", model_name,
+                                                               "--out", str(out)]))
     preamble = "\n".join([
+        provenance.markdown(command), "",
         f"Demo {model_name}; procedural shapes, {flows.num_classes} classes x {len(seeds)} seeds, {num_points} points; "
         f"FlowAM aligns {alignment} at flow weight {flow_weight:g}; FlowAM / plain AM Chamfer ratio: **{ratio:.2f}**.", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",

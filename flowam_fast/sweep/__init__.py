@@ -1,5 +1,5 @@
 """Sweeps over (model x method x class x seed), sharded, resumable, on this machine or a Ray
-cluster (DESIGN.md, "Sweeps"; README, "Sweeps"). Uses am, models and below."""
+cluster (docs/design.md, "Sweeps"). Uses am, models and below."""
 from .driver import run_sweep
 from .spec import SpecError, SweepSpec, load_spec, parse_spec
 

@@ -83,14 +83,33 @@ class _Progress:
 
 def run_sweep(spec, out_dir, executor: str = "local", address=None, device=None, fresh: bool = False,
               quiet: bool = False, max_retries: int = 3, cpus_per_task: int = 1) -> dict:
-    """Run a sweep (a TOML spec path or a SweepSpec) into out_dir; see README, "Sweeps".
+    """Run a sweep into out_dir; see docs/design.md, "Sweeps".
 
-    Writes out_dir/<model>/<method>.h5 (the explanations store of each (model, method), one job
-    per (class, seed), in (class, seed) order), out_dir/shards/ and out_dir/sweep.json. A rerun
-    skips the finished shards; a spec changed since an earlier run here is refused unless
-    fresh=True. executor: "local" or "ray" (address: a Ray cluster; default a local one).
-    Returns a summary: jobs, shards, shards reused and run, success rate, the CPU seconds of the
-    shards run, store paths, seconds.
+    Writes `out_dir/<model>/<method>.h5` (the explanations store of each (model, method), one
+    job per (class, seed), in (class, seed) order), `out_dir/shards/` and `out_dir/sweep.json`.
+    A rerun skips the finished shards; a spec changed since an earlier run here is refused
+    unless `fresh` is True.
+
+    Args:
+        spec: A TOML spec path or a `SweepSpec`.
+        out_dir: The output directory.
+        executor: "local" (this process) or "ray".
+        address: The Ray cluster's address (executor "ray" only); None starts a local one.
+        device: "cpu" (None) or a CUDA device.
+        fresh: Remove what an earlier sweep wrote in out_dir and start over.
+        quiet: No progress bar.
+        max_retries: Times a Ray task whose worker dies is retried.
+        cpus_per_task: CPUs of each Ray task on CPU.
+
+    Returns:
+        A summary: jobs, shards, shards reused and run, success rate, the CPU seconds of the
+        shards run, store paths, seconds.
+
+    Raises:
+        ValueError: An unknown executor or device, or an address without executor "ray".
+        SpecError: An invalid spec, or one changed since an earlier run in out_dir (without
+            `fresh`).
+        RuntimeError: A CUDA device without a GPU, a failed shard, or jobs missing at the end.
     """
     t0 = time.perf_counter()
     if executor not in EXECUTORS:

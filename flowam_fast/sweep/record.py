@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..am.configdiff import changed_fields
 from ..atomic import atomic_path
 
 FORMAT = "flowam_fast.sweep"
@@ -49,8 +50,7 @@ def write_record(out_dir, spec, units, shards, states: dict, stats: dict, device
 
 
 def _diff(key: str, old: dict, new: dict, what: str) -> list:
-    return [f"{key}: {what}{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
+    return [f"{key}: {line}" for line in changed_fields(old, new, what)]
 
 
 def changes(old: dict, units) -> list:

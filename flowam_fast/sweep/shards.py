@@ -1,5 +1,5 @@
 """Shards: a unit's jobs cut into pieces of `shard_size` jobs, each the unit of work, of retry
-and of storage (DESIGN.md, "Sweeps").
+and of storage (docs/design.md, "Sweeps").
 
 A shard's file, DIR/shards/<model>/<method>/<unit hash>-<jobs hash>.h5, is an explanations store
 written atomically, so a file that exists is a finished shard. Its name says which settings and

@@ -1,5 +1,5 @@
 """The sweep spec: a TOML file naming the models, methods, classes, seeds, shard size and engine
-options of a sweep (README, "Sweeps"). This module only parses and checks the file's shape; what
+options of a sweep (docs/design.md, "Sweeps"). This module only parses and checks the file's shape; what
 the files it names hold is checked when they are loaded (inputs.py).
 
     classes = "all"            # or [0, 3, "chair"], or "0,3,chair"
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..am.engine import METHODS, FlowAM
 from ..am.grid import parse_seeds
+from ..am.reprs import counted, int_ranges, short_list
 
 DEFAULT_SHARD_SIZE = 16
 #: Engine options a spec may set, with the TOML types they take. All but batch_size are FlowAM
@@ -64,10 +65,22 @@ class ModelSpec:
                 "autoencoder": str(self.autoencoder) if self.autoencoder else None}
 
 
-@dataclass
+@dataclass(repr=False)
 class SweepSpec:
-    """A parsed spec. classes stay as written (resolved per model against its flows' class
-    names); seeds are resolved here; paths are absolute."""
+    """A parsed and checked sweep spec (see `load_spec`).
+
+    Attributes:
+        classes: The classes as written ("all" or a comma list), resolved per model against
+            its flows' class names.
+        seeds: The seeds, resolved.
+        methods: The AM methods, each once.
+        models: The models, each with its checkpoint, flows and optional autoencoder (paths
+            absolute).
+        shard_size: Jobs per shard.
+        engine: FlowAM options common to every method.
+        method_engine: Per-method FlowAM options, overriding the common ones.
+        source: The spec file, if it came from one.
+    """
 
     classes: str
     seeds: list
@@ -78,11 +91,20 @@ class SweepSpec:
     method_engine: dict = field(default_factory=dict)
     source: Path | None = None
 
+    def __repr__(self) -> str:
+        # Seeds can number thousands and model paths are absolute: counts and names, not lists.
+        models = [m.name for m in self.models]
+        source = f", source={self.source.name!r}" if self.source else ""
+        return (f"SweepSpec({counted(len(models), 'model')} {short_list(models)}, methods {list(self.methods)}, "
+                f"classes {self.classes!r}, {counted(len(self.seeds), 'seed')} {int_ranges(self.seeds)}, "
+                f"shard_size={self.shard_size}, engine {self.engine}{source})")
+
     def options(self, method: str) -> dict:
         """The engine options of one method: the common ones, then its overrides."""
         return {**self.engine, **self.method_engine.get(method, {})}
 
     def to_dict(self) -> dict:
+        """The spec as a JSON-ready dict (the record a sweep keeps to tell a changed spec)."""
         engine = {**self.engine, **{m: dict(o) for m, o in self.method_engine.items()}}
         return {"classes": self.classes, "seeds": list(self.seeds), "methods": list(self.methods),
                 "shard_size": self.shard_size, "engine": engine, "models": [m.to_dict() for m in self.models],
@@ -90,7 +112,18 @@ class SweepSpec:
 
 
 def load_spec(path) -> SweepSpec:
-    """Read and check the TOML spec at `path`."""
+    """Read and check the TOML sweep spec at `path`.
+
+    Relative paths in the spec are relative to its directory.
+
+    Returns:
+        The parsed spec.
+
+    Raises:
+        FileNotFoundError: There is no file at `path`.
+        SpecError: The file is not valid TOML, or the spec cannot be run (the message names
+            the file and the reason).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sweep spec not found: {path}")
@@ -105,7 +138,20 @@ def load_spec(path) -> SweepSpec:
 
 
 def parse_spec(raw: dict, base_dir=".", source=None) -> SweepSpec:
-    """A SweepSpec from the spec's tables as a dict (relative paths are relative to base_dir)."""
+    """Check a spec given as a dict of its tables.
+
+    Args:
+        raw: The spec's tables, as TOML parses them.
+        base_dir: The directory relative paths are relative to.
+        source: The file the spec came from, if any.
+
+    Returns:
+        The parsed spec.
+
+    Raises:
+        SpecError: An unknown or missing key, an unknown or repeated method, an invalid
+            shard size, seeds, engine options or model entry.
+    """
     base_dir = Path(base_dir).resolve()
     _no_unknown(raw, _TOP_KEYS, "the spec")
     for key in ("seeds", "methods", "models"):

@@ -1,6 +1,6 @@
 import torch
 
-import flowam_fast.cli.train
+import flowam_fast.data
 from flowam_fast.cli import main
 from flowam_fast.data import SHAPE_CLASSES, generate_shapes
 from flowam_fast.models import PointNet, load_checkpoint
@@ -15,7 +15,7 @@ def test_cli_trains_on_synthetic_data_and_cleans_up(tmp_path, monkeypatch, capsy
         made.append(out)
         return generate_shapes(out, train_per_class=3, test_per_class=1, num_points=64)
 
-    monkeypatch.setattr(flowam_fast.cli.train, "generate_shapes", tiny_shapes)
+    monkeypatch.setattr(flowam_fast.data, "generate_shapes", tiny_shapes)
     ckpt = tmp_path / "m.pt"
     assert main(["train", "--data", "synthetic", "--epochs", "1", "--num-points", "48", "--width", "0.125",
                  "--batch-size", "12", "--out", str(ckpt), "--quiet"]) == 0

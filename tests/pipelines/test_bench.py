@@ -1,61 +1,156 @@
-"""`flowam-fast bench`: the plumbing from the CLI to the benchmark scripts and the report, on
-the smallest real suite (linear_max, --quick: a few seconds)."""
-import pytest
+"""`flowam-fast bench`: the CLI, the suites as package modules, the report and its provenance,
+progress and the report written as the run goes; the real suite run is linear_max --quick
+(a few seconds)."""
+import inspect
+import subprocess
+import sys
+from pathlib import Path
 
-from flowam_fast.pipelines import bench
+import pytest
+import torch
+
+import flowam_fast
+from flowam_fast.benchmarks import suites
+from flowam_fast.benchmarks.common import table
 from flowam_fast.cli import main
 from flowam_fast.ops import backend
+from flowam_fast.pipelines.bench import run_bench
 
 needs_kernels = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
+BASE = {"fast_ms": 1.0, "ref_ms": 3.0, "speedup": 3.0, "fast_mib": 0.0, "ref_mib": 2.0}
 
 
 @needs_kernels
-def test_bench_quick_prints_and_writes_the_table(tmp_path, capsys):
+def test_bench_quick_prints_writes_and_shows_progress(tmp_path, capsys):
     out = tmp_path / "bench.md"
-    assert main(["bench", "--quick", "--only", "linear_max", "--threads", "2", "--out", str(out), "--quiet"]) == 0
-    printed = capsys.readouterr().out
+    assert main(["bench", "--quick", "--only", "linear_max", "--threads", "2", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out
     assert printed == out.read_text()
     lines = printed.splitlines()
-    assert lines[0].startswith("Machine: ") and "2 torch threads" in lines[0] and "torch " in lines[0]
+    assert lines[0] == "# flowam-fast benchmarks"
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU build"
+    assert f"- Software: flowam_fast {flowam_fast.__version__}, torch {torch.__version__} ({build}, 2 threads), " in printed
+    # Run from a test, not the flowam-fast script: the report names the equivalent command.
+    assert f"- Reproduce: `flowam-fast bench --quick --only linear_max --threads 2 --out {out}`" in lines
     header = next(i for i, line in enumerate(lines) if line.startswith("| case |"))
     # linear_max rows add a GFLOP/s column, which the report picks up from the rows.
     assert "| speed-up |" in lines[header] and lines[header].endswith("| GFLOP/s |")
     body = [line for line in lines[header + 2:] if line.startswith("|")]
     assert len(body) == 4 and all("linear_max" in line and line.count("|") == lines[header].count("|") for line in body)
-    speedups = [float(line.split("|")[4].strip().rstrip("x")) for line in body]
-    assert all(s > 0 for s in speedups)
+    assert all(float(line.split("|")[4].strip().rstrip("x")) > 0 for line in body)
+    assert "Incomplete" not in printed and "Failed" not in printed
+    # Progress: one line per case as it finishes, then the suite's.
+    progress = captured.err.splitlines()
+    assert len(progress) == 5 and all(p.startswith("[bench] linear_max: linear_max ") for p in progress[:4])
+    assert progress[4].startswith("[bench] linear_max: 4 cases in ")
 
 
 def test_bench_rejects_unknown_suites(capsys):
     assert main(["bench", "--only", "knn,nope", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "unknown benchmark suite(s) ['nope']" in err and "am_step" in err
-    assert bench.parse_suites(None) == list(bench.SUITES) == bench.parse_suites("all")
-    assert bench.parse_suites(" flow , knn") == ["flow", "knn"]
+    assert suites.parse_suites(None) == list(suites.SUITES) == suites.parse_suites("all")
+    assert suites.parse_suites(" flow , knn") == ["flow", "knn"]
+    with pytest.raises(ValueError, match="unknown benchmark suite 'nope'"):
+        suites.load("nope")
 
 
-def test_every_suite_exists_with_rows():
-    for name in bench.SUITES:
-        assert (bench.benchmarks_dir() / f"bench_{name}.py").is_file(), name
-        assert callable(bench._import(f"bench_{name}").rows), name
+def test_every_suite_is_a_package_module_yielding_rows():
+    package = Path(flowam_fast.__file__).parent / "benchmarks"
+    for name in suites.SUITES:
+        module = suites.load(name)
+        assert module.__name__ == f"flowam_fast.benchmarks.{name}"
+        assert Path(module.__file__).parent == package, name
+        assert inspect.isgeneratorfunction(module.rows), name
+
+
+def test_the_command_module_does_not_import_torch():
+    code = "import sys, flowam_fast.cli.bench; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_table_collects_extra_columns():
-    base = {"fast_ms": 1.0, "ref_ms": 3.0, "speedup": 3.0, "fast_mib": 0.0, "ref_mib": 2.0}
-    rows = [{"name": "a", **base, "GB/s": "7"}, {"name": "b", **base, "GFLOP/s": "9"}]
-    lines = bench.table(rows).splitlines()
+    rows = [{"name": "a", **BASE, "GB/s": "7"}, {"name": "b", **BASE, "GFLOP/s": "9"}]
+    lines = table(rows).splitlines()
     assert lines[0].endswith("| GB/s | GFLOP/s |")
     assert lines[2].endswith("| 7 |  |") and lines[3].endswith("|  | 9 |")
 
 
-def test_a_failing_suite_is_reported_and_fails_the_run(monkeypatch, capsys):
+class _FakeSuites:
+    """Stand-in suites: "two" yields rows a and b, checking the report on disk in between;
+    "broken" yields c, then fails as an output check would."""
+
+    def __init__(self, out):
+        self.out, self.seen = out, []
+
+    def load(self, name):
+        fake = self
+
+        class Module:
+            @staticmethod
+            def rows(quick=False, device="cpu"):
+                if name == "two":
+                    yield {"name": "a", **BASE}
+                    fake.seen.append(fake.out.read_text())
+                    yield {"name": "b", **BASE}
+                else:
+                    yield {"name": "c", **BASE}
+                    fake.seen.append(fake.out.read_text())
+                    raise AssertionError("fast and reference disagree\n(details)")
+
+        return Module
+
+
+def test_the_report_is_rewritten_after_each_case_and_a_failure_keeps_its_rows(tmp_path, monkeypatch):
+    out = tmp_path / "r.md"
+    fake = _FakeSuites(out)
+    monkeypatch.setattr(suites, "load", fake.load)
+    messages = []
+    text, failures = run_bench(["two", "broken"], out=out, command="flowam-fast bench --only two,broken",
+                               log=messages.append)
+    # After a's row the file holds it and says what is still to come.
+    assert "| a |" in fake.seen[0] and "| b |" not in fake.seen[0]
+    assert "Incomplete: not yet measured: two, broken." in fake.seen[0]
+    assert "| b |" in fake.seen[1] and "| c |" in fake.seen[1] and "not yet measured: broken." in fake.seen[1]
+    assert failures == ["broken: AssertionError: fast and reference disagree"]
+    assert out.read_text() == text and "Incomplete" not in text
+    assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "case" not in line] \
+        == ["a", "b", "c"]
+    assert text.endswith("Failed:\n- broken: AssertionError: fast and reference disagree\n")
+    assert text.splitlines()[5] == "- Reproduce: `flowam-fast bench --only two,broken`"
+    assert messages[-1] == "[bench] broken: FAILED broken: AssertionError: fast and reference disagree"
+    assert sum(m.startswith("[bench] two: ") for m in messages) == 3
+
+
+def test_a_stopped_run_keeps_what_it_measured(tmp_path, monkeypatch):
+    out = tmp_path / "r.md"
+
+    def load(name):
+        class Module:
+            @staticmethod
+            def rows(quick=False, device="cpu"):
+                yield {"name": "a", **BASE}
+                raise KeyboardInterrupt
+
+        return Module
+
+    monkeypatch.setattr(suites, "load", load)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(["knn", "flow"], out=out)
+    text = out.read_text()
+    assert "| a |" in text and "Incomplete: not yet measured: knn, flow." in text
+    assert list(tmp_path.iterdir()) == [out]  # no temporary file left behind
+
+
+def test_a_failing_suite_fails_the_command(monkeypatch, capsys):
     class Broken:
         @staticmethod
-        def rows(quick=False):
+        def rows(quick=False, device="cpu"):
             raise AssertionError("fast and reference disagree")
+            yield  # a generator, as the suites are
 
-    real = bench._import
-    monkeypatch.setattr(bench, "_import", lambda name: Broken if name == "bench_knn" else real(name))
+    monkeypatch.setattr(suites, "load", lambda name: Broken)
     assert main(["bench", "--only", "knn", "--quiet"]) == 1
-    out = capsys.readouterr().out
-    assert "Failed:\n- bench_knn: AssertionError: fast and reference disagree" in out
+    assert "Failed:\n- knn: AssertionError: fast and reference disagree" in capsys.readouterr().out

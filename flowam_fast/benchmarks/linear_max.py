@@ -2,20 +2,15 @@
 CUDA and Triton on a GPU) against the reference that builds the (B, N, Cout) activation, at
 PointNet's shapes.
 
-    python benchmarks/bench_linear_max.py [--quick] [--threads N] [--device cuda]
+    flowam-fast bench --only linear_max [--quick] [--threads N] [--device cuda]
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, fused_backends, label, script_main  # noqa: E402
-
-from flowam_fast.ops import reference  # noqa: E402
-from flowam_fast.ops.linear_max import linear_max  # noqa: E402
+from ..ops import reference
+from ..ops.linear_max import linear_max
+from .common import compare, fused_backends, label
 
 # (label, B, N, Cin, Cout): PointNet's last encoder layer (global feature) and conv3.
 SHAPES = [("PointNet global 128->1024", 64, 1024, 128, 1024), ("PointNet conv3 64->128", 64, 1024, 64, 128)]
@@ -44,8 +39,8 @@ def _check_backward(fast, ref):
     assert moved.float().mean() < 1e-3, f"{int(moved.sum())} points got a different gradient"
 
 
-def rows(quick: bool = False, device="cpu") -> list[dict]:
-    out = []
+def rows(quick: bool = False, device="cpu"):
+    """Yields each case's row as it is measured (`common.compare`)."""
     for backend in fused_backends(device):
         for name, B, N, cin, cout in SHAPES:
             if quick:
@@ -63,7 +58,7 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
             row = compare(label(f"linear_max fwd, {name} ({shape})", backend, device), fwd_fast, fwd_ref,
                           _check_forward, device=device, no_grad=True)
             row["GFLOP/s"] = f"{flops / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
-            out.append(row)
+            yield row
 
             xg = x.clone().requires_grad_(True)
             g = torch.randn(B, cout, generator=torch.Generator().manual_seed(1)).to(device)
@@ -76,10 +71,5 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
                 return run
 
             fast = both(lambda *a: linear_max(*a, backend=backend))
-            out.append(compare(label(f"linear_max fwd+bwd to x, {name} ({shape})", backend, device), fast,
-                               both(reference.linear_max), _check_backward, device=device))
-    return out
-
-
-if __name__ == "__main__":
-    script_main(rows, __doc__, extra_cols=("GFLOP/s",))
+            yield compare(label(f"linear_max fwd+bwd to x, {name} ({shape})", backend, device), fast,
+                          both(reference.linear_max), _check_backward, device=device)

@@ -1,20 +1,15 @@
 """edge_max (gather-max over kNN neighbours: C++ on the CPU, CUDA and Triton on a GPU) against
 the reference that gathers the full (B, N, k, C) neighbour tensor, at DGCNN's EdgeConv shapes.
 
-    python benchmarks/bench_edge_max.py [--quick] [--device cuda]
+    flowam-fast bench --only edge_max [--quick] [--device cuda]
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, fused_backends, label, script_main  # noqa: E402
-
-from flowam_fast.ops import reference  # noqa: E402
-from flowam_fast.ops.edge_max import edge_max  # noqa: E402
+from ..ops import reference
+from ..ops.edge_max import edge_max
+from .common import compare, fused_backends, label
 
 K = 20
 CHANNELS = (64, 256)
@@ -36,9 +31,10 @@ def _check_backward(fast, ref):
     torch.testing.assert_close(g_f, g_r, rtol=1e-5, atol=1e-5)
 
 
-def rows(quick: bool = False, device="cpu") -> list[dict]:
-    out = []
-    B, N = (4, 1024) if quick else (16, 1024)
+def rows(quick: bool = False, device="cpu"):
+    """Yields each case's row as it is measured (`common.compare`)."""
+    # Quick: N = 512 keeps the reference's (B, N, N, C) gradient below the full size's 2 GiB.
+    B, N = (4, 512) if quick else (16, 1024)
     for backend in fused_backends(device):
         for C in CHANNELS:
             feat, idx = _inputs(B, N, C, device=device)
@@ -48,7 +44,7 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
                           _check_forward, device=device, no_grad=True)
             # Bytes the fast path must move: k neighbour rows read, the output and argmax written.
             row["GB/s"] = f"{B * N * C * (K * 4 + 4 + 8) / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
-            out.append(row)
+            yield row
 
             # The reference's backward (gather on an expanded tensor) builds a (B, N, N, C)
             # gradient, gigabytes at these shapes, so the gradient runs on two clouds.
@@ -64,11 +60,6 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
                     return y.detach(), gf
                 return run
 
-            out.append(compare(label(f"edge_max fwd+bwd (B={Bg} N={N} k={K} C={C})", backend, device),
-                               both(lambda f, i: edge_max(f, i, backend=backend)), both(reference.edge_max),
-                               _check_backward, device=device))
-    return out
-
-
-if __name__ == "__main__":
-    script_main(rows, __doc__, extra_cols=("GB/s",))
+            yield compare(label(f"edge_max fwd+bwd (B={Bg} N={N} k={K} C={C})", backend, device),
+                          both(lambda f, i: edge_max(f, i, backend=backend)), both(reference.edge_max),
+                          _check_backward, device=device)

@@ -1,11 +1,11 @@
-"""Timing and memory helpers shared by the benchmark scripts.
+"""Timing and memory helpers shared by the benchmark suites.
 
 Ratios, not absolute times, are the figures: every comparison runs the fast path and the
 reference in this one process, on the same inputs, after checking that their outputs agree.
 
-Every script runs on the CPU (the C++ kernels, peak resident memory) or, with --device cuda,
-on the GPU (each of the "cuda" and "triton" kernels against the same reference on the GPU,
-peak allocated GPU memory), from one set of code.
+Every suite runs on the CPU (the C++ kernels, peak resident memory) or on a GPU (each of the
+"cuda" and "triton" kernels against the same reference on the GPU, peak allocated GPU memory),
+from one set of code.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def peak_memory(device):
 def fused_backends(device) -> list:
     """The kernel backends to time on `device`: "cpu" on the CPU; "cuda" and "triton" on a
     GPU, those this installation has."""
-    from flowam_fast.ops import backend
+    from ..ops import backend
 
     if not is_cuda(device):
         return ["cpu"]
@@ -138,6 +138,18 @@ class _null:
         return False
 
 
+#: The columns every row has; a suite may add more (e.g. "GFLOP/s").
+STANDARD = ("name", "fast_ms", "ref_ms", "speedup", "fast_mib", "ref_mib")
+
+
+def table(rows) -> str:
+    """The Markdown table of `rows`, with every extra column any of them has, in order of appearance."""
+    extra = []
+    for r in rows:
+        extra += [k for k in r if k not in STANDARD and k not in extra]
+    return markdown(rows, extra_cols=tuple(extra))
+
+
 def markdown(rows, extra_cols=()) -> str:
     head = ["case", "fast (ms)", "reference (ms)", "speed-up", "peak MiB fast / ref", *extra_cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -163,20 +175,3 @@ def check_device(device) -> str:
     if is_cuda(device) and not torch.cuda.is_available():
         raise RuntimeError(f"no CUDA device: torch {torch.__version__} sees no GPU (device {device!r} asked for)")
     return device
-
-
-def script_main(rows, doc: str, extra_cols=()) -> None:
-    """Command line of a benchmark script: --quick for a smoke run, --threads N, --device."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="cpu (the C++ kernels) or cuda (the CUDA and Triton kernels)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = check_device(args.device)
-    full_float32(device)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
-    print(markdown(rows(args.quick, device=device), extra_cols=extra_cols))

@@ -3,19 +3,14 @@ against what a PyTorch user writes (matmul + topk, `reference.knn_topk`), at DGC
 (D = 3 for the coordinates, 64 and 128 for the features) and for the continuity term's
 gradient.
 
-    python benchmarks/bench_knn.py [--quick] [--device cuda]
+    flowam-fast bench --only knn [--quick] [--device cuda]
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, fused_backends, label, script_main  # noqa: E402
-
-from flowam_fast.ops import knn, reference  # noqa: E402
+from ..ops import knn, reference
+from .common import compare, fused_backends, label
 
 K = 20
 DIMS = (3, 64, 128)
@@ -43,8 +38,8 @@ def _check_backward(fast, ref):
     assert moved.float().mean() < 1e-2, f"{int(moved.sum())} points got a different gradient"
 
 
-def rows(quick: bool = False, device="cpu") -> list[dict]:
-    out = []
+def rows(quick: bool = False, device="cpu"):
+    """Yields each case's row as it is measured (`common.compare`)."""
     B = 4 if quick else 16
     sizes = (1024,) if quick else (1024, 2048, 4096)
     for backend in fused_backends(device):
@@ -56,7 +51,7 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
                               repeat=3 if N > 1024 else 5, device=device, no_grad=True)
                 # Distance work counted as in a GEMM: 2 flops per coordinate per pair.
                 row["GFLOP/s"] = f"{2 * B * N * N * D / (row['fast_ms'] * 1e-3) / 1e9:.0f}"
-                out.append(row)
+                yield row
 
         # The continuity term: dist2 and its gradient w.r.t. the points, against the
         # differentiable reference (matmul + sort + exact differences of the chosen pairs).
@@ -70,11 +65,6 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
                 return d.detach(), g
             return run
 
-        out.append(compare(label(f"knn fwd+bwd D=3 (B={B} N=1024 k={K})", backend, device),
-                           both(lambda: knn(x, K, backend=backend)), both(lambda: reference.knn(x, K)),
-                           _check_backward, device=device))
-    return out
-
-
-if __name__ == "__main__":
-    script_main(rows, __doc__, extra_cols=("GFLOP/s",))
+        yield compare(label(f"knn fwd+bwd D=3 (B={B} N=1024 k={K})", backend, device),
+                      both(lambda: knn(x, K, backend=backend)), both(lambda: reference.knn(x, K)),
+                      _check_backward, device=device)

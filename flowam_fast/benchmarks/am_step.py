@@ -13,33 +13,33 @@ variance come from a train-mode pass over random clouds, then are jittered, and 
 the BN scales are negative (the fast path must turn those maxima into minima). The flows are
 random too, on the scale of the real activations.
 
+Quick mode (a smoke run) takes one small batch of small clouds per model (QUICK_CASES), with
+the same checks and one timed run per path.
+
 On a GPU (--device cuda) the fast path runs the fused ops' "auto" backend (the CUDA kernels
 where the extension has them, else Triton) against the plain path on the same GPU, at the
 batch sizes a GPU takes (GPU_CASES); the memory column is then peak allocated GPU memory.
 
-    python benchmarks/bench_am_step.py [--quick] [--threads N] [--device cuda]
+    flowam-fast bench --only am_step [--quick] [--threads N] [--device cuda]
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, fused_backends, is_cuda, label, script_main  # noqa: E402
-
-from flowam_fast import ops  # noqa: E402
-from flowam_fast.am.engine import AMConfig, continuity_loss  # noqa: E402
-from flowam_fast.am.flows import Flows, neighbour_d2  # noqa: E402
-from flowam_fast.models import DGCNN, PointNet, get_activations, plain_path  # noqa: E402
+from .. import ops
+from ..am.engine import AMConfig, continuity_loss
+from ..am.flows import Flows, neighbour_d2
+from ..models import DGCNN, PointNet, get_activations, plain_path
+from .common import compare, fused_backends, is_cuda, label
 
 NUM_CLASSES = 40  # ModelNet40
 NEGATIVE_BN = 0.25  # share of BatchNorm channels with a negative scale
 # (arch, B, N): the reference batch sizes at N = 1024, smaller batches for the larger clouds.
 CASES = [("dgcnn", 16, 1024), ("pointnet", 64, 1024)]
+QUICK_CASES = [("dgcnn", 2, 512), ("pointnet", 4, 512)]
 LARGE_CASES = [("dgcnn", 4, 2048), ("dgcnn", 4, 4096), ("pointnet", 16, 2048), ("pointnet", 16, 4096)]
 GPU_CASES = [("dgcnn", 32, 1024), ("dgcnn", 8, 4096), ("pointnet", 128, 1024)]
 GPU_QUICK_CASES = [("dgcnn", 8, 1024), ("pointnet", 16, 1024)]
@@ -229,14 +229,14 @@ def dgcnn_step_flops(model: DGCNN, B: int, N: int) -> int:
     return knn + 2 * (pq + conv5 + head)
 
 
-def rows(quick: bool = False, device="cpu") -> list[dict]:
-    out = []
+def rows(quick: bool = False, device="cpu"):
+    """Yields each case's row as it is measured (`common.compare`), after `check_float64`."""
     models = {}
     if is_cuda(device):
         # The models' ops take backend "auto": the first of these there is.
         cases, backend = (GPU_QUICK_CASES if quick else GPU_CASES), (fused_backends(device) + ["torch"])[0]
     else:
-        cases, backend = CASES + ([] if quick else LARGE_CASES), "cpu"
+        cases, backend = (QUICK_CASES if quick else CASES + LARGE_CASES), "cpu"
     for arch, B, N in cases:
         if arch not in models:
             model = build_model(arch)
@@ -248,15 +248,10 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
             f32 = {}
             row = compare(label(f"AM step {objective}, {name} (B={B} N={N})", backend, device),
                           am_step(problem, objective, True), am_step(problem, objective, False), float32_check(f32),
-                          repeat=3, device=device)
+                          repeat=1 if quick else 3, device=device)
             row["ms per cloud fast / ref"] = f"{row['fast_ms'] / B:.1f} / {row['ref_ms'] / B:.1f}"
             row["float32 clouds within 1e-4"] = f32["strict"]
             if arch == "dgcnn" and objective == "logit":
                 gflop = dgcnn_step_flops(problem.model, B, N) / 1e9
                 row["GFLOP/s"] = f"{gflop / (row['fast_ms'] * 1e-3):.0f} ({gflop:.0f} GFLOP)"
-            out.append(row)
-    return out
-
-
-if __name__ == "__main__":
-    script_main(rows, __doc__, extra_cols=("ms per cloud fast / ref", "float32 clouds within 1e-4", "GFLOP/s"))
+            yield row

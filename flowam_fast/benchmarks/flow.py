@@ -3,21 +3,16 @@ loss, one read forward and one backward), C++ on the CPU, CUDA and Triton on a G
 pure-PyTorch reference; quantile_align (alignment="quantiles": a sort per row, the
 gradient written by the forward) on the CPU against its torch.sort reference.
 
-    python benchmarks/bench_flow.py [--quick] [--threads N] [--device cuda]
+    flowam-fast bench --only flow [--quick] [--threads N] [--device cuda]
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import compare, fused_backends, label, script_main  # noqa: E402
-
-from flowam_fast.ops import reference  # noqa: E402
-from flowam_fast.ops.flow import flow_align, flow_stats  # noqa: E402
-from flowam_fast.ops.quantile_align import quantile_align  # noqa: E402
+from ..ops import reference
+from ..ops.flow import flow_align, flow_stats
+from ..ops.quantile_align import quantile_align
+from .common import compare, fused_backends, label
 
 NUM_CLASSES = 40  # ModelNet40
 # (label, B, C, N): PointNet's per-point layers in ℒ and its 1024-channel pre-pool layer.
@@ -48,16 +43,16 @@ def _check_align(fast, ref):
         torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
 
 
-def rows(quick: bool = False, device="cpu") -> list[dict]:
-    out = []
+def rows(quick: bool = False, device="cpu"):
+    """Yields each case's row as it is measured (`common.compare`)."""
     for backend in fused_backends(device):
         for name, B, C, N in STATS_SHAPES:
             B = 4 if quick else B
             acts, labels = _acts(B, C, N, device=device), _labels(B, device=device)
-            out.append(compare(label(f"flow_stats, {name} (B={B} C={C} N={N}, K={NUM_CLASSES})", backend, device),
-                               lambda: flow_stats(acts, labels, NUM_CLASSES, backend=backend),
-                               lambda: reference.flow_stats(acts, labels, NUM_CLASSES), _check_stats, device=device,
-                               no_grad=True))
+            yield compare(label(f"flow_stats, {name} (B={B} C={C} N={N}, K={NUM_CLASSES})", backend, device),
+                          lambda: flow_stats(acts, labels, NUM_CLASSES, backend=backend),
+                          lambda: reference.flow_stats(acts, labels, NUM_CLASSES), _check_stats, device=device,
+                          no_grad=True)
         g = torch.Generator().manual_seed(1)
         mu = torch.rand(NUM_CLASSES, max(s[2] for s in ALIGN_SHAPES), generator=g)
         sigma = torch.rand(NUM_CLASSES, mu.shape[1], generator=g) + 0.1
@@ -66,10 +61,10 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
             acts, labels = _acts(B, C, N, seed=2, device=device), _labels(B, seed=2, device=device)
             m, s = mu[:, :C].contiguous().to(device), sigma[:, :C].contiguous().to(device)
             shape = f"B={B} C={C} N={N}"
-            out.append(compare(label(f"flow_align fwd, {name} ({shape})", backend, device),
-                               lambda: (flow_align(acts, labels, m, s, backend=backend),),
-                               lambda: (reference.flow_align(acts, labels, m, s),), _check_align, device=device,
-                               no_grad=True))
+            yield compare(label(f"flow_align fwd, {name} ({shape})", backend, device),
+                          lambda: (flow_align(acts, labels, m, s, backend=backend),),
+                          lambda: (reference.flow_align(acts, labels, m, s),), _check_align, device=device,
+                          no_grad=True)
             a = acts.clone().requires_grad_(True)
             w = torch.randn(B, generator=g).to(device)
 
@@ -80,16 +75,14 @@ def rows(quick: bool = False, device="cpu") -> list[dict]:
                     return loss.detach(), ga
                 return run
 
-            out.append(compare(label(f"flow_align fwd+bwd, {name} ({shape})", backend, device),
-                               both(lambda *x: flow_align(*x, backend=backend)), both(reference.flow_align),
-                               _check_align, device=device))
+            yield compare(label(f"flow_align fwd+bwd, {name} ({shape})", backend, device),
+                          both(lambda *x: flow_align(*x, backend=backend)), both(reference.flow_align),
+                          _check_align, device=device)
         if backend == "cpu":
-            out += _quantile_rows(quick)
-    return out
+            yield from _quantile_rows(quick)
 
 
-def _quantile_rows(quick: bool) -> list[dict]:
-    out = []
+def _quantile_rows(quick: bool):
     g = torch.Generator().manual_seed(3)
     for name, B, C, N in QUANTILE_SHAPES:
         B = 4 if quick else B
@@ -110,10 +103,5 @@ def _quantile_rows(quick: bool) -> list[dict]:
                 return loss.detach(), ga
             return go
 
-        out.append(compare(label(f"quantile_align fwd+bwd, {name} (B={B} C={C} N={N}, Q={QUANTILE_LEVELS})", "cpu", "cpu"),
-                           run("cpu"), run("torch"), _check_align))
-    return out
-
-
-if __name__ == "__main__":
-    script_main(rows, __doc__, extra_cols=())
+        yield compare(label(f"quantile_align fwd+bwd, {name} (B={B} C={C} N={N}, Q={QUANTILE_LEVELS})", "cpu", "cpu"),
+                      run("cpu"), run("torch"), _check_align)

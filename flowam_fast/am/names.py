@@ -1,0 +1,23 @@
+"""The names users choose among (AM methods, flow alignments, architectures) and the methods'
+presets, free of torch so that the command line lists them in its help without importing the
+engine."""
+from __future__ import annotations
+
+METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
+#: The flow term's statistics: per-channel mean and std over the points ("moments", docs/design.md's
+#: objective), or each channel's whole distribution over the points ("quantiles": a 1-D
+#: Wasserstein-2 distance per channel, `ops.quantile_align`; needs flows with quantiles).
+ALIGNMENTS = ("moments", "quantiles")
+#: method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
+#: For ae-latent the clamp is to the autoencoder's latent range, not the data bounds.
+PRESETS = {
+    "flowam": (100.0, 1.0, True),
+    "regularized": (0.0, 1.0, True),
+    "vanilla": (0.0, 0.0, False),
+    "ae-latent": (0.0, 0.0, True),
+}
+
+#: The classifier architectures, by the names checkpoints and the command line use: the keys of
+#: `flowam_fast.models.checkpoint.ARCHS`, listed here because that table holds the torch classes
+#: (the tests check the two agree). The demo has a recipe for each (`training.DEMO_CONFIGS`).
+ARCHITECTURES = ("pointnet", "dgcnn")
