@@ -25,6 +25,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::arg("scale"), py::arg("shift"), py::arg("negative_slope"));
   FLOWAM_DEF(m, linear_max_backward, "sparse backward of linear_max", py::arg("grad_out"), py::arg("x"),
              py::arg("weight"), py::arg("scale"), py::arg("shift"), py::arg("argmax"), py::arg("negative_slope"));
+  FLOWAM_DEF(m, group_gather_forward, "grouped gather of P_j - Q_i + affine + relu", py::arg("P"), py::arg("Q"),
+             py::arg("idx"), py::arg("scale"), py::arg("shift"));
+  FLOWAM_DEF(m, group_gather_backward, "gradients of group_gather to P and Q", py::arg("grad_out"), py::arg("out"),
+             py::arg("idx"), py::arg("scale"), py::arg("num_points"));
   FLOWAM_DEF(m, flow_stats, "per-class activation statistics", py::arg("acts"), py::arg("labels"),
              py::arg("num_classes"), py::arg("points_last") = false);
   FLOWAM_DEF(m, flow_align_forward, "flow alignment loss", py::arg("acts"), py::arg("labels"), py::arg("mu"),
@@ -32,6 +36,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   FLOWAM_DEF(m, flow_align_backward, "flow alignment gradient", py::arg("grad_loss"), py::arg("acts"),
              py::arg("labels"), py::arg("mu"), py::arg("sigma"), py::arg("mean"), py::arg("std"),
              py::arg("points_last") = false);
+  FLOWAM_DEF(m, farthest_point_sample, "farthest point sampling", py::arg("points"), py::arg("num_samples"));
+  FLOWAM_DEF(m, ball_query, "first nsample points within radius of each centroid", py::arg("points"),
+             py::arg("centroids"), py::arg("radius"), py::arg("nsample"));
   // CPU only (ops.h says why), so bound without the CUDA twin of FLOWAM_DEF.
   m.def("quantile_align_forward_cpu", &flowam::quantile_align_forward_cpu, "quantile alignment loss and gradient",
         py::arg("acts"), py::arg("labels"), py::arg("quantiles"), py::arg("inv_scale"), py::arg("points_last"));

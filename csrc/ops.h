@@ -34,6 +34,17 @@ std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, cons
                                                 const at::Tensor& shift, const at::Tensor& argmax,
                                                 double negative_slope);
 
+// PointNet++'s first shared layer over the groups, its input rewritten as P_j - Q_i:
+// out[b,s,k,c] = relu(scale[c] * (P[b, idx[b,s,k], c] - Q[b,s,c]) + shift[c]) with P (B,N,C),
+// Q (B,S,C), idx (B,S,K) int64 or int32. Returns out (B,S,K,C).
+at::Tensor group_gather_forward_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& idx,
+                                    const at::Tensor& scale, const at::Tensor& shift);
+// Gradients from the forward's output (out > 0 where the ReLU passes): grad_P scatter-added to
+// the gathered rows, grad_Q = -(sum over k). Returns {grad_P (B,num_points,C), grad_Q (B,S,C)}.
+std::vector<at::Tensor> group_gather_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
+                                                  const at::Tensor& idx, const at::Tensor& scale,
+                                                  int64_t num_points);
+
 // Per-class statistics over all points of all samples: acts (B,C,N), or (B,N,C) with
 // points_last, labels (B) int64.
 // Returns {count (K) int64 (points), mean (K,C) float64, m2 (K,C) float64}.
@@ -66,6 +77,16 @@ std::vector<at::Tensor> quantile_align_forward_cpu(const at::Tensor& acts, const
 // (B,C,N), by quantile_align's row sort (the flows' per-sample quantile functions). CPU only.
 at::Tensor quantile_sort_cpu(const at::Tensor& acts, bool points_last);
 
+// Farthest point sampling of points (B,N,3): num_samples indices per sample (B,S) int64,
+// starting at point 0, each next one the point of largest min squared distance to those
+// chosen, ties to the smaller index (distances by fps/fps_math.h's formula).
+at::Tensor farthest_point_sample_cpu(const at::Tensor& points, int64_t num_samples);
+
+// Ball query: for each centroid (B,S,3) the first nsample points (B,N,3), in index order, with
+// squared distance <= radius^2, padded with the first; an empty ball gives the nearest point
+// in every slot (ball_query/ball_query_math.h). Returns idx (B,S,nsample) int64.
+at::Tensor ball_query_cpu(const at::Tensor& points, const at::Tensor& centroids, double radius, int64_t nsample);
+
 #ifdef FLOWAM_WITH_CUDA
 // Declared through decltype, so a twin cannot drift from its CPU signature; each .cu file
 // defines them as flowam::<op>_cuda, which the compiler accepts only for a declared signature.
@@ -75,9 +96,13 @@ decltype(edge_max_forward_cpu) edge_max_forward_cuda;
 decltype(edge_max_backward_cpu) edge_max_backward_cuda;
 decltype(linear_max_forward_cpu) linear_max_forward_cuda;
 decltype(linear_max_backward_cpu) linear_max_backward_cuda;
+decltype(group_gather_forward_cpu) group_gather_forward_cuda;
+decltype(group_gather_backward_cpu) group_gather_backward_cuda;
 decltype(flow_stats_cpu) flow_stats_cuda;
 decltype(flow_align_forward_cpu) flow_align_forward_cuda;
 decltype(flow_align_backward_cpu) flow_align_backward_cuda;
+decltype(farthest_point_sample_cpu) farthest_point_sample_cuda;
+decltype(ball_query_cpu) ball_query_cuda;
 
 // The largest k knn_forward_cuda takes: its top-k lists live in registers, sized at compile
 // time (8, 16, 32 or 64 slots).

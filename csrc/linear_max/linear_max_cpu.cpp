@@ -38,6 +38,9 @@ constexpr int kVecBytes = 32;  // AVX2-class targets: 16 registers of 32 bytes
 #endif
 constexpr int kRows = 8;  // points per micro-tile: kRows * kVecs accumulators + weights fit the registers
 constexpr int kVecs = 2;  // SIMD vectors of channels per panel
+// The weight gradient's work items own slices of input channels, a multiple of this many:
+// whole 64-byte lines of each row of x in float32.
+constexpr int64_t kGradColumns = 16;
 
 // Items per parallel task such that a task does at least ~2^18 multiply-adds: small calls
 // (gradcheck, one AM job) then run inline instead of waking the thread pool.
@@ -190,8 +193,14 @@ T dot(const T* a, const T* b, int64_t n) {
 
 // Only each channel's argmax point carries gradient. Pass 1 (parallel over samples: each
 // thread owns its samples' rows of grad_x) scatters into grad_x and records, per (b, c), the
-// pre-activation gradient d = g * act'(z) and W x; pass 2 (parallel over channels) reduces
-// those over the batch into the parameter gradients. Both loops run in a fixed order.
+// pre-activation gradient d = g * act'(z) and W x; pass 2 reduces those over the batch into
+// the parameter gradients, every sum over the samples in increasing order. Pass 2 splits
+// grad_W by columns (input channels), one slice per thread, not by rows: a work item walks the
+// samples and, per sample, all channels, whose argmax rows lie in that sample's few points.
+// Split by rows, each item read one row per sample across all of x, a cache and TLB miss per
+// (sample, channel), the largest part of the backward of many small groups (PointNet++'s B*S
+// groups of K points). Every element's sum runs over the samples in order whichever item
+// computes it, so the split cannot change the result.
 // z at the argmax is recomputed (a Cin dot product, cheaper than storing the forward's z): its
 // rounding may differ from the forward's in the last bit, which changes act'(z) only for a
 // pre-activation within an ulp of the kink.
@@ -233,25 +242,32 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
   });
 
   T* gw = grad_w.data_ptr<T>();
-  T* gs = grad_scale.data_ptr<T>();
+  T* gs = grad_scale.data_ptr<T>();  // zeros on entry, as grad_w
   T* gh = grad_shift.data_ptr<T>();
-  at::parallel_for(0, cout, grain(B * cin), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      T* gwc = gw + c * cin;
-      T s_acc = 0, h_acc = 0;
+  // Slices of whole cache lines; the widest that still gives every thread one.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t width = (cin + threads - 1) / threads;
+  const int64_t cols = std::max<int64_t>(kGradColumns, (width + kGradColumns - 1) / kGradColumns * kGradColumns);
+  const int64_t slices = (cin + cols - 1) / cols;
+  at::parallel_for(0, slices, grain(B * cout * cols), [&](int64_t begin, int64_t end) {
+    for (int64_t slice = begin; slice < end; ++slice) {
+      const int64_t k0 = slice * cols, k1 = std::min(cin, k0 + cols);
       for (int64_t b = 0; b < B; ++b) {
-        const int64_t i = b * cout + c;
-        const T d = dzp[i];
-        s_acc += d * wxp[i];
-        h_acc += d;
-        if (d == T(0)) continue;
-        const T coef = d * sc[c];
-        const T* xr = xp + (b * N + am[i]) * cin;
+        for (int64_t c = 0; c < cout; ++c) {
+          const int64_t i = b * cout + c;
+          const T d = dzp[i];
+          if (slice == 0) {  // the scale and shift gradients ride with the first slice
+            gs[c] += d * wxp[i];
+            gh[c] += d;
+          }
+          if (d == T(0)) continue;
+          const T coef = d * sc[c];
+          const T* xr = xp + (b * N + am[i]) * cin;
+          T* gwc = gw + c * cin;
 #pragma omp simd
-        for (int64_t k = 0; k < cin; ++k) gwc[k] += coef * xr[k];
+          for (int64_t k = k0; k < k1; ++k) gwc[k] += coef * xr[k];
+        }
       }
-      gs[c] = s_acc;
-      gh[c] = h_acc;
     }
   });
 }
@@ -279,8 +295,8 @@ std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, cons
   linear_max_check_backward(grad_out, x, weight, scale, shift, argmax, negative_slope, c10::DeviceType::CPU, op);
   at::Tensor grad_x = at::zeros_like(x);
   at::Tensor grad_w = at::zeros_like(weight);
-  at::Tensor grad_scale = at::empty_like(scale);
-  at::Tensor grad_shift = at::empty_like(shift);
+  at::Tensor grad_scale = at::zeros_like(scale);
+  at::Tensor grad_shift = at::zeros_like(shift);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), op, [&] {
     backward_impl<scalar_t>(grad_out, x, weight, scale, shift, argmax, static_cast<scalar_t>(negative_slope),
                             grad_x, grad_w, grad_scale, grad_shift);

@@ -29,6 +29,7 @@ from .explanations import Explanations
 from .flows import Flows, describe_model
 from .spaces import LatentSpace, PointSpace, initial_points
 from ..models.activations import default_layers, get_activations
+from ..models.adapter import classify
 from .names import ALIGNMENTS, METHODS, PRESETS
 from .reprs import counted, model_name, short_list
 
@@ -121,9 +122,10 @@ class FlowAM:
     those the model classifies as the target class (the last iterate if none does).
 
     Args:
-        model: Any nn.Module taking (B, 3, N) points and returning logits (B, K); the built-in
-            PointNet and DGCNN run on the fused fast paths in eval mode. It is frozen while
-            the engine runs and restored afterwards.
+        model: Any nn.Module taking (B, 3, N) points and returning logits (B, K) (one whose
+            output holds the logits among other things: adapt it with `as_classifier`); the
+            built-in PointNet and DGCNN run on the fused fast paths in eval mode. It is
+            frozen while the engine runs and restored afterwards.
         flows: The `Flows` of this model, needed for method "flowam" (the flow term) and for
             the data bounds and continuity target of any method that uses them.
         method: "flowam" (logit, flow alignment, continuity, bounds), "vanilla" (logit only,
@@ -153,7 +155,8 @@ class FlowAM:
     Raises:
         ValueError: An unknown method, alignment or init, a missing or unexpected
             autoencoder, missing flows for a method that needs them, invalid steps, lr or
-            num_points, or flows that do not match the model (layers, channels, classes).
+            num_points, flows that do not match the model (layers, channels, classes), or
+            a model whose output is not logits (B, K) (`ClassifierOutputError`).
     """
 
     def __init__(self, model, flows: Flows | None = None, method: str = "flowam", steps: int = 600,
@@ -198,8 +201,7 @@ class FlowAM:
                              f"{self.config.num_points}")
         self.d2_target = self._continuity_target() if cw > 0 else None
         initial_points(0, 0, 1, init)  # reject an unknown init now, not mid-sweep
-        if fw > 0:
-            self._check_flows_match_model()
+        self._check_model()
 
     def __repr__(self) -> str:
         cfg = self.config
@@ -219,12 +221,17 @@ class FlowAM:
                              f"with k={f.continuity_k}; recompute the flows with continuity_k={cfg.continuity_k}")
         return f.d2_target * (f.num_points / cfg.num_points if f.num_points else 1.0)
 
-    def _check_flows_match_model(self) -> None:
+    def _check_model(self) -> None:
+        """One forward pass now, so that a model that does not return logits, or does not fit
+        the flows, is refused here rather than mid-run."""
         with torch.no_grad():
             # One cloud of the run's size: a DGCNN needs at least k points for its graphs.
             g = torch.Generator().manual_seed(0)
             probe = torch.rand(1, 3, self.config.num_points, generator=g).to(self.device) - 0.5
             self.model.eval()
+            if self.config.flow_weight == 0:
+                classify(self.model, probe)
+                return
             logits, acts = get_activations(self.model, probe, list(self.config.layers))
         self.flows.check_compatible(self.config.layers, {k: v.shape[1] for k, v in acts.items()}, self.model)
         if self.config.alignment == "quantiles":
@@ -260,7 +267,7 @@ class FlowAM:
             align = torch.stack(per_layer).mean(0)
             terms["flow"] = align
         else:
-            logits = self.model(inp)
+            logits = classify(self.model, inp)
         target = logits.gather(1, classes[:, None]).squeeze(1)
         terms["logit"] = target
         total = -target
@@ -347,7 +354,8 @@ class FlowAM:
             return self.flows.num_classes
         with torch.no_grad():
             self.model.eval()
-            return int(self.model(torch.rand(1, 3, self.config.num_points, device=self.device) - 0.5).shape[1])
+            probe = torch.rand(1, 3, self.config.num_points, device=self.device) - 0.5
+            return int(classify(self.model, probe).shape[1])
 
     def _empty_result(self, num_classes: int) -> Explanations:
         n = self.config.num_points

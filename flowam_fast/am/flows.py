@@ -18,16 +18,22 @@ from tqdm import tqdm
 from .. import __version__, ops
 from ..atomic import atomic_path
 from ..models.activations import default_layers, get_activations
+from ..models.adapter import layer_root
 from ..ops.quantile_align import sample_quantiles
 from .reprs import counted, model_name, short_list
 
 
 def describe_model(model: torch.nn.Module) -> str:
-    """A short description stored with flows and explanations (class, size, classes)."""
+    """A short description stored with flows and explanations (class, size, classes); an
+    adapted classifier is described by its wrapped module and where its logits are read."""
+    root = layer_root(model)
     n_params = sum(p.numel() for p in model.parameters())
-    extra = {k: getattr(model, k) for k in ("num_classes", "k", "emb_dims", "width", "feature_transform", "tap_version")
-             if isinstance(getattr(model, k, None), (int, float, bool))}
-    return json.dumps({"class": type(model).__name__, "parameters": n_params, **extra}, sort_keys=True)
+    extra = {k: getattr(root, k) for k in ("num_classes", "k", "emb_dims", "width", "feature_transform", "tap_version")
+             if isinstance(getattr(root, k, None), (int, float, bool))}
+    if root is not model:
+        extra["logits"] = model.logits if isinstance(model.logits, (int, str)) else getattr(
+            model.logits, "__name__", type(model.logits).__name__)
+    return json.dumps({"class": type(root).__name__, "parameters": n_params, **extra}, sort_keys=True)
 
 
 @dataclass(repr=False)
@@ -234,19 +240,77 @@ DEFAULT_QUANTILE_LEVELS = 64
 
 
 def _batches(dataset, batch_size):
-    """(points (B,N,3), labels (B,)) batches; uses the dataset's arrays when it has them."""
+    """(points (B, N, 3) float32, labels (B,) int64) batches of any dataset `compute_flows`
+    takes; a dataset's `points` and `labels` arrays, where it has them, are sliced directly."""
     pts = getattr(dataset, "points", None)
     labels = getattr(dataset, "labels", None)
-    n = len(dataset)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        if pts is not None and labels is not None:
-            yield torch.as_tensor(np.asarray(pts[start:stop]), dtype=torch.float32), \
-                torch.as_tensor(np.asarray(labels[start:stop]), dtype=torch.int64)
-        else:
-            items = [dataset[i] for i in range(start, stop)]
-            yield torch.stack([torch.as_tensor(p, dtype=torch.float32) for p, _ in items]), \
-                torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+    if pts is not None and labels is not None:
+        for start in range(0, len(dataset), batch_size):
+            yield torch.as_tensor(np.asarray(pts[start:start + batch_size]), dtype=torch.float32), \
+                torch.as_tensor(np.asarray(labels[start:start + batch_size]), dtype=torch.int64)
+    elif isinstance(dataset, torch.utils.data.DataLoader):
+        for i, batch in enumerate(dataset):
+            p, y = _pair(batch, f"batch {i} of the DataLoader")
+            p = _points(p, f"batch {i} of the DataLoader", batched=True)
+            yield p, _labels(y, len(p), f"batch {i} of the DataLoader")
+    elif hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        n = len(dataset)
+        for start in range(0, n, batch_size):
+            items = [(i, *_pair(dataset[i], f"sample {i}")) for i in range(start, min(start + batch_size, n))]
+            p = [_points(p, f"sample {i}") for i, p, _ in items]
+            if len({q.shape for q in p}) > 1:
+                raise ValueError(f"samples {start}..{items[-1][0]} have different numbers of points "
+                                 f"({sorted({q.shape[0] for q in p})}); give every cloud the same number of points")
+            yield torch.stack(p), _labels([y for _, _, y in items], len(p), f"samples {start}..{items[-1][0]}")
+    else:
+        raise TypeError(f"compute_flows reads a sequence or torch Dataset of (points (N, 3), label) pairs, or a "
+                        f"DataLoader of (points (B, N, 3), labels (B,)) batches; got a {type(dataset).__name__}")
+
+
+def _num_samples(dataset) -> int | None:
+    """The number of samples of a dataset (of a DataLoader's dataset), None where unknown."""
+    try:
+        return len(dataset.dataset) if isinstance(dataset, torch.utils.data.DataLoader) else len(dataset)
+    except TypeError:  # an iterable-style dataset has no length
+        return None
+
+
+def _class_names(dataset) -> list:
+    """The dataset's `classes` (a DataLoader's dataset's), or []."""
+    source = dataset.dataset if isinstance(dataset, torch.utils.data.DataLoader) else dataset
+    return list(getattr(source, "classes", None) or [])
+
+
+def _pair(item, where: str):
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item
+    what = f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list)) else f"a {type(item).__name__}"
+    raise ValueError(f"{where} is {what}; compute_flows reads (points, label) pairs")
+
+
+def _points(p, where: str, batched: bool = False) -> torch.Tensor:
+    """Points as float32 (N, 3), or (B, N, 3) where `batched`; (3, N) layouts are refused."""
+    p = torch.as_tensor(p, dtype=torch.float32)
+    want, lead = ("(B, N, 3)", 1) if batched else ("(N, 3)", 0)
+    if p.dim() == lead + 2 and p.shape[-1] == 3:
+        return p
+    if p.dim() == lead + 2 and p.shape[lead] == 3:
+        swap = "points.transpose(1, 2)" if batched else "points.T"
+        raise ValueError(f"{where} has points of shape {tuple(p.shape)}, channels first; compute_flows takes "
+                         f"points {want}: transpose them ({swap})")
+    raise ValueError(f"{where} has points of shape {tuple(p.shape)}; compute_flows takes points {want}")
+
+
+def _labels(y, n: int, where: str) -> torch.Tensor:
+    """Integer class labels (n,), from ints, 0-d or (n,) / (n, 1) tensors and arrays."""
+    try:
+        y = torch.as_tensor(np.asarray(y))
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{where}: labels must be class indices, got {type(y).__name__}") from None
+    if y.numel() != n or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"{where}: labels must be {n} integer class indices, got {y.dtype} of shape "
+                         f"{tuple(y.shape)}")
+    return y.reshape(n).to(torch.int64)
 
 
 def neighbour_d2(points: torch.Tensor, k: int, backend: str = "auto") -> torch.Tensor:
@@ -262,13 +326,19 @@ def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes
     """Compute a model's activation flows in one pass over a dataset.
 
     Args:
-        model: The classifier, taking (B, 3, N) points; run in eval mode, its mode restored after.
-        dataset: Items (points (N, 3), label); a dataset with `points` and `labels` arrays
-            (such as `ModelNet40`) is read in batches from them.
-        layers: Names of modules whose outputs are per-point activations (B, C, N); None
-            takes the model's `flow_layers`.
+        model: The classifier, mapping points (B, 3, N) to logits (B, K) (a model whose
+            output holds the logits among other things: adapt it with `as_classifier`); run
+            in eval mode, its mode restored after.
+        dataset: A sequence or torch `Dataset` of (points (N, 3), label) pairs, or a
+            `DataLoader` of (points (B, N, 3), labels (B,)) batches (its own batch size
+            then applies). Points are channels last, as datasets store them; the model is
+            given them transposed. A dataset with `points` and `labels` arrays (such as
+            `ModelNet40`) is read in batches from them.
+        layers: Names of modules whose outputs are per-point activations (B, C, *), every
+            trailing position a point; None takes the model's `flow_layers`.
         batch_size: Samples per forward pass.
-        num_classes: K; None takes len(dataset.classes), or the largest label + 1.
+        num_classes: K; None takes len(dataset.classes) (of a DataLoader's dataset), else
+            the width of the model's logits.
         continuity_k: Neighbours of the continuity target.
         device: Device of the forward passes; None takes the model's.
         backend: Kernel backend of the fused ops.
@@ -288,61 +358,75 @@ def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes
         The flows of the model on the dataset.
 
     Raises:
-        ValueError: A negative quantile_levels, labels outside [0, num_classes), or no
-            samples (of the requested classes).
+        ValueError: A negative quantile_levels, labels outside [0, num_classes), points
+            that are not (N, 3), a model whose output is not logits (B, K)
+            (`ClassifierOutputError`), an unknown layer, or no samples (of the requested
+            classes).
+        TypeError: A dataset of another kind.
     """
     if quantile_levels < 0:
         raise ValueError(f"quantile_levels must be >= 0, got {quantile_levels}")
     if geometry_of is not None:
         continuity_k = geometry_of.continuity_k
     layers = list(layers) if layers is not None else default_layers(model)
-    if num_classes is None:
-        names = getattr(dataset, "classes", None)
-        num_classes = len(names) if names else int(np.max(getattr(dataset, "labels"))) + 1
+    class_names = _class_names(dataset)
+    if num_classes is None and class_names:
+        num_classes = len(class_names)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     stats = {layer: None for layer in layers}
     qsum = {}
-    samples = torch.zeros(num_classes, dtype=torch.int64)
+    samples = None  # made once K is known: at the first forward pass where the model tells it
     lo = torch.full((3,), float("inf"))
     hi = torch.full((3,), float("-inf"))
     d2_sum, d2_n, num_points = 0.0, 0, 0
-    bar = tqdm(total=len(dataset), desc="flows", disable=quiet, unit="sample")
+    bar = tqdm(total=_num_samples(dataset), desc="flows", disable=quiet, unit="sample")
     wanted = None if classes is None else torch.as_tensor(sorted({int(c) for c in classes}), dtype=torch.int64)
-    for pts, labels in _batches(dataset, batch_size):
-        if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-            raise ValueError(f"labels outside [0, {num_classes}) in the dataset")
-        if wanted is not None:
-            keep = torch.isin(labels, wanted)
-            bar.update(len(labels) - int(keep.sum()))
-            pts, labels = pts[keep], labels[keep]
-            if len(labels) == 0:
-                continue
-        num_points = pts.shape[1]
-        samples += torch.bincount(labels, minlength=num_classes)
-        pts = pts.to(device)
-        if geometry_of is None:
-            flat = pts.reshape(-1, 3)
-            lo = torch.minimum(lo, flat.min(0).values.cpu())
-            hi = torch.maximum(hi, flat.max(0).values.cpu())
-            d2 = neighbour_d2(pts, continuity_k, backend=backend)
-            d2_sum += float(d2.double().sum())
-            d2_n += d2.numel()
-        _, acts = get_activations(model, pts.transpose(1, 2), layers)
-        for layer in layers:
-            part = ops.flow_stats(acts[layer], labels.to(device), num_classes, backend=backend)
-            stats[layer] = part if stats[layer] is None else ops.merge_flow_stats(stats[layer], part)
-            if quantile_levels:
-                # Sorting is exact in any dtype: float64 only for the sum over samples.
-                q = sample_quantiles(acts[layer], quantile_levels, backend=backend).cpu().double()
-                if layer not in qsum:
-                    qsum[layer] = torch.zeros((num_classes,) + q.shape[1:], dtype=torch.float64)
-                qsum[layer].index_add_(0, labels, q)
-        bar.update(len(labels))
-    bar.close()
-    model.train(was_training)
-    if int(samples.sum()) == 0:
+
+    def check_labels(labels):
+        if int(labels.min()) < 0 or (num_classes is not None and int(labels.max()) >= num_classes):
+            raise ValueError(f"labels outside [0, {num_classes or 'K'}) in the dataset "
+                             f"(found {int(labels.min())}..{int(labels.max())})")
+
+    try:
+        for pts, labels in _batches(dataset, batch_size):
+            check_labels(labels)
+            if wanted is not None:
+                keep = torch.isin(labels, wanted)
+                bar.update(len(labels) - int(keep.sum()))
+                pts, labels = pts[keep], labels[keep]
+                if len(labels) == 0:
+                    continue
+            pts = pts.to(device)
+            logits, acts = get_activations(model, pts.transpose(1, 2), layers)
+            if samples is None:
+                num_classes = num_classes or int(logits.shape[1])
+                check_labels(labels)
+                samples = torch.zeros(num_classes, dtype=torch.int64)
+            num_points = pts.shape[1]
+            samples += torch.bincount(labels, minlength=num_classes)
+            if geometry_of is None:
+                flat = pts.reshape(-1, 3)
+                lo = torch.minimum(lo, flat.min(0).values.cpu())
+                hi = torch.maximum(hi, flat.max(0).values.cpu())
+                d2 = neighbour_d2(pts, continuity_k, backend=backend)
+                d2_sum += float(d2.double().sum())
+                d2_n += d2.numel()
+            for layer in layers:
+                part = ops.flow_stats(acts[layer], labels.to(device), num_classes, backend=backend)
+                stats[layer] = part if stats[layer] is None else ops.merge_flow_stats(stats[layer], part)
+                if quantile_levels:
+                    # Sorting is exact in any dtype: float64 only for the sum over samples.
+                    q = sample_quantiles(acts[layer], quantile_levels, backend=backend).cpu().double()
+                    if layer not in qsum:
+                        qsum[layer] = torch.zeros((num_classes,) + q.shape[1:], dtype=torch.float64)
+                    qsum[layer].index_add_(0, labels, q)
+            bar.update(len(labels))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if samples is None or int(samples.sum()) == 0:
         raise ValueError("the dataset is empty" if classes is None else f"the dataset has no samples of classes {sorted(set(classes))}")
     mean, std = {}, {}
     for layer in layers:
@@ -357,5 +441,5 @@ def compute_flows(model, dataset, layers=None, batch_size: int = 64, num_classes
         lo, hi, d2_sum, d2_n, num_points = g.lo.clone(), g.hi.clone(), g.d2_target, 1, g.num_points
     return Flows(layers=layers, mean=mean, std=std, count=samples, lo=lo, hi=hi,
                  d2_target=d2_sum / d2_n, continuity_k=continuity_k,
-                 class_names=list(getattr(dataset, "classes", []) or []), model=describe_model(model),
+                 class_names=class_names, model=describe_model(model),
                  num_points=num_points, quantiles=quantiles)

@@ -20,4 +20,8 @@ PRESETS = {
 #: The classifier architectures, by the names checkpoints and the command line use: the keys of
 #: `flowam_fast.models.checkpoint.ARCHS`, listed here because that table holds the torch classes
 #: (the tests check the two agree). The demo has a recipe for each (`training.DEMO_CONFIGS`).
-ARCHITECTURES = ("pointnet", "dgcnn")
+ARCHITECTURES = ("pointnet", "dgcnn", "pointnet2_ssg", "pointnet2_msg")
+#: Other names the demo takes for an architecture (`flowam-fast demo --model pointnet2`).
+ARCHITECTURE_ALIASES = {"pointnet2": "pointnet2_ssg"}
+#: The demo's classifiers: every architecture, and the aliases.
+DEMO_MODELS = ARCHITECTURES + tuple(ARCHITECTURE_ALIASES)

@@ -2,14 +2,15 @@
 (pipelines/demo.py)."""
 from __future__ import annotations
 
-from ..am.names import ALIGNMENTS, ARCHITECTURES
+from ..am.names import ALIGNMENTS, DEMO_MODELS
 from .options import add_device_argument, device_of, parse_weights
 
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="demo_out", help="output directory")
-    p.add_argument("--model", choices=ARCHITECTURES, default=ARCHITECTURES[0],
-                   help="the demo classifier (its recipe: flowam_fast.training.DEMO_CONFIGS)")
+    p.add_argument("--model", choices=DEMO_MODELS, default=DEMO_MODELS[0],
+                   help="the demo classifier (its recipe: flowam_fast.training.DEMO_CONFIGS; pointnet2 is "
+                        "pointnet2_ssg)")
     p.add_argument("--seeds", type=int, default=2, help="seeds per class")
     p.add_argument("--steps", type=int, default=None,
                    help="AM steps of every method (default: by alignment, flowam_fast.pipelines.demo.DEMO_STEPS)")

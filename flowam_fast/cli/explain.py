@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from ..am.names import METHODS
-from .options import add_am_arguments, add_arch_argument, add_device_argument, device_of
+from .options import add_am_arguments, add_device_argument, add_model_arguments, device_of, load_model
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="classifier checkpoint (.pt)")
-    add_arch_argument(p)
+    add_model_arguments(p)
     p.add_argument("--flows", required=True, help="flows file from `flowam-fast flows`")
     p.add_argument("--classes", default="all", help='"all" or a comma list of indices or names')
     p.add_argument("--seeds", default="0-1", help='e.g. "0-9" or "0,3,5"')
@@ -33,12 +32,11 @@ def run(args) -> int:
     from ..am.engine import FlowAM
     from ..am.flows import Flows
     from ..am.grid import parse_classes, parse_seeds
-    from ..models import load_checkpoint
     from .view import class_references, write_views
 
     device = device_of(args)
-    model = load_checkpoint(args.model, arch=args.arch).to(device)
     flows = Flows.load(args.flows)
+    model = load_model(args, device, num_points=args.num_points or flows.num_points or 1024)
     classes = parse_classes(args.classes, flows.class_names, flows.num_classes)
     seeds = parse_seeds(args.seeds)
     ae = None

@@ -1,15 +1,16 @@
 """`flowam-fast flows`: per-class activation flows of a model on a dataset's training split."""
 from __future__ import annotations
 
-from .options import add_arch_argument, add_device_argument, device_of
+from .options import add_device_argument, add_model_arguments, device_of, load_model
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="checkpoint (.pt) written by `flowam-fast train` or a reference layout")
-    add_arch_argument(p)
+    add_model_arguments(p, help="checkpoint (.pt) written by `flowam-fast train`, a reference layout, or your own "
+                                "model's (with --factory or --trusted)")
     p.add_argument("--data", required=True, help="dataset directory in the ModelNet40 HDF5 layout")
     p.add_argument("--out", required=True, help="output flows file (.h5)")
-    p.add_argument("--layers", help="comma-separated module names (default: the model's flow_layers)")
+    p.add_argument("--layers", help="comma-separated module names whose outputs are per-point activations (B, C, *), "
+                                    "e.g. feat.bn1,feat.bn2 (default: the model's flow_layers)")
     p.add_argument("--num-points", type=int, default=None, help="points per sample (default: the model's)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per forward pass")
     p.add_argument("--quantile-levels", type=int, default=0,
@@ -22,12 +23,11 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..am.flows import compute_flows
     from ..data import ModelNet40
-    from ..models import load_checkpoint
 
-    model = load_checkpoint(args.model, arch=args.arch).to(device_of(args))
+    model = load_model(args, device_of(args), num_points=args.num_points or 1024)
     num_points = args.num_points or getattr(model, "num_points", None) or 1024
     data = ModelNet40(args.data, split="train", num_points=num_points)
-    layers = args.layers.split(",") if args.layers else None
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
     flows = compute_flows(model, data, layers=layers, batch_size=args.batch_size, quiet=args.quiet,
                           quantile_levels=args.quantile_levels)
     flows.save(args.out)

@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..am.names import METHODS
-from .options import add_am_arguments, add_arch_argument, add_device_argument, device_of, parse_weights
+from .options import add_am_arguments, add_device_argument, add_model_arguments, device_of, load_model, parse_weights
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", required=True, help="classifier checkpoint (.pt)")
-    add_arch_argument(p)
+    add_model_arguments(p)
     p.add_argument("--flows", required=True, help="the model's flows (`flowam-fast flows`)")
     p.add_argument("--data", required=True, help="dataset directory (ModelNet40 HDF5 layout)")
     p.add_argument("--out", required=True, help="output directory")
@@ -44,7 +43,6 @@ def run(args) -> int:
     from ..evaluation.metrics import references_by_class, to_device
     from ..evaluation.sanity import (CLASS_REFS, REALISM_REFS, TRADEOFF_REFERENCES, markdown, run_methods, tradeoff,
                                      tradeoff_markdown, write_outputs, write_tradeoff)
-    from ..models import load_checkpoint
 
     weights = parse_weights(args.flow_weights) if args.flow_weights else None
     listed = (args.tradeoff_references or ",".join(TRADEOFF_REFERENCES)) if weights else args.methods
@@ -54,8 +52,8 @@ def run(args) -> int:
         raise ValueError(f"unknown methods {bad}; choose from {METHODS}")
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     device = device_of(args)
-    model = load_checkpoint(args.model, arch=args.arch).to(device)
     flows = Flows.load(args.flows)
+    model = load_model(args, device, num_points=args.num_points or flows.num_points or 1024)
     classes = parse_classes(args.classes, flows.class_names, flows.num_classes)
     seeds = parse_seeds(args.seeds)
     num_points = args.num_points or flows.num_points or 1024

@@ -1,4 +1,4 @@
-"""`flowam-fast train --model pointnet|dgcnn --data synthetic|DIR --epochs E --out ckpt.pt`:
+"""`flowam-fast train --model ARCH --data synthetic|DIR --epochs E --out ckpt.pt`:
 train a classifier (training/loop.py) and save its checkpoint."""
 from __future__ import annotations
 

@@ -56,6 +56,7 @@ from . import metrics
 from ..am.engine import FlowAM
 from ..am.explanations import Explanations
 from ..am.flows import compute_flows
+from ..models.adapter import layer_root
 from ..models.fast import plain_path
 
 VARIANTS = ("cascading", "independent")
@@ -69,13 +70,15 @@ SIGMAS = 2.0
 
 def randomization_groups(model) -> list:
     """[(name, [module names])] from the output down. Built-in models list their blocks; for
-    any other module every leaf module with parameters is a block, last registered first."""
-    if hasattr(model, "randomization_groups"):
-        return [(name, list(mods)) for name, mods in model.randomization_groups()]
-    leaves = [name for name, m in model.named_modules()
+    any other module every leaf module with parameters is a block, last registered first.
+    Names are those of `layer_root(model)` (an adapted classifier's wrapped module)."""
+    root = layer_root(model)
+    if hasattr(root, "randomization_groups"):
+        return [(name, list(mods)) for name, mods in root.randomization_groups()]
+    leaves = [name for name, m in root.named_modules()
               if name and not list(m.children()) and any(True for _ in m.parameters(recurse=False))]
     if not leaves:
-        raise ValueError(f"{type(model).__name__} has no parameters to randomize")
+        raise ValueError(f"{type(root).__name__} has no parameters to randomize")
     return [(name, [name]) for name in reversed(leaves)]
 
 
@@ -83,10 +86,11 @@ def randomize(model, module_names, seed: int = 0) -> None:
     """Re-initialize the named modules (and their submodules) in place, as at construction,
     from a generator seeded by (seed, module name): the same module always gets the same
     weights, whatever else is randomized with it."""
-    modules = dict(model.named_modules())
+    root = layer_root(model)
+    modules = dict(root.named_modules())
     unknown = [n for n in module_names if n not in modules]
     if unknown:
-        raise ValueError(f"unknown module names {unknown} in {type(model).__name__}")
+        raise ValueError(f"unknown module names {unknown} in {type(root).__name__}")
     for name in module_names:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 63))
@@ -141,11 +145,13 @@ class SanityCheck:
     module.
 
     Args:
-        model: The trained classifier (left untouched; stages work on copies).
+        model: The trained classifier, (B, 3, N) -> logits (B, K), adapted with
+            `as_classifier` where its output holds more (left untouched; stages work on
+            copies). Its blocks are named as in `layer_root(model)`.
         evaluator: A PointNet for the features (see `metrics.evaluator_features`).
         flows: The trained model's flows (bounds, continuity target, layers).
         train_set: The training data, to recompute the flows of randomized models (needed
-            when the method has a flow term).
+            when the method has a flow term); any dataset `compute_flows` reads.
         method: The AM method, as in `FlowAM`.
         autoencoder: The autoencoder of method "ae-latent".
         variants: "cascading", "independent" or both.
@@ -241,7 +247,8 @@ class SanityCheck:
         (the fast path folds layers into fused ops and never calls them)."""
         if "order" not in self._flow_cache:
             order = {}
-            names = {m: n for n, m in self.model.named_modules() if n}
+            root = layer_root(self.model)
+            names = {m: n for n, m in root.named_modules() if n}
 
             def first_call(mod, _args):
                 order.setdefault(names[mod], len(order))  # returns None: the input is left as it is
@@ -249,8 +256,7 @@ class SanityCheck:
             hooks = [m.register_forward_pre_hook(first_call) for m in names]
             probe = torch.zeros(1, 3, max(self.flows.num_points or 0, 16), device=next(self.model.parameters()).device)
             try:
-                with torch.no_grad(), plain_path(self.model) if hasattr(self.model, "fast_path") \
-                        else contextlib.nullcontext():
+                with torch.no_grad(), plain_path(root) if hasattr(root, "fast_path") else contextlib.nullcontext():
                     self.model.eval()(probe)
             finally:
                 for h in hooks:

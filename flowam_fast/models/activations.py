@@ -1,8 +1,12 @@
 """Per-point activations of any model, by module name, through forward hooks.
 
-FlowAM aligns the outputs of named modules that produce per-point activations (B, C, N).
-For your own model, name the modules (as in `model.named_modules()`) whose outputs are those
-activations, e.g. ``["encoder.relu1", "encoder.relu2"]``; a functional activation has no
+FlowAM aligns the outputs of named modules that produce per-point activations (B, C, *):
+every trailing position is a point of the layer, so (B, C, N) and PointNet++'s grouped
+(B, C, K, S) are read alike, as (B, C, M) with M the product of the trailing sizes (a view,
+no copy, where the output is contiguous). For your own model, name the modules (as in
+`model.named_modules()`; for a model adapted with `as_classifier`, the wrapped module's names)
+whose outputs are those activations, e.g. ``["encoder.relu1", "encoder.relu2"]``; a
+functional activation has no
 module to hook, so add an ``nn.Identity()`` tap where you want to read (it has no parameters,
 so checkpoints are unaffected). The built-in PointNet and DGCNN list theirs in
 ``model.flow_layers``.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import LinearActs
+from .adapter import classify, layer_root
 
 
 def default_layers(model) -> list:
@@ -22,8 +27,8 @@ def default_layers(model) -> list:
     """
     layers = getattr(model, "flow_layers", None)
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no default flow layers; pass layers=[...] with the names "
-                         "of modules whose outputs are per-point activations (B, C, N)")
+        raise ValueError(f"{type(layer_root(model)).__name__} has no default flow layers; pass layers=[...] with the "
+                         "names of modules whose outputs are per-point activations (B, C, *)")
     return list(layers)
 
 
@@ -41,23 +46,24 @@ class ActivationRecorder:
     ```python
     with ActivationRecorder(model, ["feat.act1"]) as rec:
         logits = model(x)
-    rec.activations["feat.act1"]  # (B, C, N), still attached to the autograd graph
+    rec.activations["feat.act1"]  # (B, C, M), still attached to the autograd graph
     ```
 
     Args:
         model: The model whose modules are hooked.
-        layers: Names of modules (as in `model.named_modules()`) whose outputs are per-point
-            activations (B, C, N).
+        layers: Names of modules (as in ``layer_root(model).named_modules()``) whose outputs
+            are per-point activations (B, C, *).
         linear: The caller also takes `flowam_fast.ops.LinearActs` (what `ops.flow_align`
             reads without the activations written out); the built-in fast paths then record
             those at their max-pooled layers, where nothing else needs the dense activations.
 
     Attributes:
-        activations: The recorded outputs of the last forward pass, by layer name.
+        activations: The recorded outputs of the last forward pass, by layer name, with the
+            trailing dimensions flattened: (B, C, M).
 
     Raises:
         ValueError: A duplicate or unknown layer name; during the forward pass, a layer
-            whose output is not (B, C, N).
+            whose output is not (B, C, *).
     """
 
     def __init__(self, model: torch.nn.Module, layers, linear: bool = False):
@@ -66,11 +72,12 @@ class ActivationRecorder:
         self.layers = list(layers)
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"duplicate layer names in {self.layers}")
-        modules = dict(model.named_modules())
+        root = layer_root(model)
+        modules = dict(root.named_modules())
         unknown = [name for name in self.layers if name not in modules]
         if unknown:
             hint = [n for n in modules if n][:12]
-            raise ValueError(f"unknown layer names {unknown} in {type(model).__name__}; "
+            raise ValueError(f"unknown layer names {unknown} in {type(root).__name__}; "
                              f"module names look like: {', '.join(hint)}")
         self._modules = [modules[name] for name in self.layers]
         self.activations = {}
@@ -81,10 +88,12 @@ class ActivationRecorder:
             if self.linear and isinstance(output, LinearActs):
                 self.activations[name] = output
                 return
-            if not isinstance(output, torch.Tensor) or output.dim() != 3:
+            if not isinstance(output, torch.Tensor) or output.dim() < 3:
                 shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                raise ValueError(f"layer {name!r} must output per-point activations (B, C, N), got {shape}")
-            self.activations[name] = output
+                raise ValueError(f"layer {name!r} must output per-point activations (B, C, *) with at least one "
+                                 f"point dimension, got {shape}")
+            # The one place activations are read: every trailing position is a point.
+            self.activations[name] = output.flatten(2) if output.dim() > 3 else output
 
         record.accepts_linear = self.linear
         return record
@@ -111,18 +120,19 @@ def get_activations(model, x: torch.Tensor, layers, linear: bool = False):
         linear: Activations may come as `LinearActs` (see `ActivationRecorder`).
 
     Returns:
-        A tuple of the logits and a dict of each layer's activations (B, C, N).
+        A tuple of the logits (B, K) and a dict of each layer's activations (B, C, M).
 
     Raises:
-        ValueError: An unknown layer, or a layer the forward pass did not call (on the
-            fused fast path only the activation taps are called).
+        ValueError: An unknown layer, a layer the forward pass did not call (on the fused
+            fast path only the activation taps are called), or an output that is not
+            logits (`ClassifierOutputError`, which says how to wrap the model).
     """
     with ActivationRecorder(model, layers, linear=linear) as rec:
-        logits = model(x)
+        logits = classify(model, x)
     missing = [n for n in rec.layers if n not in rec.activations]
     if missing:
         hint = ""
-        if getattr(model, "fast_path", False):
+        if getattr(layer_root(model), "fast_path", False):
             hint = (f"; on the fused fast path only the activation taps {list(getattr(model, 'flow_layers', []))} "
                     "are called: use those, or run inside flowam_fast.models.plain_path(model)")
         raise ValueError(f"layers {missing} were not called in the forward pass of {type(model).__name__}{hint}")

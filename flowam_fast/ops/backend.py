@@ -7,10 +7,11 @@ TRITON_INTERPRET=1 set before triton's first import), "torch" (the pure-PyTorch 
 "auto" picks the fastest one available for the tensors' device: cuda, triton, torch on CUDA
 tensors; cpu, torch on CPU ones.
 
-Every kernel backend has the same nine functions with the same arguments and results
+Every kernel backend has the same functions with the same arguments and results
 (`KERNELS`): `_C.<name>_cpu`, `_C.<name>_cuda` and `flowam_fast.ops.triton.<name>`, so each op
-has one autograd.Function that calls `kernel(backend, name)`. `CPU_ONLY_KERNELS` exist as
-`_C.<name>_cpu` alone (their ops run on torch elsewhere; the op's front end says so).
+has one autograd.Function that calls `kernel(backend, name)` (ops that return only indices
+call it directly). `CPU_ONLY_KERNELS` exist as `_C.<name>_cpu` alone (their ops run on torch
+elsewhere; the op's front end says so).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
 KERNELS = ("knn_forward", "knn_backward", "edge_max_forward", "edge_max_backward", "linear_max_forward",
-           "linear_max_backward", "flow_stats", "flow_align_forward", "flow_align_backward")
+           "linear_max_backward", "group_gather_forward", "group_gather_backward", "flow_stats",
+           "flow_align_forward", "flow_align_backward", "farthest_point_sample", "ball_query")
 CPU_ONLY_KERNELS = ("quantile_align_forward", "quantile_sort")
 
 try:

@@ -67,7 +67,11 @@ def linear_max(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None
             unknown or does not run on the inputs' device.
         RuntimeError: A backend that is not available in this installation.
     """
-    op = "linear_max"
+    return checked_linear_max("linear_max", x, weight, scale, shift, negative_slope, backend)
+
+
+def checked_linear_max(op: str, x, weight, scale, shift, negative_slope, backend: str) -> torch.Tensor:
+    """`linear_max` with its checks' messages under the name `op` (for the front ends built on it)."""
     checks.points(op, "x", x)
     checks.points(op, "weight", weight, ndim=2)
     checks.dim_equal(op, "input channels of x and weight", x.shape[2], weight.shape[1])

@@ -62,6 +62,22 @@ def linear_max(x, weight, scale, shift, negative_slope: float = 0.0) -> torch.Te
     return torch.nn.functional.leaky_relu(z, negative_slope).max(dim=1).values
 
 
+def group_gather(P: torch.Tensor, Q: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor,
+                 shift: torch.Tensor) -> torch.Tensor:
+    """Reference of `flowam_fast.ops.grouping.group_gather`: the grouped rows of P by advanced
+    indexing, (B, S, K, C), then the difference, the affine map and the ReLU."""
+    batch = torch.arange(P.shape[0], device=P.device).view(-1, 1, 1)
+    grouped = P[batch, idx.long()]
+    return torch.relu((grouped - Q.unsqueeze(2)) * scale + shift)
+
+
+def group_linear_max(x, weight, scale, shift, negative_slope: float = 0.0) -> torch.Tensor:
+    """Reference of `flowam_fast.ops.grouping.group_linear_max`: the full (B, S, K, Cout)
+    activation, then the max over each group's K points."""
+    z = torch.matmul(x, weight.t()) * scale + shift
+    return torch.nn.functional.leaky_relu(z, negative_slope).max(dim=2).values
+
+
 def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int):
     """Reference of `flowam_fast.ops.flow.flow_stats`, one class at a time.
 
@@ -107,3 +123,58 @@ def flow_align(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma
     sig_c = sigma[labels].to(acts.dtype)
     s = sig_c + SCALE_EPS
     return (((m - mu_c) / s) ** 2 + ((sd - sig_c) / s) ** 2).mean(-1)
+
+
+def sq_dist3(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distances of 3-d points (..., 3), broadcast: (dx*dx + dy*dy) + dz*dz, d = a - b,
+    each product and sum rounded in the points' dtype. The kernels use this formula with the
+    same roundings (no FMA: csrc/fps/fps_math.h), so FPS and the ball query decide near ties
+    and points on the radius as the kernels do, bit for bit."""
+    d = a - b
+    dx, dy, dz = d.unbind(-1)
+    return (dx * dx + dy * dy) + dz * dz
+
+
+def farthest_point_sample(points: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Reference of `flowam_fast.ops.sampling.farthest_point_sample`: the public PointNet++
+    loop, S steps of vectorized ops over the N points, starting at point 0.
+
+    Returns:
+        The sampled indices (B, S), int64; each step takes the largest running min squared
+        distance, ties to the smaller index (argmax returns the first maximum).
+    """
+    B, N, _ = points.shape
+    batch = torch.arange(B, device=points.device)
+    idx = torch.zeros(B, num_samples, dtype=torch.int64, device=points.device)
+    running = torch.full((B, N), float("inf"), dtype=points.dtype, device=points.device)
+    farthest = torch.zeros(B, dtype=torch.int64, device=points.device)
+    for i in range(num_samples):
+        idx[:, i] = farthest
+        d = sq_dist3(points, points[batch, farthest].unsqueeze(1))
+        running = torch.where(d < running, d, running)
+        farthest = running.argmax(-1)
+    return idx
+
+
+def ball_query(points: torch.Tensor, centroids: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:
+    """Reference of `flowam_fast.ops.sampling.ball_query`: the public rule on the full (B, S, N)
+    distance matrix: mask out d2 > radius^2, sort the indices, take the first nsample, pad with
+    the first. A centroid with no point within the radius (the public code's index N) gets its
+    nearest point (ties to the smaller index) in every slot.
+
+    Returns:
+        The group indices (B, S, nsample), int64.
+    """
+    B, N, _ = points.shape
+    S = centroids.shape[1]
+    d2 = sq_dist3(centroids.unsqueeze(2), points.unsqueeze(1))
+    r2 = torch.tensor(radius * radius, dtype=d2.dtype)
+    group = torch.arange(N, device=points.device).repeat(B, S, 1)
+    group[d2 > r2] = N
+    group = group.sort(dim=-1).values[:, :, :nsample]
+    if nsample > N:  # the public code would return N columns; the missing ones are padding
+        group = torch.cat([group, group.new_full((B, S, nsample - N), N)], dim=-1)
+    first = group[:, :, :1].expand(-1, -1, nsample)
+    empty = first == N
+    first = torch.where(empty, d2.argmin(-1, keepdim=True).expand(-1, -1, nsample), first)
+    return torch.where(group == N, first, group)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ..am.names import ARCHITECTURE_ALIASES, DEMO_MODELS
 from ..data import ModelNet40
 from ..models import build_model, save_checkpoint
 from .loop import DEFAULTS, train
@@ -31,11 +32,26 @@ DEMO_CONFIG = {"arch": "pointnet", "width": 0.25, "num_points": 512, **DEFAULTS,
 DGCNN_DEMO_CONFIG = {"arch": "dgcnn", "width": 0.25, "k": 10, "emb_dims": 256, "num_points": 256, **DEFAULTS,
                      "seed": 0, "rotate": True}
 
+#: The PointNet++ demo models: a quarter of the public widths on 256 points, with a quarter of
+#: the public centroids (128 and 32) and half the neighbours (SSG: 16 and 32), at the public
+#: radii. The public sizes (512 and 128 centroids, 32 and 64 neighbours, at least 512 points)
+#: cost a training step (batch 32) about 3.4 s on the 2-core machine, these about 0.25 s; the
+#: SSG reached 97.7% test accuracy after 4 epochs (84 s) and 99.0% after 5 (seed 0).
+#: MSG keeps its three radii per layer with neighbours (8, 16, 32) and (16, 32, 32): about
+#: 0.6-0.9 s a step, hence fewer epochs.
+POINTNET2_SSG_DEMO_CONFIG = {"arch": "pointnet2_ssg", "width": 0.25, "num_points": 256, "npoints": [128, 32],
+                             "radii": [0.2, 0.4], "nsamples": [16, 32], **DEFAULTS, "epochs": 4, "seed": 0,
+                             "rotate": True}
+POINTNET2_MSG_DEMO_CONFIG = {"arch": "pointnet2_msg", "width": 0.25, "num_points": 256, "npoints": [128, 32],
+                             "radii": [[0.1, 0.2, 0.4], [0.2, 0.4, 0.8]], "nsamples": [[8, 16, 32], [16, 32, 32]],
+                             **DEFAULTS, "epochs": 3, "seed": 0, "rotate": True}
+
 #: The demo's classifiers by name (`flowam-fast demo --model NAME`); the first is the default.
-DEMO_CONFIGS = {"pointnet": DEMO_CONFIG, "dgcnn": DGCNN_DEMO_CONFIG}
+DEMO_CONFIGS = {"pointnet": DEMO_CONFIG, "dgcnn": DGCNN_DEMO_CONFIG, "pointnet2_ssg": POINTNET2_SSG_DEMO_CONFIG,
+                "pointnet2_msg": POINTNET2_MSG_DEMO_CONFIG}
 
 #: Architecture arguments a config may carry beyond width; absent ones take the model's defaults.
-_ARCH_KEYS = ("feature_transform", "k", "emb_dims", "dropout")
+_ARCH_KEYS = ("feature_transform", "k", "emb_dims", "dropout", "npoints", "radii", "nsamples")
 
 
 #: The evaluator of the metrics (FID, m-IS, sanity-check features): a PointNet trained
@@ -66,11 +82,22 @@ def train_from_config(data_dir, out, config: dict, epochs: int | None = None, qu
     return result
 
 
-def demo_config(model: str = "pointnet") -> dict:
-    """The demo recipe of `model` ("pointnet" or "dgcnn")."""
+def demo_model_name(model: str) -> str:
+    """The architecture a demo model name stands for (`am.names.ARCHITECTURE_ALIASES`: "pointnet2"
+    is "pointnet2_ssg").
+
+    Raises:
+        ValueError: Neither a key of DEMO_CONFIGS nor an alias.
+    """
+    model = ARCHITECTURE_ALIASES.get(model, model)
     if model not in DEMO_CONFIGS:
-        raise ValueError(f"unknown demo model {model!r}; choose one of {sorted(DEMO_CONFIGS)}")
-    return DEMO_CONFIGS[model]
+        raise ValueError(f"unknown demo model {model!r}; choose one of {list(DEMO_MODELS)}")
+    return model
+
+
+def demo_config(model: str = "pointnet") -> dict:
+    """The demo recipe of `model` (a key of DEMO_CONFIGS, or an alias of one)."""
+    return DEMO_CONFIGS[demo_model_name(model)]
 
 
 def train_demo_model(data_dir, out, epochs: int | None = None, quiet: bool = False, model: str = "pointnet") -> dict:

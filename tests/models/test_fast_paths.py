@@ -88,8 +88,11 @@ def test_taps_give_per_point_activations():
         get_activations(p, torch.randn(1, 3, 8), ["feat.nope"])
     with pytest.raises(ValueError, match="activation taps"):
         get_activations(d, torch.randn(1, 3, 8), ["conv1"])
-    with plain_path(d), pytest.raises(ValueError, match=r"\(B, C, N\)"):
-        get_activations(d, torch.randn(1, 3, 8), ["conv1"])  # (B, C, N, k) before the max
+    # Every trailing position of a layer is one of its points: EdgeConv's (B, C, N, k) edge
+    # features before the max are N * k points on the plain path.
+    with plain_path(d):
+        _, edges = get_activations(d, torch.randn(1, 3, 8), ["conv1"])
+    assert tuple(edges["conv1"].shape) == (1, 32, 8 * 6)
 
 
 def _fast_vs_plain(model, x, layers=None):

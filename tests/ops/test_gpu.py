@@ -11,13 +11,18 @@ import pytest
 import torch
 
 from flowam_fast.models import DGCNN, PointNet, plain_path
-from flowam_fast.ops import backend, edge_max, flow_align, flow_stats, knn, linear_max, reference
+from flowam_fast.ops import (backend, ball_query, edge_max, farthest_point_sample, flow_align, flow_stats,
+                              group_gather, group_linear_max, knn, linear_max, reference)
 
 from tests.helpers import randomize
 from tests.models.test_fast_paths import _fast_vs_plain
 from tests.ops.test_edge_max import _first_argmax as _first_argmax_neighbour
 from tests.ops.test_edge_max import _inputs as _edge_inputs
 from tests.ops.test_flow import _acts, _assert_stats_close, _direct_stats, _flow
+from tests.ops.test_fps_ball_query import _assert_farthest, _assert_groups, _cloud, _gather
+# test_group_gather asks for the Triton interpreter (without a GPU) before it imports triton.
+from tests.ops.test_group_gather import _grouped
+from tests.ops.test_group_gather import _inputs as _group_inputs
 from tests.ops.test_knn import _assert_matches_truth, _points
 from tests.ops.test_linear_max import SHAPES, SLOPES, _activation, _first_argmax
 from tests.ops.test_linear_max import _inputs as _linear_inputs
@@ -390,6 +395,100 @@ def test_linear_max_direct_call_errors(cuda_kernels):
         cuda_kernels.linear_max_backward_cuda(g, x, w, scale, shift, torch.full((2, 4), 5, device=DEV), 0.0)
 
 
+# --- group_gather, group_linear_max ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("C, dtype, index_dtype", [(1, torch.float32, torch.int64), (5, torch.float64, torch.int32),
+                                                    (64, torch.float32, torch.int32), (70, torch.float64, torch.int64)])
+def test_group_gather_matches_reference(kind, C, dtype, index_dtype):
+    P, Q, idx, scale, shift = _gpu(*_group_inputs(2, 30, 9, 6, C, dtype=dtype, index_dtype=index_dtype, seed=C))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    _assert_grads_match(lambda p, q: group_gather(p, q, idx, scale, shift, backend=kind),
+                        lambda p, q: reference.group_gather(p, q, idx, scale, shift), (P, Q), tol)
+
+
+def test_group_gather_padding_repeats_accumulate(kind):
+    # Every ReLU open and grad_out = 1: grad_P[j] = scale * (how often j was gathered), grad_Q = -K * scale.
+    B, N, S, K, C = 2, 6, 4, 8, 5
+    P, Q, _, _, _ = _group_inputs(B, N, S, K, C)
+    scale = torch.tensor([1.5, -0.75, 2.0, -1.25, 0.5], dtype=torch.float64)
+    idx = torch.randint(0, N, (B, S, 1), generator=torch.Generator().manual_seed(3)).repeat(1, 1, K)
+    idx[:, :, :2] = torch.tensor([4, 1])
+    p, q = _gpu(P).requires_grad_(True), _gpu(Q).requires_grad_(True)
+    group_gather(p, q, _gpu(idx), _gpu(scale), _gpu(torch.full((C,), 100.0, dtype=torch.float64)),
+                 backend=kind).sum().backward()
+    counts = torch.stack([torch.bincount(idx[b].reshape(-1), minlength=N) for b in range(B)]).double()
+    assert torch.equal(p.grad.cpu(), counts.unsqueeze(-1) * scale)
+    assert torch.equal(q.grad.cpu(), (-K * scale).expand(B, S, C))
+
+
+def test_group_gather_gradcheck(cuda_kernels):
+    P, Q, idx, scale, shift = _gpu(*_group_inputs(2, 5, 3, 4, 6, seed=8))
+    P, Q = P.requires_grad_(True), Q.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p, q: group_gather(p, q, idx, scale, shift, backend="cuda"), (P, Q))
+
+
+@pytest.mark.parametrize("B, N, S, K", [(1, 1, 1, 1), (1, 9, 1, 4), (2, 9, 5, 1)])
+def test_group_gather_edge_sizes(kind, B, N, S, K):
+    P, Q, idx, scale, shift = _gpu(*_group_inputs(B, N, S, K, 7, seed=K))
+    _assert_grads_match(lambda p, q: group_gather(p, q, idx, scale, shift, backend=kind),
+                        lambda p, q: reference.group_gather(p, q, idx, scale, shift), (P, Q), 1e-12)
+
+
+def test_group_gather_non_contiguous_inputs(kind):
+    g = torch.Generator().manual_seed(6)
+    P = _gpu(torch.randn(2, 11, 20, generator=g, dtype=torch.float64)).transpose(1, 2)
+    Q = _gpu(torch.randn(2, 11, 8, generator=g, dtype=torch.float64)).transpose(1, 2)
+    idx = _gpu(torch.randint(0, 20, (2, 5, 8), generator=g)).transpose(1, 2)
+    scale = _gpu(torch.randn(22, generator=g, dtype=torch.float64))[::2]
+    shift = _gpu(torch.randn(11, generator=g, dtype=torch.float64))
+    _assert_grads_match(lambda p, q: group_gather(p, q, idx, scale, shift, backend=kind),
+                        lambda p, q: reference.group_gather(p, q, idx, scale, shift), (P, Q), 1e-12)
+
+
+@pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
+def test_group_gather_deterministic_and_backward_equals_the_cpu_kernels(kind):
+    # Few points gathered by many entries: each grad_P element sums hundreds of terms.
+    inputs = _group_inputs(3, 12, 200, 16, 96, dtype=torch.float32, seed=9)
+    P, Q, idx, scale, shift = _gpu(*inputs)
+    g = _gpu(torch.randn(3, 200, 16, 96, generator=torch.Generator().manual_seed(10)))
+
+    def run():
+        p, q = P.clone().requires_grad_(True), Q.clone().requires_grad_(True)
+        out = group_gather(p, q, idx, scale, shift, backend=kind)
+        (out * g).sum().backward()
+        return out.detach(), p.grad, q.grad
+
+    _twice(run)
+    out, grad_P, grad_Q = run()
+    # The backward's terms are copies of grad_out, summed in entry order everywhere.
+    want = backend.extension().group_gather_backward_cpu(g.cpu(), out.cpu(), inputs[2], inputs[3], 12)
+    assert torch.equal(grad_P.cpu(), want[0]) and torch.equal(grad_Q.cpu(), want[1])
+
+
+def test_group_gather_direct_call_errors(cuda_kernels):
+    P, Q, idx, scale, shift = _gpu(*_group_inputs(1, 10, 3, 2, 4, dtype=torch.float32, seed=11))
+    for args, match in [
+        ((P.cpu(), Q, idx, scale, shift), "must be a CUDA tensor"),
+        ((P, Q, idx.cpu(), scale, shift), "must be a CUDA tensor"),
+        ((P, Q.double(), idx, scale, shift), "Q must have the dtype of P"),
+        ((P, Q, torch.full_like(idx, 10), scale, shift), r"outside \[0, 10\)"),
+    ]:
+        with pytest.raises(RuntimeError, match=match):
+            cuda_kernels.group_gather_forward_cuda(*args)
+    g = torch.ones(1, 3, 2, 4, device=DEV)
+    with pytest.raises(RuntimeError, match=r"outside \[0, 5\)"):
+        cuda_kernels.group_gather_backward_cuda(g, g, torch.full_like(idx, 5), scale, 5)
+
+
+# PointNet++'s shapes, scaled down: many groups of K points, as SA1 and SA2 make.
+@pytest.mark.parametrize("shape", [(2, 64, 32, 64, 128), (2, 16, 64, 128, 256)])
+def test_group_linear_max_matches_dense_reference(kind, shape, no_tf32):
+    x, w, scale, shift = _gpu(*_grouped(*shape, dtype=torch.float32, seed=shape[2]))
+    _assert_grads_match(lambda a: group_linear_max(a, w, scale, shift, backend=kind),
+                        lambda a: reference.group_linear_max(a, w, scale, shift), (x,), 1e-4)
+
+
 # --- flow_stats, flow_align ----------------------------------------------------------------
 
 
@@ -484,6 +583,73 @@ def test_cuda_kernels_run_in_torch_deterministic_mode(cuda_kernels):
         assert all(t.grad is not None for t in (x, f, xl, a))
     finally:
         torch.use_deterministic_algorithms(was)
+
+
+# --- farthest point sampling and ball query ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_matches_reference(kind, dtype):
+    # Several points per thread and per tile; the choice must be the CPU reference's, bit for bit.
+    x = _cloud(4, 1500, seed=1, dtype=dtype)
+    idx = farthest_point_sample(_gpu(x), 300, backend=kind)
+    assert idx.dtype == torch.int64 and idx.shape == (4, 300)
+    assert torch.equal(idx.cpu(), reference.farthest_point_sample(x, 300))
+
+
+def test_fps_ties_duplicates_and_sizes(kind):
+    g = torch.arange(3.0)
+    grid = torch.cartesian_prod(g, g, g).unsqueeze(0)  # symmetric: ties at every step
+    dup = _points((2, 300, 3), seed=2, grid=2)  # 8 distinct points: point 0 repeats once exhausted
+    for x, s in ((grid, 27), (dup, 40), (_points((1, 1, 3), seed=3), 1), (_points((1, 70, 3), seed=4), 70)):
+        idx = farthest_point_sample(_gpu(x), s, backend=kind).cpu()
+        _assert_farthest(x, idx)
+        assert torch.equal(idx, reference.farthest_point_sample(x, s))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("radius, k", [(0.1, 1), (0.2, 32), (0.4, 64), (0.3, 200)])
+def test_ball_query_matches_reference(kind, dtype, radius, k):
+    # FPS centroids (no empty ball) and random ones (some empty); full and padded groups.
+    x = _cloud(3, 1200, seed=5, dtype=dtype)
+    for c in (_gather(x, reference.farthest_point_sample(x, 250)), 1.1 * _cloud(3, 250, seed=6, dtype=dtype)):
+        idx = ball_query(*_gpu(x, c), radius, k, backend=kind)
+        assert idx.dtype == torch.int64 and idx.shape == (3, 250, k)
+        assert torch.equal(idx.cpu(), reference.ball_query(x, c, radius, k))
+
+
+def test_ball_query_on_the_radius_padding_and_empty_balls(kind):
+    x = _points((2, 300, 3), seed=7, grid=9) / 2  # d2 exact: many points exactly on the sphere
+    c = torch.cat([_gather(x, torch.arange(0, 300, 5).expand(2, -1)), x[:, :10] + 40], dim=1)  # 10 empty balls
+    for radius, k in ((1.0, 16), (2.0 ** 0.5, 40), (1.5, 400)):
+        idx = ball_query(*_gpu(x, c), radius, k, backend=kind).cpu()
+        _assert_groups(x, c, radius, k, idx)
+        assert torch.equal(idx, reference.ball_query(x, c, radius, k))
+    one = _points((1, 1, 3), seed=8)
+    assert ball_query(*_gpu(one, one + 3), 0.5, 4, backend=kind).tolist() == [[[0, 0, 0, 0]]]
+
+
+def test_fps_ball_query_non_contiguous_and_deterministic(kind):
+    x = _gpu(_cloud(2, 600, seed=9)).transpose(1, 2).contiguous().transpose(1, 2)
+    assert not x.is_contiguous()
+    idx = farthest_point_sample(x, 100, backend=kind)
+    assert torch.equal(idx, farthest_point_sample(x.contiguous(), 100, backend=kind))
+    c = _gather(x, idx)[:, ::2]
+    assert torch.equal(ball_query(x, c, 0.3, 24, backend=kind), ball_query(x.contiguous(), c.contiguous(), 0.3, 24,
+                                                                          backend=kind))
+    _twice(lambda: (farthest_point_sample(x, 100, backend=kind), ball_query(x, c, 0.3, 24, backend=kind)))
+
+
+def test_fps_ball_query_direct_call_errors(cuda_kernels):
+    x, c = _gpu(_cloud(1, 10, seed=10)), _gpu(_cloud(1, 4, seed=11))
+    for args, match in [((x.cpu(), 2), "CUDA tensor"), ((x, 11), r"num_samples must be in \[1, 10\]"),
+                        ((x.half(), 2), "float32 or float64"), ((x.transpose(1, 2), 2), r"shape \(B, N, 3\)")]:
+        with pytest.raises(RuntimeError, match=match):
+            cuda_kernels.farthest_point_sample_cuda(*args)
+    for args, match in [((x, c.cpu(), 0.5, 2), "CUDA tensor"), ((x, c.double(), 0.5, 2), "dtypes differ"),
+                        ((x, c, -1.0, 2), "radius must be positive"), ((x, c, 0.5, 0), "nsample must be at least 1")]:
+        with pytest.raises(RuntimeError, match=match):
+            cuda_kernels.ball_query_cuda(*args)
 
 
 # --- the models' fast paths on the GPU ------------------------------------------------------

@@ -13,8 +13,11 @@ backend "triton" runs.
 """
 from .edge_max import edge_max_backward, edge_max_forward
 from .flow import flow_align_backward, flow_align_forward, flow_stats
+from .group_gather import group_gather_backward, group_gather_forward
 from .knn import knn_backward, knn_forward
 from .linear_max import linear_max_backward, linear_max_forward
+from .sampling import ball_query, farthest_point_sample
 
 __all__ = ["knn_forward", "knn_backward", "edge_max_forward", "edge_max_backward", "linear_max_forward",
-           "linear_max_backward", "flow_stats", "flow_align_forward", "flow_align_backward"]
+           "linear_max_backward", "group_gather_forward", "group_gather_backward", "flow_stats", "flow_align_forward",
+           "flow_align_backward", "farthest_point_sample", "ball_query"]
