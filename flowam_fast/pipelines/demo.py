@@ -42,8 +42,21 @@ from ..evaluation.sanity import markdown as sanity_markdown
 from .. import provenance
 from ..models import load_checkpoint
 from ..models.activations import default_layers
-from ..training import demo_config, train_demo_model
-from ..training.recipes import demo_model_name
+from ..am.names import ARCHITECTURE_ALIASES, DEMO_MODELS
+from ..training import DEMO_CONFIGS, demo_config, train_demo_model
+
+
+def demo_model_name(model: str) -> str:
+    """The architecture a demo model name stands for (`am.names.ARCHITECTURE_ALIASES`: "pointnet2"
+    is "pointnet2_ssg").
+
+    Raises:
+        ValueError: Neither a demo recipe's name nor an alias of one.
+    """
+    model = ARCHITECTURE_ALIASES.get(model, model)
+    if model not in DEMO_CONFIGS:
+        raise ValueError(f"unknown demo model {model!r}; choose one of {list(DEMO_MODELS)}")
+    return model
 
 
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")

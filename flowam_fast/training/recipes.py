@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from ..am.names import ARCHITECTURE_ALIASES, DEMO_MODELS
 from ..data import ModelNet40
 from ..models import build_model, save_checkpoint
 from .loop import DEFAULTS, train
@@ -82,22 +81,12 @@ def train_from_config(data_dir, out, config: dict, epochs: int | None = None, qu
     return result
 
 
-def demo_model_name(model: str) -> str:
-    """The architecture a demo model name stands for (`am.names.ARCHITECTURE_ALIASES`: "pointnet2"
-    is "pointnet2_ssg").
-
-    Raises:
-        ValueError: Neither a key of DEMO_CONFIGS nor an alias.
-    """
-    model = ARCHITECTURE_ALIASES.get(model, model)
-    if model not in DEMO_CONFIGS:
-        raise ValueError(f"unknown demo model {model!r}; choose one of {list(DEMO_MODELS)}")
-    return model
-
-
 def demo_config(model: str = "pointnet") -> dict:
-    """The demo recipe of `model` (a key of DEMO_CONFIGS, or an alias of one)."""
-    return DEMO_CONFIGS[demo_model_name(model)]
+    """The demo recipe of `model`, a key of DEMO_CONFIGS (`pipelines.demo.demo_model_name`
+    resolves the command line's aliases)."""
+    if model not in DEMO_CONFIGS:
+        raise ValueError(f"unknown demo model {model!r}; choose one of {list(DEMO_CONFIGS)}")
+    return DEMO_CONFIGS[model]
 
 
 def train_demo_model(data_dir, out, epochs: int | None = None, quiet: bool = False, model: str = "pointnet") -> dict:
