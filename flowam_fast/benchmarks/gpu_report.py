@@ -35,6 +35,9 @@ TARGETS = [
      3.0, None),
     ("PointNet AM step (FlowAM), B=128 N=1024: >= 3x plain",
      "AM step flowam, PointNet (feature transform) (B=128 N=1024)", 3.0, None),
+    *[(f"PointNet++ {kind} AM step ({what}), B=32 N=1024: >= 5x plain, <= 1/4 its peak memory",
+       f"AM step {objective}, PointNet++ {kind} (B=32 N=1024)", 5.0, 0.25)
+      for kind in ("SSG", "MSG") for objective, what in (("logit", "logit"), ("flowam", "FlowAM"))],
 ]
 METHOD = ("Times are medians after a warm-up, each run timed to the end of its GPU work; speed-up = reference / "
           "fast, both in one process on the same inputs after checking that their outputs agree. Peak memory is "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,8 +15,8 @@ from .. import __version__
 from ..am.engine import FlowAM
 from ..am.flows import Flows
 from ..am.grid import parse_classes
-from ..models import load_checkpoint
-from .spec import SpecError, SweepSpec
+from ..models import ClassifierOutputError, as_classifier, classify, load_checkpoint
+from .spec import DEFAULT_LOADING, SpecError, SweepSpec
 
 
 def file_digest(path) -> str:
@@ -30,7 +30,8 @@ def file_digest(path) -> str:
 @dataclass
 class ModelInputs:
     """One model of the spec, loaded: the classifier, its flows and autoencoder (CPU), the
-    sha256 of each file, and its classes resolved against the flows' class names."""
+    sha256 of each file, its classes resolved against the flows' class names, and how its
+    checkpoint was loaded (`ModelSpec.loading`)."""
 
     name: str
     model: torch.nn.Module
@@ -38,6 +39,7 @@ class ModelInputs:
     autoencoder: torch.nn.Module | None
     files: dict  # what -> {"path": str, "sha256": str}
     classes: list
+    loading: dict = field(default_factory=lambda: dict(DEFAULT_LOADING))
 
     def payload(self) -> tuple:
         """What a worker needs to build this model's engines."""
@@ -57,6 +59,7 @@ class Unit:
     digest: str
     jobs: tuple
     files: dict
+    loading: dict = field(default_factory=lambda: dict(DEFAULT_LOADING))
 
     @property
     def key(self) -> str:
@@ -64,7 +67,8 @@ class Unit:
 
     def record(self) -> dict:
         """What sweep.json keeps of the unit, to tell a later run what changed."""
-        return {"config": self.config, "options": dict(self.options), "files": self.files, "hash": self.digest,
+        return {"config": self.config, "options": dict(self.options), "files": self.files,
+                "loading": dict(self.loading), "hash": self.digest,
                 "classes": sorted({c for c, _ in self.jobs}), "seeds": sorted({s for _, s in self.jobs})}
 
 
@@ -81,7 +85,10 @@ def load_inputs(spec: SweepSpec) -> dict:
     out = {}
     for m in spec.models:
         try:
-            model = _load("checkpoint", m.checkpoint, lambda p: load_checkpoint(p, arch=m.arch))
+            model = _load("checkpoint", m.checkpoint,
+                          lambda p: load_checkpoint(p, arch=m.arch, factory=m.factory, trusted=m.trusted))
+            if m.logits is not None:
+                model = as_classifier(model, m.logits)
             flows = _load("flows file", m.flows, Flows.load)
             ae = _load("autoencoder", m.autoencoder, load_autoencoder) if m.autoencoder else None
             classes = parse_classes(spec.classes, flows.class_names, flows.num_classes)
@@ -89,7 +96,8 @@ def load_inputs(spec: SweepSpec) -> dict:
             raise type(exc)(f"model {m.name!r}: {exc}") from None
         files = {"checkpoint": m.checkpoint, "flows": m.flows, **({"autoencoder": m.autoencoder} if ae else {})}
         out[m.name] = ModelInputs(name=m.name, model=model, flows=flows, autoencoder=ae, classes=classes,
-                                  files={k: {"path": str(p), "sha256": file_digest(p)} for k, p in files.items()})
+                                  files={k: {"path": str(p), "sha256": file_digest(p)} for k, p in files.items()},
+                                  loading=m.loading())
     return out
 
 
@@ -111,12 +119,34 @@ def make_engine(payload: tuple, method: str, options: dict, device=None) -> Flow
                   quiet=True, **options)
 
 
-def unit_digest(config: str, options: dict, files: dict) -> str:
+def unit_digest(config: str, options: dict, files: dict, loading: dict | None = None) -> str:
     """Names a unit's shard files: what a job's explanation depends on, and nothing else (not
-    the classes, seeds or shard size, so adding seeds keeps the finished shards)."""
-    blob = json.dumps({"config": config, "options": options, "files": {k: f["sha256"] for k, f in files.items()},
-                       "version": __version__}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    the classes, seeds or shard size, so adding seeds keeps the finished shards). `loading`
+    (`ModelSpec.loading`) counts where it differs from DEFAULT_LOADING: the same file loads
+    as another model through another factory or logits, and a built-in model's digest stays
+    what it was before these settings existed."""
+    settings = {"config": config, "options": options, "files": {k: f["sha256"] for k, f in files.items()},
+                "version": __version__}
+    if loading and loading != DEFAULT_LOADING:
+        settings["loading"] = loading
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _check_logits(inp: ModelInputs, num_points: int) -> None:
+    """An own model must return logits: run it once, and say in the spec's words what to set
+    where it does not (a fault FlowAM's own check would blame on the flows)."""
+    if inp.loading == DEFAULT_LOADING:
+        return
+    try:
+        with torch.no_grad():
+            classify(inp.model, torch.rand(2, 3, num_points) - 0.5)
+    except ClassifierOutputError as exc:
+        how = f"logits = {exc.fix!r}" if exc.fix is not None else \
+            "logits = the index, dict key or submodule name of the logits"
+        raise SpecError(f"model {inp.name!r}: {exc.problem}; a classifier must return logits (B, K): set {how} in "
+                        "its [[models]] entry") from None
+    except (RuntimeError, ValueError) as exc:
+        raise SpecError(f"model {inp.name!r} fails on {num_points} random points: {exc}") from None
 
 
 def make_units(spec: SweepSpec, inputs: dict) -> list:
@@ -125,6 +155,7 @@ def make_units(spec: SweepSpec, inputs: dict) -> list:
     units = []
     for m in spec.models:
         inp = inputs[m.name]
+        _check_logits(inp, _num_points(spec.options("flowam"), "flowam", inp))
         try:
             # FlowAM's own check of the flows against the model (layers, channels, tap version,
             # classes), for every model, whichever methods the sweep runs.
@@ -146,5 +177,5 @@ def make_units(spec: SweepSpec, inputs: dict) -> list:
             except (ValueError, TypeError) as exc:
                 raise SpecError(f"{m.name}/{method}: {exc}") from None
             units.append(Unit(m.name, method, options, batch_size, config,
-                              unit_digest(config, options, files), jobs, files))
+                              unit_digest(config, options, files, inp.loading), jobs, files, inp.loading))
     return units

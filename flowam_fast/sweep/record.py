@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import __version__
 from ..am.configdiff import changed_fields
 from ..atomic import atomic_path
+from .spec import DEFAULT_LOADING
 
 FORMAT = "flowam_fast.sweep"
 NAME = "sweep.json"
@@ -74,6 +75,9 @@ def changes(old: dict, units) -> list:
                 was = f" (was {a['path']})" if a and b and a["path"] != b["path"] else ""
                 found.append(f"{key}: the {what} {(b or a)['path']}{was} is not the file the sweep ran with "
                              "(its contents differ)")
+        # How the checkpoint loads (factory, logits, trusted); records from before these
+        # settings existed loaded built-in models, DEFAULT_LOADING.
+        found += _diff(key, {**DEFAULT_LOADING, **o.get("loading", {})}, {**DEFAULT_LOADING, **n["loading"]}, "")
         oc, nc = json.loads(o["config"]), json.loads(n["config"])
         found += _diff(key, oc, nc, "")
         found += _diff(key, {k: v for k, v in o["options"].items() if k not in oc},

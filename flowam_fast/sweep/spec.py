@@ -14,6 +14,13 @@ the files it names hold is checked when they are loaded (inputs.py).
     name = "pointnet"
     checkpoint = "model.pt"    # relative to the spec file
     flows = "flows.h5"
+    [[models]]                 # your own model (see flowam_fast.models.load_checkpoint)
+    name = "mine"
+    checkpoint = "mine.pt"     # its state_dict (or, with trusted = true, the whole module)
+    flows = "mine_flows.h5"
+    factory = "mypkg.nets:build"   # builds the module; not with arch
+    logits = 0                 # where its output holds the logits (as_classifier); or "fc3"
+    trusted = false            # true: the file may pickle code (only for files you trust)
 """
 from __future__ import annotations
 
@@ -35,9 +42,12 @@ OPTION_TYPES = {"steps": int, "lr": float, "flow_weight": float, "continuity_wei
                 "num_points": int, "init": str, "init_scale": float, "clamp": bool, "layers": list, "backend": str,
                 "alignment": str, "batch_size": int}
 _TOP_KEYS = {"classes", "seeds", "methods", "shard_size", "engine", "models"}
-_MODEL_KEYS = {"name", "checkpoint", "flows", "arch", "autoencoder"}
+_MODEL_KEYS = {"name", "checkpoint", "flows", "arch", "autoencoder", "factory", "logits", "trusted"}
 # Model names become directory names: keep them to one safe path component.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: How a [[models]] entry's checkpoint loads when the entry says nothing more: a built-in model.
+DEFAULT_LOADING = {"factory": None, "logits": None, "trusted": False}
 #: Seeds are stored as int64 and seed numpy's SeedSequence, which takes no negative entropy.
 MAX_SEED = 2**63 - 1
 
@@ -54,15 +64,28 @@ def engine_parameters() -> set:
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """One `[[models]]` entry: its files and how its checkpoint is loaded (`arch`, or your own
+    module through `factory` / `trusted`, adapted by `logits`: see
+    `flowam_fast.models.load_checkpoint` and `as_classifier`)."""
+
     name: str
     checkpoint: Path
     flows: Path
     arch: str | None = None
     autoencoder: Path | None = None
+    factory: str | None = None
+    logits: int | str | None = None
+    trusted: bool = False
+
+    def loading(self) -> dict:
+        """The settings beyond the checkpoint's contents that decide which model it loads as
+        (DEFAULT_LOADING's keys): what a sweep hashes and compares besides the files."""
+        return {"factory": self.factory, "logits": self.logits, "trusted": self.trusted}
 
     def to_dict(self) -> dict:
         return {"name": self.name, "checkpoint": str(self.checkpoint), "flows": str(self.flows), "arch": self.arch,
-                "autoencoder": str(self.autoencoder) if self.autoencoder else None}
+                "autoencoder": str(self.autoencoder) if self.autoencoder else None, "factory": self.factory,
+                "logits": self.logits, "trusted": self.trusted}
 
 
 @dataclass(repr=False)
@@ -269,9 +292,20 @@ def _models(entries, base_dir: Path, methods) -> list:
         arch = e.get("arch")
         if arch is not None and not isinstance(arch, str):
             raise SpecError(f"{where}: arch must be a string")
+        factory, logits, trusted = e.get("factory"), e.get("logits"), e.get("trusted", False)
+        if factory is not None and not (isinstance(factory, str) and _FACTORY.match(factory)):
+            raise SpecError(f'{where}: factory must name a callable as "package.module:name", got {factory!r}')
+        if factory is not None and arch is not None:
+            raise SpecError(f"{where}: give arch (a built-in architecture) or factory (your own module), not both")
+        if logits is not None and (isinstance(logits, bool) or not isinstance(logits, (int, str)) or logits == ""):
+            raise SpecError(f'{where}: logits must be an index into the output (0) or a dict key or submodule name '
+                            f'("fc3"), got {logits!r}')
+        if not isinstance(trusted, bool):
+            raise SpecError(f"{where}: trusted must be true or false, got {trusted!r}")
         ae = e.get("autoencoder")
         if "ae-latent" in methods and not ae:
             raise SpecError(f"{where}: method 'ae-latent' needs autoencoder = \"ae.pt\"")
         out.append(ModelSpec(name=name, checkpoint=_path(base_dir, e["checkpoint"]), flows=_path(base_dir, e["flows"]),
-                             arch=arch, autoencoder=_path(base_dir, ae) if ae else None))
+                             arch=arch, autoencoder=_path(base_dir, ae) if ae else None, factory=factory,
+                             logits=logits, trusted=trusted))
     return out

@@ -154,3 +154,47 @@ def test_a_failing_suite_fails_the_command(monkeypatch, capsys):
     monkeypatch.setattr(suites, "load", lambda name: Broken)
     assert main(["bench", "--only", "knn", "--quiet"]) == 1
     assert "Failed:\n- knn: AssertionError: fast and reference disagree" in capsys.readouterr().out
+
+
+@needs_kernels
+def test_am_step_quick_rows_cover_pointnet2_and_agree(monkeypatch):
+    from flowam_fast.benchmarks import am_step
+
+    pointnet2 = [case for case in am_step.QUICK_CASES if case[0].startswith("pointnet2")]
+    assert [arch for arch, _, _ in pointnet2] == ["pointnet2_ssg_demo", "pointnet2_msg_demo"]
+    monkeypatch.setattr(am_step, "QUICK_CASES", pointnet2)
+    checked = []
+    check_float64 = am_step.check_float64
+
+    def spy(problem, objective, clouds, min_cosine):
+        check_float64(problem, objective, clouds, min_cosine)
+        checked.append((type(problem.model).__name__, objective, clouds, min_cosine))
+
+    monkeypatch.setattr(am_step, "check_float64", spy)
+    rows = list(am_step.rows(quick=True))
+    assert [r["name"].split(" [")[0] for r in rows] == [
+        f"AM step {objective}, PointNet++ {kind} (demo sizes) (B={B} N={N})"
+        for (_, B, N), kind in zip(pointnet2, ("SSG", "MSG")) for objective in am_step.OBJECTIVES]
+    # Every row passed the float64 check on all its clouds at PointNet++'s cosine first.
+    models = ("PointNet2SSG", "PointNet2MSG")
+    assert checked == [(model, objective, B, 0.9999) for (_, B, _), model in zip(pointnet2, models)
+                       for objective in am_step.OBJECTIVES]
+    for row in rows:
+        assert float(row["float32 min grad cosine"]) >= am_step.GRAD_MIN_COSINE and row["speedup"] > 0
+
+
+def test_am_step_agreement_holds_pointnet2_gradients_to_its_cosine():
+    from flowam_fast.benchmarks import am_step
+
+    torch.manual_seed(0)
+    logits, loss, grad = torch.randn(2, 40), torch.randn(2), torch.randn(2, 64, 3)
+    tilted = grad.clone()
+    noise = torch.randn(64, 3)
+    tilted[1] += 0.02 * grad[1].norm() * noise / noise.norm()  # cosine about 1 - 2e-4 on cloud 1
+    cosine = am_step.grad_cosine(tilted, grad)
+    assert cosine[0] > 1 - 1e-12 and 0.999 < cosine[1] < 0.9999
+    fast, ref = (logits, loss, tilted), (logits, loss, grad)
+    assert am_step.agreement(fast, ref).tolist() == [True, True]
+    assert am_step.agreement(fast, ref, min_cosine=am_step.required_cosine("pointnet2_msg")).tolist() == [True, False]
+    assert am_step.required_cosine("pointnet2_ssg") == 0.9999
+    assert am_step.required_cosine("dgcnn") == am_step.GRAD_MIN_COSINE

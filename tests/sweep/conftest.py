@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from flowam_fast.am import compute_flows
-from flowam_fast.models import build_model, save_checkpoint
+from flowam_fast.models import as_classifier, build_model, save_checkpoint
 from flowam_fast.sweep import run_sweep
 from tests.helpers import random_data, randomize
+from tests.sweep import own_model
 
 MODELS = {"pn": ("pointnet", {"width": 0.125}), "dg": ("dgcnn", {"width": 0.125, "k": 4, "emb_dims": 32})}
 BASE = {"seeds": "0-1", "classes": "all", "methods": ["flowam", "vanilla"], "shard_size": 2, "steps": 3,
@@ -44,6 +45,43 @@ def inputs_dir(tmp_path_factory) -> Path:
         save_checkpoint(model, d / f"{name}.pt")
         compute_flows(model, data, quiet=True).save(d / f"{name}_flows.h5")
     return d
+
+
+@pytest.fixture(scope="session")
+def own_dir(tmp_path_factory) -> Path:
+    """An own model's state_dict (own.pt, built by own_model.build) and its flows."""
+    d = tmp_path_factory.mktemp("own")
+    net = randomize(own_model.build())
+    torch.save(net.state_dict(), d / "own.pt")
+    compute_flows(as_classifier(net, 0), random_data(num=24, n=64, k=3), quiet=True).save(d / "own_flows.h5")
+    return d
+
+
+def write_own_spec(path: Path, own_dir: Path, **entry) -> Path:
+    """A spec at `path` over the own model alone (flowam, seed 0, the three classes), with the
+    [[models]] entry's extra keys `entry` (factory, logits, trusted)."""
+    lines = ['classes = "all"', 'seeds = "0"', 'methods = ["flowam"]', "shard_size = 3", "[engine]", "steps = 3",
+             "num_points = 32", "[[models]]", 'name = "own"', f'checkpoint = "{own_dir / "own.pt"}"',
+             f'flows = "{own_dir / "own_flows.h5"}"', *(f"{k} = {_toml(v)}" for k, v in entry.items())]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+OWN = {"factory": "tests.sweep.own_model:build", "logits": 0}
+
+
+@pytest.fixture(scope="session")
+def own_reference(own_dir, tmp_path_factory) -> Path:
+    """A local run of the own model's spec (do not write into it)."""
+    root = tmp_path_factory.mktemp("own_reference")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(write_own_spec(root / "spec.toml", own_dir, **OWN), root / "out", quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "out"
 
 
 def _toml(value) -> str:

@@ -12,7 +12,8 @@ import pytest
 
 from flowam_fast.sweep import SpecError, run_sweep
 from flowam_fast.sweep.executors import KILL_HOOK
-from tests.sweep.conftest import BASE_UNITS, assert_same_stores, copy_of, deadline, store_jobs, write_spec
+from tests.sweep.conftest import (BASE_UNITS, OWN, assert_same_stores, copy_of, deadline, store_jobs, write_own_spec,
+                                  write_spec)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,3 +103,17 @@ def test_added_classes_and_other_shard_size_reuse_shards(tmp_path, inputs_dir, r
     summary = run_sweep(write_spec(tmp_path / "a.toml", inputs_dir, shard_size=3), out, quiet=True)
     assert summary["reused"] == 8 and summary["ran"] == 4
     assert_same_stores(reference, out)
+
+
+def test_changed_model_loading_is_refused(tmp_path, own_dir, own_reference):
+    out = copy_of(own_reference, tmp_path)
+    spec = tmp_path / "spec.toml"
+    # The same file, the same logits even, loaded another way: the sweep cannot tell, so it refuses.
+    for change, said in [({"logits": "net"}, "own/flowam: logits 0 -> 'net'"),
+                         ({"trusted": True}, "own/flowam: trusted False -> True")]:
+        with pytest.raises(SpecError) as e:
+            run_sweep(write_own_spec(spec, own_dir, **{**OWN, **change}), out, quiet=True)
+        assert said in str(e.value) and "--fresh" in str(e.value)
+    summary = run_sweep(write_own_spec(spec, own_dir, **OWN), out, quiet=True)
+    assert summary["ran"] == 0 and summary["reused"] == 1
+    assert_same_stores(own_reference, out, units=["own/flowam"])

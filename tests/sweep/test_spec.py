@@ -1,5 +1,6 @@
 """The sweep spec and the checks that run before any long work: bad specs and bad inputs fail
 at once, with their reason, and leave no shard behind."""
+import json
 import re
 import time
 
@@ -9,8 +10,9 @@ import torch
 from flowam_fast.cli import main
 from flowam_fast.models import CheckpointError
 from flowam_fast.sweep import SpecError, load_spec, parse_spec, run_sweep
-from flowam_fast.sweep.spec import OPTION_TYPES, engine_parameters
-from tests.sweep.conftest import write_spec
+from flowam_fast.sweep.inputs import unit_digest
+from flowam_fast.sweep.spec import DEFAULT_LOADING, OPTION_TYPES, engine_parameters
+from tests.sweep.conftest import OWN, store_jobs, write_own_spec, write_spec
 
 MODEL = [{"name": "m", "checkpoint": "m.pt", "flows": "f.h5"}]
 
@@ -47,6 +49,11 @@ def test_spec_parsing(tmp_path, inputs_dir):
     ({"models": [{"name": "m", "flows": "f.h5"}]}, 'needs checkpoint = "..."'),
     ({"models": [{**MODEL[0], "weights": "w.pt"}]}, "unknown key(s) ['weights'] in models[0] ('m')"),
     ({"methods": ["ae-latent"]}, "'ae-latent' needs autoencoder"),
+    ({"models": [{**MODEL[0], "factory": "nets.build"}]}, 'factory must name a callable as "package.module:name"'),
+    ({"models": [{**MODEL[0], "factory": "nets:build", "arch": "pointnet"}]}, "arch (a built-in architecture) or"),
+    ({"models": [{**MODEL[0], "logits": True}]}, "logits must be an index into the output (0)"),
+    ({"models": [{**MODEL[0], "logits": 1.5}]}, "logits must be an index"),
+    ({"models": [{**MODEL[0], "trusted": "yes"}]}, "trusted must be true or false, got 'yes'"),
 ])
 def test_bad_specs_are_refused_with_the_reason(change, message):
     raw = {"seeds": "0-1", "methods": ["flowam"], "models": MODEL, **change}
@@ -106,3 +113,35 @@ def test_unknown_executor_and_device(tmp_path, inputs_dir):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no GPU"):
             run_sweep(spec, tmp_path / "out", device="cuda")
+
+
+def test_own_model_entries_parse_with_their_loading():
+    own = {**MODEL[0], "factory": "nets:build", "logits": "fc3", "trusted": True}
+    spec = parse_spec({"seeds": "0", "methods": ["flowam"], "models": [own, {**MODEL[0], "name": "n"}]})
+    assert spec.models[0].loading() == {"factory": "nets:build", "logits": "fc3", "trusted": True}
+    assert spec.models[1].loading() == DEFAULT_LOADING
+    assert spec.to_dict()["models"][0]["logits"] == "fc3"
+    # A built-in model's shard names are those it had before loading settings existed; any
+    # other loading names other shards.
+    files = {"checkpoint": {"path": "m.pt", "sha256": "ab"}}
+    plain = unit_digest("{}", {"steps": 3}, files)
+    assert unit_digest("{}", {"steps": 3}, files, DEFAULT_LOADING) == plain
+    digests = {unit_digest("{}", {"steps": 3}, files, {**DEFAULT_LOADING, **change})
+               for change in ({"logits": 0}, {"logits": "0"}, {"factory": "a:b"}, {"trusted": True})}
+    assert len(digests) == 4 and plain not in digests
+
+
+def test_an_own_model_runs_from_its_factory(own_reference, own_dir):
+    record = json.loads((own_reference / "sweep.json").read_text())
+    assert record["units"]["own/flowam"]["loading"] == {**DEFAULT_LOADING, **OWN}
+    assert record["spec"]["models"][0]["factory"] == OWN["factory"] and record["summary"]["done"] == 1
+    assert store_jobs(own_reference / "own" / "flowam.h5") == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_an_own_model_without_logits_is_told_what_to_set(tmp_path, own_dir):
+    spec = write_own_spec(tmp_path / "spec.toml", own_dir, factory=OWN["factory"])
+    msg = _fails_fast(spec, tmp_path / "out", SpecError, "set logits = 0 in its [[models]] entry")
+    assert "model 'own'" in msg
+    # Without the factory the state_dict is no built-in architecture's; the error names the fix.
+    spec = write_own_spec(tmp_path / "spec.toml", own_dir, logits=0)
+    assert "factory=" in _fails_fast(spec, tmp_path / "out", CheckpointError, "model 'own'")
