@@ -349,12 +349,10 @@ class PointNet2SSG(_PointNet2):
     """
 
     arch = "pointnet2_ssg"
-    #: sa1's last shared layer, before its ReLU and the max over each group. Measured on the demo
-    #: model (12 classes x 2 seeds, 600 steps), it is as close to the class's real samples as
-    #: every sa1 and sa2 pre-activation together, sa1's three, or sa1's first alone (mean
-    #: Chamfer within 0.131-0.140, success 88-92% for all), at the cheapest step: the fast path
-    #: hands the flow term its input and folded map (`ops.LinearActs`), not the activations
-    #: (docs/design.md, "Aligned layers").
+    #: sa1's last shared layer, before its ReLU and the max over each group. On the demo model
+    #: it does as well as the larger sets tried (docs/design.md, "Aligned layers", has the
+    #: table) at the cheapest step: the fast path hands the flow term its input and folded map
+    #: (`ops.LinearActs`), not the activations.
     flow_layers = ("sa1.acts.2",)
 
     def __init__(self, num_classes: int = 40, width: float = 1.0, npoints=(512, 128), radii=(0.2, 0.4),
