@@ -68,3 +68,20 @@ def assert_same_across_runs_and_threads(run):
         torch.set_num_threads(threads)
     for a, b, c in zip(first, run(), single):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+class CountedLaunches:
+    """Stands in for a Triton kernel object (`kernel[grid](...)`) and records each launch in
+    `log`, so a test can tell that the Triton path really ran."""
+
+    def __init__(self, kernel, name, log):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.log.append(self.name)
+            return launch(*args, **kwargs)
+
+        return run

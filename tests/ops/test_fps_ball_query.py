@@ -20,6 +20,7 @@ if not torch.cuda.is_available() and "triton" not in sys.modules:
 
 from flowam_fast.ops import backend, ball_query, farthest_point_sample, reference  # noqa: E402
 
+from tests.helpers import CountedLaunches  # noqa: E402
 from tests.ops.test_knn import _points  # noqa: E402
 
 INTERPRETED = backend.triton_interpreting()
@@ -334,29 +335,13 @@ def test_direct_calls_with_nan_still_return_valid_indices(kernel):
         assert ((idx >= 0) & (idx < 20)).all()
 
 
-class _Counted:
-    """Stands in for a Triton kernel object and records each launch."""
-
-    def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            self.log.append(self.name)
-            return launch(*args, **kwargs)
-
-        return run
-
-
 @_needs_interpreter
 def test_triton_backend_launches_its_kernels(monkeypatch):
     from flowam_fast.ops.triton import sampling
 
     launched = []
     for name in ("_fps_kernel", "_ball_query_kernel"):
-        monkeypatch.setattr(sampling, name, _Counted(getattr(sampling, name), name, launched))
+        monkeypatch.setattr(sampling, name, CountedLaunches(getattr(sampling, name), name, launched))
     x = _cloud(1, 20, seed=13)
     farthest_point_sample(x, 4, backend="triton")
     ball_query(x, x[:, :3], 0.5, 4, backend="triton")

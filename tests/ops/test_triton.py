@@ -23,6 +23,7 @@ pytest.importorskip("triton")
 
 from flowam_fast.ops import backend, edge_max, flow_align, flow_stats, knn, linear_max, reference  # noqa: E402
 
+from tests.helpers import CountedLaunches  # noqa: E402
 from tests.ops.test_edge_max import _first_argmax as _first_argmax_neighbour  # noqa: E402
 from tests.ops.test_edge_max import _inputs as _edge_inputs  # noqa: E402
 from tests.ops.test_flow import _acts, _assert_stats_close, _direct_stats, _flow  # noqa: E402
@@ -345,22 +346,6 @@ def test_same_results_as_the_cpu_kernels():
 # --- the Triton path really runs -----------------------------------------------------------
 
 
-class _Counted:
-    """Stands in for a kernel object in its module and records each launch."""
-
-    def __init__(self, kernel, name, log):
-        self.kernel, self.name, self.log = kernel, name, log
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            self.log.append(self.name)
-            return launch(*args, **kwargs)
-
-        return run
-
-
 @pytest.fixture
 def launches(monkeypatch):
     """The names of the Triton kernels launched during the test."""
@@ -374,7 +359,7 @@ def launches(monkeypatch):
         for name, obj in list(vars(module).items()):
             if isinstance(obj, KernelInterface) and name.endswith("_kernel"):
                 short = f"{module.__name__.rsplit('.', 1)[1]}.{name}"
-                monkeypatch.setattr(module, name, _Counted(obj, short, log))
+                monkeypatch.setattr(module, name, CountedLaunches(obj, short, log))
     return log
 
 
