@@ -188,13 +188,13 @@ def test_triton_backend_launches_its_kernels(monkeypatch):
     from flowam_fast.ops.triton import _scatter
     from flowam_fast.ops.triton import group_gather as t_group
 
-    from tests.ops.test_triton import _Counted
+    from tests.helpers import CountedLaunches
 
     log = []
     for module in (_scatter, t_group):
         for name, obj in list(vars(module).items()):
             if isinstance(obj, KernelInterface) and name.endswith("_kernel"):
-                monkeypatch.setattr(module, name, _Counted(obj, name, log))
+                monkeypatch.setattr(module, name, CountedLaunches(obj, name, log))
     P, Q, idx, scale, shift = _inputs(1, 6, 2, 3, 4)
     group_gather(P.requires_grad_(True), Q, idx, scale, shift, backend="triton").sum().backward()
     assert log == ["_forward_kernel", "_grad_kernel", "_grad_kernel"]
