@@ -198,3 +198,23 @@ def test_am_step_agreement_holds_pointnet2_gradients_to_its_cosine():
     assert am_step.agreement(fast, ref, min_cosine=am_step.required_cosine("pointnet2_msg")).tolist() == [True, False]
     assert am_step.required_cosine("pointnet2_ssg") == 0.9999
     assert am_step.required_cosine("dgcnn") == am_step.GRAD_MIN_COSINE
+
+
+def test_pointnet2_ops_quick_rows_check_every_op_against_its_reference():
+    from flowam_fast.benchmarks import pointnet2_ops
+
+    # `compare` asserts each fused output against the reference before timing it.
+    rows = list(pointnet2_ops.rows(quick=True))
+    names = [r["name"] for r in rows]
+    for op in ("farthest_point_sample", "ball_query", "group_gather fwd+bwd", "group_linear_max fwd+bwd"):
+        assert any(n.startswith(op) for n in names), op
+    assert len(rows) == 2 * len(pointnet2_ops.BALLS) + 2 * len(pointnet2_ops.GATHER) + 2 * len(pointnet2_ops.GROUP_MAX)
+
+
+def test_pointnet2_ops_checks_refuse_wrong_indices():
+    from flowam_fast.benchmarks import pointnet2_ops
+
+    idx = torch.arange(6).view(1, 2, 3)
+    pointnet2_ops._equal(idx, idx.clone())
+    with pytest.raises(AssertionError, match="indices differ"):
+        pointnet2_ops._equal(idx, idx.flip(-1))
