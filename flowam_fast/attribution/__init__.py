@@ -1,0 +1,29 @@
+"""Local explanations: one score per point of each cloud for its target class (saliency and its
+spherical form, integrated gradients, Grad-CAM, critical points, occlusion), batched on the
+models' fast paths, with deletion and insertion curves against a random order, the model
+randomization check of attributions, their store and views. Uses evaluation and below.
+
+The names below are imported on first use, so that importing the package stays cheap."""
+from __future__ import annotations
+
+import importlib
+
+#: name -> module of this package that defines it.
+_API = {"attribute": "methods", "METHODS": "methods", "critical_counts": "cam", "remove": "removal",
+        "centroid_baseline": "removal", "faithfulness_curves": "curves", "curve_areas": "curves",
+        "summarize_curves": "curves", "randomization_check": "curves", "FRACTIONS": "curves",
+        "AttributionStore": "store", "write_html": "views", "attribution_sheet": "views"}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
