@@ -163,6 +163,21 @@ def summarize_curves(curves: dict, fractions=FRACTIONS, seed: int = 0, resamples
     return out
 
 
+def _deep_copy(model):
+    """A deep copy of `model`. Tensors that a forward pass left on its modules inside an
+    autograd graph (PointNet's `last_trans_feat`) cannot be deep-copied: the copy gets them
+    detached; the model keeps its own."""
+    held = [(m, k, v) for m in model.modules() for k, v in vars(m).items()
+            if isinstance(v, torch.Tensor) and v.grad_fn is not None]
+    try:
+        for m, k, v in held:
+            setattr(m, k, v.detach())
+        return copy.deepcopy(model)
+    finally:
+        for m, k, v in held:
+            setattr(m, k, v)
+
+
 def randomization_check(model, points, targets, methods, options: dict | None = None, seed: int = 0,
                         groups=None) -> dict:
     """The Spearman rank correlation of each method's attributions on the trained model and
@@ -187,7 +202,7 @@ def randomization_check(model, points, targets, methods, options: dict | None = 
     options = options or {}
     plan = stage_plan(randomization_groups(model) if groups is None else groups, ("cascading",))
     base = {m: attribute(model, points, targets, method=m, **options.get(m, {})).cpu().numpy() for m in methods}
-    copy_ = copy.deepcopy(model)
+    copy_ = _deep_copy(model)
     out = {m: [] for m in methods}
     done: list = []
     resample = np.random.default_rng(seed).integers(0, len(points), size=(BOOTSTRAP, len(points)))
