@@ -14,7 +14,9 @@ _API = {"attribute": "methods", "METHODS": "methods", "critical_counts": "cam", 
         "summarize_curves": "curves", "randomization_check": "curves", "FRACTIONS": "curves",
         "AttributionStore": "store", "write_html": "views", "attribution_sheet": "views"}
 
-__all__ = list(_API)
+__all__ = ["attribute", "METHODS", "critical_counts", "remove", "centroid_baseline", "faithfulness_curves",
+           "curve_areas", "summarize_curves", "randomization_check", "FRACTIONS", "AttributionStore", "write_html",
+           "attribution_sheet"]
 
 
 def __getattr__(name: str):
