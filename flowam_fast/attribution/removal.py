@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
+
 
 def centroid_baseline(points: torch.Tensor) -> torch.Tensor:
     """Every point of each cloud (B, N, 3) moved to that cloud's centroid."""
@@ -28,12 +30,12 @@ def remove(points: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     Returns:
         Clouds (B, N, 3); a cloud whose points are all removed is `centroid_baseline`'s.
     """
-    d2 = torch.cdist(points, points).square_()
-    # Only kept points can be copied: a removed candidate is infinitely far.
-    d2.masked_fill_(removed[:, None, :], float("inf"))
-    nearest = d2.argmin(dim=2)  # the first minimum: ties to the smaller index
-    source = torch.where(removed, nearest, torch.arange(points.shape[1], device=points.device))
-    out = points.gather(1, source[..., None].expand(-1, -1, 3))
+    # The fused kNN (ties to the smaller index) among the points, with the removed ones moved
+    # far out of reach: each kept point finds itself, each removed one its nearest kept point.
+    far = (points.detach().abs().amax() + 1.0) * 1e3
+    ref = points.detach() + removed[..., None].to(points.dtype) * far
+    _, nearest = ops.knn(points.detach().contiguous(), 1, ref=ref.contiguous())
+    out = points.gather(1, nearest.long().expand(-1, -1, 3))
     empty = removed.all(dim=1)
     if empty.any():
         out[empty] = centroid_baseline(points[empty])

@@ -41,8 +41,8 @@ from ..sweep.shards import Shard
 
 #: The methods a run computes unless told otherwise (spherical saliency is asked for by name).
 DEFAULT_METHODS = ("saliency", "integrated-gradients", "grad-cam", "critical-points", "occlusion")
-#: Perturbed or interpolated clouds per forward pass (bounds memory: the replacement rule
-#: builds an N x N distance matrix per cloud).
+#: Perturbed or interpolated clouds per forward pass (bounds the memory of the activations,
+#: and of integrated gradients' backward pass).
 ROWS_PER_PASS = 64
 TARGETS = ("predicted", "label")
 
