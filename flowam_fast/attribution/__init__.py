@@ -6,7 +6,7 @@ randomization check of attributions, their store and views. Uses evaluation and 
 The names below are imported on first use, so that importing the package stays cheap."""
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 #: name -> module of this package that defines it.
 _API = {"attribute": "methods", "METHODS": "methods", "critical_counts": "cam", "remove": "removal",
@@ -18,14 +18,4 @@ __all__ = ["attribute", "METHODS", "critical_counts", "remove", "centroid_baseli
            "curve_areas", "summarize_curves", "randomization_check", "FRACTIONS", "AttributionStore", "write_html",
            "attribution_sheet"]
 
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _API, __all__)
