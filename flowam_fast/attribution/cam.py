@@ -27,7 +27,8 @@ def _layer(model, layer) -> str:
 def _per_point(acts: torch.Tensor, layer: str, n: int) -> torch.Tensor:
     if acts.shape[2] != n:
         raise ValueError(f"layer {layer!r} has {acts.shape[2]} positions per cloud, not one per input point ({n}): "
-                         "choose a per-point layer, whose output is (B, C, N)")
+                         "choose a per-point layer, whose output is (B, C, N) (a grouped layer, as PointNet++'s, has "
+                         "none: there the gradient methods and occlusion apply)")
     return acts
 
 
