@@ -58,10 +58,28 @@ def grad_cam(model, points, targets, layer=None) -> torch.Tensor:
 
 
 def critical_counts(model, points, targets=None, layer=None) -> torch.Tensor:
-    """How many channels of a max-pooled per-point layer (B, C, N) take their maximum at each
-    point, (B, N); ties go to the smaller point index, as in `ops.linear_max`. `targets` is
-    not used (the counts do not depend on the class). The layer's taps sit before the
-    activation in the built-in models; an increasing activation keeps the argmax."""
+    """How many channels of a max-pooled per-point layer take their maximum at each point.
+
+    Ties go to the smaller point index, as in `ops.linear_max`. The built-in models' taps sit
+    before the activation; an increasing activation keeps the argmax. PointNet's critical
+    points are those with a count > 0.
+
+    Args:
+        model: The classifier.
+        points: Clouds (B, N, 3), on the model's device.
+        targets: Not used: the counts do not depend on the class (here so that every method
+            takes the same arguments).
+        layer: The layer's module name, whose output is (B, C, N) and pooled by a max over
+            the points; default the model's last flow layer (PointNet's ``feat.act3``,
+            DGCNN's ``act5``).
+
+    Returns:
+        Counts (B, N), summing to C over each cloud.
+
+    Raises:
+        ValueError: An unknown layer, one the forward pass does not call, or one that is not
+            per point.
+    """
     layer = _layer(model, layer)
     with torch.no_grad():
         _, acts = get_activations(model, points.transpose(1, 2), [layer])

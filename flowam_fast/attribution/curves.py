@@ -29,7 +29,8 @@ import copy
 import numpy as np
 import torch
 
-from .methods import attribute, chunks, forward
+from ..am.engine import frozen
+from .methods import as_clouds, as_targets, attribute, chunks, forward, model_device
 from .removal import remove
 
 #: The fractions of points removed (deletion) or put back (insertion) at each step of a curve.
@@ -42,7 +43,8 @@ BOOTSTRAP = 1000
 def _ranks(scores: torch.Tensor) -> torch.Tensor:
     """Each point's position in attribution order (0 = highest score; ties to the smaller index)."""
     order = torch.sort(-scores, dim=1, stable=True).indices
-    return torch.empty_like(order).scatter_(1, order, torch.arange(scores.shape[1], device=scores.device).expand_as(order))
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
 
 
 def random_ranks(indices, n: int, seed: int, device) -> torch.Tensor:
@@ -81,24 +83,21 @@ def faithfulness_curves(model, points, targets, scores, fractions=FRACTIONS, see
     Raises:
         ValueError: Scores of another shape than the clouds' (B, N), NaN scores, or a bad grid.
     """
-    from ..am.engine import frozen
-    from .methods import as_clouds, as_targets
-
     f = _check_fractions(fractions)
-    model_device = next(iter(model.parameters())).device
-    points = as_clouds(points).to(model_device)
+    device = model_device(model)
+    points = as_clouds(points).to(device)
     b, n, _ = points.shape
-    scores = torch.as_tensor(scores).to(model_device)
+    scores = torch.as_tensor(scores).to(device)
     if tuple(scores.shape) != (b, n):
         raise ValueError(f"scores must be one per point, (B, N) = {(b, n)}, got {tuple(scores.shape)}")
     if not torch.isfinite(scores).all():
         raise ValueError("scores hold NaN or Inf")
     indices = np.arange(b) if indices is None else np.asarray(indices)
-    counts = torch.as_tensor(np.rint(f * n).astype(np.int64), device=model_device)
-    orders = {"": _ranks(scores), "random_": random_ranks(indices, n, seed, model_device)}
+    counts = torch.as_tensor(np.rint(f * n).astype(np.int64), device=device)
+    orders = {"": _ranks(scores), "random_": random_ranks(indices, n, seed, device)}
     with frozen(model), torch.no_grad():
         num_classes = forward(model, points[:1]).shape[1]
-        targets = as_targets(targets, b, num_classes, model_device)
+        targets = as_targets(targets, b, num_classes, device)
         # Rows (cloud, curve, fraction): a point is removed where its rank says so.
         masks, rows = [], []
         for prefix, ranks in orders.items():
@@ -106,8 +105,8 @@ def faithfulness_curves(model, points, targets, scores, fractions=FRACTIONS, see
             masks += [ahead, ~ahead]  # deletion removes them; insertion keeps only them
             rows += [prefix + "deletion", prefix + "insertion"]
         mask = torch.stack(masks, dim=1).reshape(-1, n)  # (B * 4 * F, N)
-        cloud = torch.arange(b, device=model_device).repeat_interleave(len(masks) * len(f))
-        prob = torch.empty(mask.shape[0], dtype=points.dtype, device=model_device)
+        cloud = torch.arange(b, device=device).repeat_interleave(len(masks) * len(f))
+        prob = torch.empty(mask.shape[0], dtype=points.dtype, device=device)
         for start, stop in chunks(mask.shape[0], batch_size):
             c = cloud[start:stop]
             logits = forward(model, remove(points[c], mask[start:stop]))
@@ -117,8 +116,20 @@ def faithfulness_curves(model, points, targets, scores, fractions=FRACTIONS, see
 
 
 def curve_areas(curves: dict, fractions=FRACTIONS) -> dict:
-    """Per-cloud areas (B,) of each curve, oriented so that higher = more faithful: over the
-    deletion curves (the integral of 1 - p), under the insertion curves (of p)."""
+    """Per-cloud areas of each curve, oriented so that higher = more faithful: over the
+    deletion curves (the integral of 1 - p), under the insertion curves (of p), by the
+    trapezoidal rule.
+
+    Args:
+        curves: {curve: probabilities (B, F)}; names ending in "deletion" are deletion curves.
+        fractions: The grid (F,), rising from 0 to 1.
+
+    Returns:
+        {"<curve>_area": (B,)}.
+
+    Raises:
+        ValueError: A bad grid.
+    """
     f = _check_fractions(fractions)
     out = {}
     for name, p in curves.items():
@@ -210,7 +221,8 @@ def randomization_check(model, points, targets, methods, options: dict | None = 
         randomize(copy_, [name for name in mods if name not in done], seed)
         done = list(mods)
         for m in methods:
-            rho = spearman_rows(base[m], attribute(copy_, points, targets, method=m, **options.get(m, {})).cpu().numpy())
+            again = attribute(copy_, points, targets, method=m, **options.get(m, {}))
+            rho = spearman_rows(base[m], again.cpu().numpy())
             out[m].append({"stage": stage, "randomized": list(mods), "spearman": float(rho.mean()),
                            "spearman_ci": _interval(rho, resample)})
     return out

@@ -38,6 +38,9 @@ import math
 import numpy as np
 import torch
 
+from ..am.engine import frozen
+from ..models.adapter import classify
+
 #: The methods, by name.
 METHODS = ("saliency", "spherical-saliency", "integrated-gradients", "grad-cam", "critical-points", "occlusion")
 
@@ -84,8 +87,6 @@ def as_targets(targets, batch: int, num_classes: int, device) -> torch.Tensor:
 
 def forward(model, points: torch.Tensor) -> torch.Tensor:
     """The logits (B, K) of clouds (B, N, 3), checked (`models.classify`)."""
-    from ..models.adapter import classify
-
     return classify(model, points.transpose(1, 2))
 
 
@@ -139,7 +140,7 @@ def attribute(model, points, targets, method: str = "saliency", return_extras: b
             ceil(2N / patches), so that patches overlap).
 
     Returns:
-        Scores (B, N) as a float tensor on the points' device; with `return_extras`, a
+        Scores (B, N) as a float tensor on the model's device; with `return_extras`, a
         tuple (scores, extras).
 
     Raises:
@@ -148,12 +149,10 @@ def attribute(model, points, targets, method: str = "saliency", return_extras: b
             point, or an option out of range (e.g. k > N).
         TypeError: Points that are not a tensor or array.
     """
-    from ..am.engine import frozen
-
     if method not in METHODS:
         raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
     opts = _options(method, options, OPTIONS[method])
-    device = _device_of(model)
+    device = model_device(model)
     points = as_clouds(points).to(device)
     with frozen(model):
         with torch.no_grad():
@@ -163,7 +162,8 @@ def attribute(model, points, targets, method: str = "saliency", return_extras: b
     return (scores, extras) if return_extras else scores
 
 
-def _device_of(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """Where the model's parameters are (the CPU for a model without any)."""
     p = next(iter(model.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 

@@ -127,7 +127,8 @@ class AttributionStore:
 
         ps0 = next(iter(by_method.values()))
         out = cls(config=config if config is not None else parts[0].config, fractions=parts[0].fractions,
-                  indices=first, **{n: stacked(ps0, lambda p, n=n: getattr(p, n)) for n in ("points", "labels", "targets")})
+                  indices=first,
+                  **{n: stacked(ps0, lambda p, n=n: getattr(p, n)) for n in ("points", "labels", "targets")})
         for m, ps in by_method.items():
             out.scores[m] = stacked(ps, lambda p: p.scores[m])
             for group in ("curves", "extras"):

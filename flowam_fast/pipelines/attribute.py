@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from .. import __version__, provenance
+from ..am.engine import frozen
 from ..attribution.curves import FRACTIONS, faithfulness_curves, randomization_check
-from ..attribution.methods import METHODS, OPTIONS, as_clouds, attribute, chunks, forward
+from ..attribution.methods import METHODS, OPTIONS, as_clouds, attribute, chunks, forward, model_device
 from ..attribution.report import curves_plot, faithfulness_table, randomization_table, summarize
 from ..attribution.store import AttributionStore
 from ..attribution.views import attribution_sheet, write_html
@@ -163,9 +164,7 @@ def _finished(out: Path, unit: Unit) -> dict:
 
 def predicted_targets(model, points: np.ndarray, batch_size: int = ROWS_PER_PASS) -> np.ndarray:
     """The model's predicted class of each cloud (N, 3), in batches."""
-    from ..am.engine import frozen
-
-    device = next(iter(model.parameters())).device
+    device = model_device(model)
     out = []
     with frozen(model), torch.no_grad():
         for a, b in chunks(len(points), batch_size):
@@ -268,11 +267,14 @@ def run_attribution(model, points, labels, out_dir, methods=DEFAULT_METHODS, opt
             print(f"[attribute] {unit.method}: clouds {shard.jobs[0]}-{shard.jobs[-1]} done", flush=True)
 
     if todo:
+        # Bad options (an unknown layer, k > N) fail here, on one cloud, not in a worker later.
+        for m in dict.fromkeys(u.method for u, _ in todo):
+            attribute(model, points[:1], chosen[:1], method=m, **options.get(m, {}))
         inputs = {"model": Inputs(model, points, labels, chosen)}
         EXECUTORS[executor](inputs, str(device), address=address, quiet=quiet, factory=make_attributor).run(todo,
                                                                                                             on_done)
-    store = AttributionStore.merge([p for u in units for p in parts[u.key].values()],
-                                   config=json.dumps({"methods": methods, "options": options, **common}, sort_keys=True))
+    config = json.dumps({"methods": methods, "options": options, **common}, sort_keys=True)
+    store = AttributionStore.merge([p for u in units for p in parts[u.key].values()], config=config)
     store.save(out / "attribution.h5")
     summaries = summarize(store, seed=seed)
     check = {}
