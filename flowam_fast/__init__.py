@@ -2,7 +2,7 @@
 
 The main API is here (FlowAM, Flows, compute_flows, Explanations) and every layer of the
 package is an attribute (ff.ops, ff.models, ff.data, ff.training, ff.am, ff.evaluation,
-ff.sweep, ff.pipelines, ff.cli). Both are imported on first use, so `import flowam_fast`
+ff.attribution, ff.sweep, ff.pipelines, ff.cli). Both are imported on first use, so `import flowam_fast`
 stays cheap (no torch import) for tools that only need the version or one subpackage.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 #: name -> module that defines it.
 _API = {"FlowAM": "flowam_fast.am.engine", "Explanations": "flowam_fast.am.explanations",
         "Flows": "flowam_fast.am.flows", "compute_flows": "flowam_fast.am.flows"}
-_SUBPACKAGES = ("ops", "models", "data", "training", "am", "evaluation", "sweep", "pipelines", "benchmarks", "cli")
+_SUBPACKAGES = ("ops", "models", "data", "training", "am", "evaluation", "attribution", "sweep", "pipelines", "benchmarks", "cli")
 
 __all__ = ["FlowAM", "Explanations", "Flows", "compute_flows", "__version__", *_SUBPACKAGES]
 

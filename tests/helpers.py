@@ -1,6 +1,7 @@
 """Helpers shared by the test modules: small stand-in models and data, and the determinism
 check. conftest.py only fixes thread counts and registers fixtures."""
 import numpy as np
+import pytest
 import torch
 
 
@@ -85,3 +86,15 @@ class CountedLaunches:
             return launch(*args, **kwargs)
 
         return run
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread while a test runs (a conftest that imports this fixture applies it to
+    its tests): small batches on a busy 2-core machine make two OpenMP threads spin-wait for
+    each other, one is several times faster. Results do not depend on the thread count
+    (tested in tests/ops)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

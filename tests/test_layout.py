@@ -11,7 +11,7 @@ import flowam_fast as ff
 
 PACKAGE = Path(ff.__file__).parent
 #: Layers from the bottom up; a module may import its own layer and those listed before it.
-LAYERS = [("atomic", "provenance", "ops"), ("models", "data"), ("training",), ("am",), ("evaluation",),
+LAYERS = [("atomic", "lazy", "provenance", "ops"), ("models", "data"), ("training",), ("am",), ("evaluation", "attribution"),
           ("sweep", "pipelines", "benchmarks"), ("cli",)]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -62,7 +62,8 @@ def test_argparse_only_in_the_cli():
 
 
 def test_subpackages_are_attributes():
-    for name in ("ops", "models", "data", "training", "am", "evaluation", "sweep", "pipelines", "benchmarks", "cli"):
+    for name in ("ops", "models", "data", "training", "am", "evaluation", "attribution", "sweep", "pipelines", "benchmarks",
+                 "cli"):
         assert getattr(ff, name).__name__ == f"flowam_fast.{name}"
     assert ff.FlowAM is ff.am.FlowAM and ff.Flows is ff.am.Flows and ff.compute_flows is ff.am.compute_flows
     assert ff.Explanations is ff.am.Explanations

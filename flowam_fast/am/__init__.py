@@ -6,7 +6,7 @@ The names below are imported on first use, so that a torch-free module of this p
 (`names`: the choices the command line lists in its help) imports without the engine."""
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 #: name -> module of this package that defines it.
 _API = {"FlowAM": "engine", "continuity_loss": "engine", "METHODS": "names", "ALIGNMENTS": "names",
@@ -16,14 +16,4 @@ _API = {"FlowAM": "engine", "continuity_loss": "engine", "METHODS": "names", "AL
 __all__ = ["FlowAM", "METHODS", "ALIGNMENTS", "continuity_loss", "Explanations", "Flows", "compute_flows",
            "parse_classes", "parse_seeds"]
 
-
-def __getattr__(name: str):
-    if name not in _API:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _API, __all__)

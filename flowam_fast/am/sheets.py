@@ -22,13 +22,23 @@ def _view_depth(xyz: np.ndarray) -> np.ndarray:
     return xyz @ np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
 
 
-def _scatter(ax, pts, lim, size):
+def marker_size(panel: float, n: int) -> float:
+    """Marker area for clouds of n points in panels `panel` inches wide: it grows with the panel
+    and shrinks for clouds denser than 1024 points."""
+    return 4.0 * (panel / 2.0) ** 2 * min(1.0, (1024 / max(n, 1)) ** 0.5)
+
+
+def scatter_cloud(ax, pts, lim, size, values=None, cmap: str = "viridis", vrange=(0.0, 1.0)) -> None:
+    """Draw cloud `pts` (M, 3) on a 3-D axis from the sheets' viewpoint, within [-lim, lim].
+
+    Points are coloured by depth (a cue on a flat PNG), or by `values` (M,) on `cmap` over
+    `vrange` where given; far points are drawn first, so near surfaces cover far ones."""
     # Matplotlib's z axis is drawn vertically; the data's vertical axis is y.
     xyz = np.stack([pts[:, 0], pts[:, 2], pts[:, 1]], 1)
     depth = _view_depth(xyz)
-    # Far points first and darker, so near surfaces cover far ones: a depth cue on a flat PNG.
     order = np.argsort(depth)
-    ax.scatter(*xyz[order].T, s=size, c=depth[order], cmap="viridis", vmin=-lim, vmax=lim, depthshade=False,
+    colour, (lo, hi) = (depth, (-lim, lim)) if values is None else (np.asarray(values), vrange)
+    ax.scatter(*xyz[order].T, s=size, c=colour[order], cmap=cmap, vmin=lo, vmax=hi, depthshade=False,
                linewidths=0)
     ax.view_init(elev=ELEV, azim=AZIM)
     ax.set_xlim(-lim, lim)
@@ -56,16 +66,14 @@ def contact_sheet(sets, path, labels=None, references=None, lim: float = 1.0, pa
     seeds = [sorted(set(s.seeds.tolist())) for s in sets]
     lead = 1 if references else 0
     ncols = lead + sum(len(x) for x in seeds)
-    # Marker area grows with the panel and shrinks for clouds denser than 1024 points.
-    n = max([s.points.shape[1] for s in sets] + [1])
-    size = 4.0 * (panel / 2.0) ** 2 * min(1.0, (1024 / n) ** 0.5)
+    size = marker_size(panel, max([s.points.shape[1] for s in sets] + [1]))
     fig = plt.figure(figsize=(panel * ncols, panel * len(classes) + 0.4))
     for r, c in enumerate(classes):
         name = sets[0].class_name(c) if sets else str(c)
         if lead:
             ax = fig.add_subplot(len(classes), ncols, r * ncols + 1, projection="3d")
             if c in references:
-                _scatter(ax, np.asarray(references[c]), lim, size)
+                scatter_cloud(ax, np.asarray(references[c]), lim, size)
                 ax.set_title(f"{name}\nreal sample", fontsize=8)
             else:
                 ax.set_axis_off()
@@ -77,7 +85,7 @@ def contact_sheet(sets, path, labels=None, references=None, lim: float = 1.0, pa
                 hit = np.nonzero((s.classes == c) & (s.seeds == sd))[0]
                 if hit.size:
                     i = hit[0]
-                    _scatter(ax, s.points[i], lim, size)
+                    scatter_cloud(ax, s.points[i], lim, size)
                     mark = "" if s.success[i] else " (fail)"
                     ax.set_title(f"{s.class_name(c)}\n{labels[si]} s{sd}{mark}", fontsize=8)
                 else:

@@ -122,16 +122,20 @@ def _scene(domain_x, cube: dict) -> dict:
             "camera": {"up": UP, "eye": EYE}, **axes}
 
 
-def _cloud(points, scene: str, visible: bool, cmin: float, cmax: float) -> dict:
+def _cloud(points, scene: str, visible: bool, cmin: float, cmax: float, values=None, colorscale: str = "Viridis",
+           hover=None) -> dict:
     n = len(points)
     # Denser clouds get smaller markers so a shape does not turn into a blob.
     size = max(1.0, 3.0 * min(1.0, (1024 / max(n, 1)) ** 0.5))
+    extra = {} if hover is None else {"customdata": hover}
     return {"type": "scatter3d", "mode": "markers", "scene": scene, "visible": visible, "showlegend": False,
             "x": points[:, 0], "y": points[:, 1], "z": points[:, 2],
-            # Coloured by height, a depth cue that also reads the same in both scenes.
-            "marker": {"size": size, "color": points[:, 1], "colorscale": "Viridis", "cmin": cmin, "cmax": cmax,
-                       "showscale": False},
-            "hovertemplate": "x %{x:.3f}<br>y %{y:.3f}<br>z %{z:.3f}<extra></extra>"}
+            # Coloured by height (a depth cue that also reads the same in both scenes) unless
+            # per-point values are given.
+            "marker": {"size": size, "color": points[:, 1] if values is None else values, "colorscale": colorscale,
+                       "cmin": cmin, "cmax": cmax, "showscale": False},
+            "hovertemplate": "x %{x:.3f}<br>y %{y:.3f}<br>z %{z:.3f}"
+                             + ("" if hover is None else "<br>value %{customdata:.4g}") + "<extra></extra>", **extra}
 
 
 def _labels(e, i: int, has_ref: bool, two_scenes: bool) -> list:
@@ -231,20 +235,106 @@ def write_html(explanations, path, references=None, title: str | None = None) ->
         FileNotFoundError: The directory of `path` does not exist.
         ValueError: An empty or inconsistent store, or malformed references.
     """
-    import plotly.io as pio
+    _check_directory(path)
+    fig = figure(explanations, references, title)
+    return _write_page(fig, path, title if title is not None else f"{explanations.method} explanations",
+                       synced=references is not None)
 
+
+def _check_directory(path) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist; create it "
                                 f"first or choose another path")
-    fig = figure(explanations, references, title)
+
+
+def _write_page(fig, path, title: str, synced: bool) -> Path:
+    """`fig` as one self-contained page at `path` (atomically); synced: the scenes' cameras turn together."""
+    import plotly.io as pio
+
+    path = Path(path)
     # The figure fills the window; plotly.js goes inline so the page opens offline.
     div = pio.to_html(fig, include_plotlyjs=True, full_html=False, default_height="100vh",
                       config={"responsive": True, "displaylogo": False},
-                      post_script=_SYNC_CAMERAS if references is not None else None)
-    page_title = _text(title if title is not None else f"{explanations.method} explanations")
-    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{page_title}</title>\n'
+                      post_script=_SYNC_CAMERAS if synced else None)
+    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_text(title)}</title>\n'
             f"<style>body {{ margin: 0; }}</style>\n</head>\n<body>\n{div}\n</body>\n</html>\n")
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
+
+
+def values_figure(points, values: dict, labels, title: str, hover: dict | None = None):
+    """Clouds coloured by per-point values: one scene per set of values, side by side, and a
+    slider over the clouds (only the selected cloud's traces are visible, as in `figure`).
+
+    Args:
+        points: Clouds (C, N, 3).
+        values: {name: (C, N)} per-point values, each drawn in its own scene on a colour
+            scale over [0, 1] (normalize them first, e.g. to ranks).
+        labels: One label per cloud, for the slider and the annotation.
+        title: The figure's title.
+        hover: {name: (C, N)} values shown on hovering over a point (e.g. the raw scores),
+            or None.
+
+    Returns:
+        A `plotly.graph_objects.Figure`.
+
+    Raises:
+        ValueError: No clouds, no value sets, or values of another shape than the clouds'.
+    """
+    import plotly.graph_objects as go
+
+    points = np.asarray(points, dtype=np.float32)
+    if points.ndim != 3 or points.shape[2] != 3 or not len(points) or not values:
+        raise ValueError(f"values_figure needs clouds (C, N, 3) with C >= 1 and at least one set of values, got "
+                         f"{points.shape} and {len(values)} sets")
+    for name, v in values.items():
+        if np.shape(v) != points.shape[:2]:
+            raise ValueError(f"values {name!r} must be (C, N) = {points.shape[:2]}, got {np.shape(v)}")
+    names, count = list(values), len(points)
+    cube = _cube(list(points))
+    width = 1.0 / len(names)
+    traces = [_cloud(points[c], "scene" if k == 0 else f"scene{k + 1}", c == 0, 0.0, 1.0,
+                     values=np.asarray(values[name][c], dtype=np.float64), colorscale="Inferno",
+                     hover=None if hover is None else np.asarray(hover[name][c], dtype=np.float64))
+              for c in range(count) for k, name in enumerate(names)]
+
+    def notes(c: int) -> list:
+        return [dict(text=f"<b>{_text(name)}</b><br>{_text(labels[c])}", x=(k + 0.5) * width, xref="paper",
+                     yref="paper", y=SCENE_TOP + 0.01, xanchor="center", yanchor="bottom", showarrow=False,
+                     font={"size": 13}) for k, name in enumerate(names)]
+
+    steps = [{"method": "update", "label": _text(labels[c]),
+              "args": [{"visible": [i // len(names) == c for i in range(len(traces))]}, {"annotations": notes(c)}]}
+             for c in range(count)]
+    layout = {"title": {"text": _text(title), "x": 0.5, "xanchor": "center"},
+              "margin": {"l": 10, "r": 10, "t": 90, "b": 10}, "annotations": notes(0), "paper_bgcolor": "white",
+              "sliders": [{"active": 0, "steps": steps, "x": 0.05, "len": 0.9, "y": 0.0, "yanchor": "top",
+                           "pad": {"t": 10, "b": 10}, "currentvalue": {"prefix": "cloud: ", "font": {"size": 14}},
+                           "font": {"size": 10}}]}
+    for k in range(len(names)):
+        layout["scene" if k == 0 else f"scene{k + 1}"] = _scene([k * width + 0.005, (k + 1) * width - 0.005], cube)
+    return go.Figure(data=traces, layout=layout)
+
+
+def write_values_html(points, values: dict, path, labels, title: str, hover: dict | None = None) -> Path:
+    """Write `values_figure` as one self-contained HTML page (no network needed).
+
+    Args:
+        points: Clouds (C, N, 3).
+        values: {name: (C, N)} per-point values in [0, 1], one scene each.
+        path: The .html file to write (atomically); its directory must exist.
+        labels: One label per cloud.
+        title: The page's title.
+        hover: {name: (C, N)} values shown on hovering over a point, or None.
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileNotFoundError: The directory of `path` does not exist.
+        ValueError: See `values_figure`.
+    """
+    _check_directory(path)
+    return _write_page(values_figure(points, values, labels, title, hover), path, title, synced=False)

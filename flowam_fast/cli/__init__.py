@@ -19,6 +19,8 @@ COMMANDS = {
     "evaluate": ("flowam_fast.cli.evaluate", "metrics of stored explanations against real data"),
     "sanity": ("flowam_fast.cli.sanity", "cascading model-parameter randomization sanity check"),
     "bench": ("flowam_fast.cli.bench", "benchmark the fused kernels against the reference path"),
+    "attribute": ("flowam_fast.cli.attribute", "local explanations (attributions) of every cloud of a split, with "
+                  "faithfulness curves"),
     "sweep": ("flowam_fast.cli.sweep", "a sharded (model x method x class x seed) sweep from a TOML spec, local or on Ray"),
 }
 

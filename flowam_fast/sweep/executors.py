@@ -3,6 +3,11 @@ task per shard on a cluster. Either way a shard's explanations come back to the 
 alone writes files (a shard file as soon as its shard is done, the merged stores), so workers
 need no shared filesystem and a killed worker leaves nothing half-written.
 
+An executor builds each unit's engine once per process with `factory(payload, method,
+options, device)` (default `inputs.make_engine`, FlowAM's) and runs a shard as
+`engine.run_jobs(jobs, batch_size=...)`; other batched work (attributions of a test split)
+runs on the same executors with its own factory.
+
 Ray is imported only here, and only when the ray executor runs.
 """
 from __future__ import annotations
@@ -37,23 +42,24 @@ def run_shard(engine, jobs, batch_size, index: int, hook: str | None):
     return result, stats
 
 
-def _task_info(unit) -> dict:
+def _task_info(unit, factory) -> dict:
     # What a worker needs of a unit: not its job list, which can be long.
-    return {"digest": unit.digest, "method": unit.method, "options": unit.options, "batch_size": unit.batch_size}
+    return {"digest": unit.digest, "method": unit.method, "options": unit.options, "batch_size": unit.batch_size,
+            "factory": factory}
 
 
 class LocalExecutor:
     """Runs the shards one after another in this process, on `device`."""
 
-    def __init__(self, inputs: dict, device: str, **_):
-        self.inputs, self.device, self.engines = inputs, device, {}
+    def __init__(self, inputs: dict, device: str, factory=make_engine, **_):
+        self.inputs, self.device, self.engines, self.factory = inputs, device, {}, factory
 
     def run(self, tasks, on_done) -> None:
         hook = os.environ.get(KILL_HOOK)
         for unit, shard in tasks:
             if unit.key not in self.engines:
-                self.engines[unit.key] = make_engine(self.inputs[unit.model].payload(), unit.method, unit.options,
-                                                     self.device)
+                self.engines[unit.key] = self.factory(self.inputs[unit.model].payload(), unit.method, unit.options,
+                                                      self.device)
             on_done(unit, shard, *run_shard(self.engines[unit.key], shard.jobs, unit.batch_size, shard.index, hook))
 
 
@@ -72,7 +78,7 @@ def _ray_shard(info: dict, payload_box: list, jobs, index: int, hook, device: st
         _WORKER_PAYLOADS[ref.hex()] = ray.get(ref)
     key = (info["digest"], device)
     if key not in _WORKER_ENGINES:
-        _WORKER_ENGINES[key] = make_engine(_WORKER_PAYLOADS[ref.hex()], info["method"], info["options"], device)
+        _WORKER_ENGINES[key] = info["factory"](_WORKER_PAYLOADS[ref.hex()], info["method"], info["options"], device)
     return run_shard(_WORKER_ENGINES[key], jobs, info["batch_size"], index, hook)
 
 
@@ -84,8 +90,8 @@ class RayExecutor:
     and the sweep stops with it."""
 
     def __init__(self, inputs: dict, device: str, address=None, max_retries: int = 3, cpus_per_task: int = 1,
-                 quiet: bool = False, **_):
-        self.inputs, self.device, self.address = inputs, device, address
+                 quiet: bool = False, factory=make_engine, **_):
+        self.inputs, self.device, self.address, self.factory = inputs, device, address, factory
         self.max_retries, self.cpus_per_task, self.quiet = max_retries, cpus_per_task, quiet
 
     def run(self, tasks, on_done) -> None:
@@ -115,7 +121,7 @@ class RayExecutor:
         device = "cuda" if cuda else self.device
         payloads = {name: ray.put(self.inputs[name].payload()) for name in {u.model for u, _ in tasks}}
         hook = os.environ.get(KILL_HOOK)
-        pending = {remote.remote(_task_info(u), [payloads[u.model]], s.jobs, s.index, hook, device): (u, s)
+        pending = {remote.remote(_task_info(u, self.factory), [payloads[u.model]], s.jobs, s.index, hook, device): (u, s)
                    for u, s in tasks}
         while pending:
             # A timeout keeps the driver responsive to signals (Ctrl-C) while it waits.

@@ -15,7 +15,7 @@ import torch
 from flowam_fast.am import compute_flows
 from flowam_fast.models import as_classifier, build_model, save_checkpoint
 from flowam_fast.sweep import run_sweep
-from tests.helpers import random_data, randomize
+from tests.helpers import one_thread, random_data, randomize  # noqa: F401 (one_thread: an autouse fixture)
 from tests.sweep import own_model
 
 MODELS = {"pn": ("pointnet", {"width": 0.125}), "dg": ("dgcnn", {"width": 0.125, "k": 4, "emb_dims": 32})}
@@ -23,16 +23,6 @@ BASE = {"seeds": "0-1", "classes": "all", "methods": ["flowam", "vanilla"], "sha
         "num_points": 32}
 #: The base spec: 2 models x 2 methods x 3 classes x 2 seeds = 24 jobs in 12 shards.
 BASE_UNITS = [f"{m}/{meth}" for m in MODELS for meth in BASE["methods"]]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a busy 2-core machine spin-wait for each other; one is several
-    # times faster here. Results do not depend on the thread count (tested in tests/ops).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
