@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import metrics
 from ..atomic import atomic_path
@@ -47,6 +48,21 @@ class RealData:
         self.evaluator = evaluator
         self.features = metrics.evaluator_features(evaluator, self.points) if evaluator is not None else None
         self.fits = {}  # Gaussian fits of the real features per (class, layer), shared by all sets
+
+    def real_chamfer(self) -> float:
+        """The Chamfer metric of real samples themselves: each reference cloud against the
+        other references of its class, averaged. What an explanation indistinguishable from
+        the real data would score, the floor to read the methods' Chamfer against.
+
+        Returns:
+            The mean distance (squared-distance units); NaN when no class has two references.
+        """
+        vals = []
+        for c, refs in self.refs.items():
+            for i in range(refs.shape[0] if refs.shape[0] > 1 else 0):
+                others = {c: torch.cat((refs[:i], refs[i + 1:]))}
+                vals.append(metrics.chamfer_to_class(refs[i:i + 1].cpu().numpy(), np.array([c]), others))
+        return float(np.concatenate(vals).mean()) if vals else float("nan")
 
 
 def set_metrics(expl, real: RealData) -> dict:

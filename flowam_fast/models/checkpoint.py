@@ -95,6 +95,24 @@ def save_checkpoint(model, path, **meta) -> None:
         torch.save(blob, tmp)
 
 
+def checkpoint_meta(path) -> dict:
+    """What `save_checkpoint` kept beside the weights (test accuracy, training time, ...).
+
+    Args:
+        path: A checkpoint written by `save_checkpoint`.
+
+    Returns:
+        Its `**meta` keywords; {} for a checkpoint of another layout.
+
+    Raises:
+        FileNotFoundError: No such file.
+        CheckpointError: The file cannot be read as a checkpoint.
+    """
+    blob = _read(path)
+    meta = blob.get("meta") if isinstance(blob, dict) and blob.get("format") == "flowam_fast.checkpoint" else None
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
 def _read(path, trusted: bool = False):
     path = Path(path)
     if not path.is_file():

@@ -347,3 +347,20 @@ def test_evaluator_features_restores_mode_and_rejects_other_models(tiny_pointnet
         metrics.evaluator_features(tiny_net, _clouds(3, 16, 18))
     with pytest.raises(ValueError, match=r"\(J, N, 3\)"):
         metrics.evaluator_features(tiny_pointnet, np.zeros((3, 16, 2)))
+
+
+def test_real_chamfer_is_each_reference_against_the_others_of_its_class():
+    from flowam_fast.evaluation.report import RealData
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(9, 16, 3, generator=g).numpy()
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    real = RealData(points, labels, num_refs=3)
+    # Each cloud's mean over the other references of its class, then the mean over clouds.
+    per_cloud = []
+    for c, refs in real.refs.items():
+        r = refs.shape[0]
+        for i in range(r):
+            per_cloud.append(np.mean([float(metrics.chamfer(refs[i:i + 1], refs[j:j + 1])) for j in range(r) if j != i]))
+    assert real.real_chamfer() == pytest.approx(np.mean(per_cloud), rel=1e-5)
+    assert math.isnan(RealData(points[:1], labels[:1], num_refs=3).real_chamfer())

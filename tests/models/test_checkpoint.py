@@ -108,3 +108,15 @@ def test_unreadable_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="unknown architecture"):
         torch.save(PointNet(3).state_dict(), tmp_path / "p.pt")
         load_checkpoint(tmp_path / "p.pt", arch="resnet")
+
+
+def test_checkpoint_meta_reads_what_was_saved(tmp_path):
+    from flowam_fast.models import checkpoint_meta
+
+    model = PointNet(num_classes=3, width=0.125)
+    save_checkpoint(model, tmp_path / "own.pt", test_accuracy=0.75, epochs=2)
+    assert checkpoint_meta(tmp_path / "own.pt") == {"test_accuracy": 0.75, "epochs": 2}
+    torch.save(model.state_dict(), tmp_path / "raw.pt")  # a reference layout keeps nothing else
+    assert checkpoint_meta(tmp_path / "raw.pt") == {}
+    with pytest.raises(FileNotFoundError):
+        checkpoint_meta(tmp_path / "missing.pt")
