@@ -128,6 +128,14 @@ def _aucs(cross: np.ndarray, within: np.ndarray, valid: np.ndarray) -> np.ndarra
         return (gt * valid[..., None, :]).sum((-1, -2)) / n
 
 
+def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
+    """The mean over `axis` of the values that are not nan; nan where there is none (a
+    bootstrap draw can pick one explanation for every slot of a side: no pair to compare)."""
+    ok = ~np.isnan(x)
+    n = ok.sum(axis)
+    return np.where(n > 0, np.where(ok, x, 0.0).sum(axis) / np.maximum(n, 1), np.nan)
+
+
 def _effects(dists, first_idx, second_idx) -> np.ndarray:
     """AUC per (draw, distance), averaged over classes: first_idx (B, C, s1), second_idx (B, C, s2)
     index the m axis of dists (K, C, m, m)."""
@@ -137,7 +145,7 @@ def _effects(dists, first_idx, second_idx) -> np.ndarray:
     valid = np.broadcast_to(first_idx[..., :, None] != first_idx[..., None, :], within.shape)
     k, b, cl = cross.shape[:3]
     auc = _aucs(cross.reshape(k, b, cl, -1), within.reshape(k, b, cl, -1), valid.reshape(k, b, cl, -1))
-    return np.nanmean(auc, axis=2).T  # (B, K)
+    return _nanmean(auc, 2).T  # (B, K)
 
 
 def effect(dists, second, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> dict:
@@ -161,9 +169,10 @@ def effect(dists, second, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.
     rng = np.random.default_rng(seed)
     pick = (lambda idx: np.take_along_axis(np.broadcast_to(idx, (n_boot, *idx.shape[1:])),
                                            rng.integers(0, idx.shape[-1], (n_boot, *idx.shape[1:])), -1))
-    boot = np.nanmean(_effects(dists, pick(first_idx), pick(second_idx)), 1)
+    boot = _nanmean(_effects(dists, pick(first_idx), pick(second_idx)), 1)
+    boot = boot[~np.isnan(boot)]
     tail = (1.0 - level) / 2
-    lo, hi = np.nanquantile(boot, [tail, 1.0 - tail])
+    lo, hi = np.quantile(boot, [tail, 1.0 - tail])
     return {"effect": float(observed.mean()), "effect_ci": [float(lo), float(hi)],
             "effect_by_distance": observed.tolist()}
 
