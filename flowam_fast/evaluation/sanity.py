@@ -406,6 +406,18 @@ class SanityCheck:
         randomize(m, mods, self.seed)
         return self.explain(m, classes, seeds, self._flows_for(m, classes, mods)).sorted()
 
+    def check_design(self, num_classes: int, seeds: int) -> None:
+        """Refuse a design whose tests cannot reach alpha after Holm's adjustment over the
+        stages of a variant (`permutation.check_size`).
+
+        Raises:
+            TypeError: seeds is not an int.
+            ValueError: Too few classes, seeds or permutations; the message says how many.
+        """
+        first, _ = side_seeds(seeds)
+        stages = max(sum(1 for v, _, _ in self.plan if v == variant) for variant in self.variants)
+        check_size(num_classes, len(first), stages, self.n_perm, self.alpha)
+
     def prepare(self, classes, seeds: int = SEEDS_PER_SIDE, trained=None) -> dict:
         """What the stages of `run` need: the trained model's explanations of both seed sets.
 
@@ -425,8 +437,7 @@ class SanityCheck:
         """
         classes = sorted(dict.fromkeys(int(c) for c in classes))
         first, second = side_seeds(seeds)
-        stages = max(sum(1 for v, _, _ in self.plan if v == variant) for variant in self.variants)
-        check_size(len(classes), len(first), stages, self.n_perm, self.alpha)
+        self.check_design(len(classes), seeds)
         base = self.trained_explanations(classes, first + second, trained).sorted()
         # Each distinct randomization runs once (the first cascading and independent stages
         # randomize the same block).
