@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -76,12 +77,17 @@ def _ray_shard(info: dict, payload_box: list, jobs, index: int, hook, device: st
     return run_shard(_WORKER_ENGINES[key], jobs, info["batch_size"], index, hook)
 
 
+#: With "0", Ray binds a one-machine cluster to loopback (127.0.0.1) rather than the network address.
+LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
 def init_ray(address=None, quiet: bool = False) -> bool:
     """Connect to the Ray cluster at `address`, or start a one-machine cluster on loopback.
 
     Ray 2.60 on Linux binds a one-machine cluster to the machine's network address unless
-    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set; without an address it is set here (where the
-    environment does not set it already), so a local cluster never listens beyond loopback.
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set (`LOOPBACK_VAR`); without an address it is set
+    here where the environment does not set it, so a local cluster never listens beyond
+    loopback.
 
     Returns:
         True where this call initialized Ray (the caller shuts it down), False where Ray was
@@ -90,6 +96,13 @@ def init_ray(address=None, quiet: bool = False) -> bool:
     Raises:
         RuntimeError: Ray is not installed.
     """
+    if address is None:
+        os.environ.setdefault(LOOPBACK_VAR, "0")
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and os.environ[LOOPBACK_VAR] == "0":
+            # Ray reads the variable once, when it is imported; where that was before it was set
+            # here, the setting it derived is corrected (Ray 2.60's name for it).
+            constants.ENABLE_RAY_CLUSTER = False
     try:
         import ray
     except ImportError:
@@ -98,8 +111,6 @@ def init_ray(address=None, quiet: bool = False) -> bool:
         return False
     import logging
 
-    if address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING if quiet else logging.INFO)
     return True
 

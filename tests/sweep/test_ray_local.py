@@ -1,5 +1,7 @@
 """A one-machine Ray cluster started by the package (no address) listens on loopback only, and
 runs the study's tasks (`sweep.tasks.run_tasks`) as the local executor does."""
+import os
+
 import pytest
 
 from flowam_fast.sweep.executors import init_ray
@@ -21,8 +23,6 @@ def test_local_cluster_is_on_loopback_and_runs_tasks(monkeypatch):
     try:
         with deadline(120):
             assert init_ray(None, quiet=True) is True
-            import os
-
             assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
             assert ray.util.get_node_ip_address() == "127.0.0.1"
             assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
