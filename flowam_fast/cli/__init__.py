@@ -17,8 +17,8 @@ COMMANDS = {
     "explain": ("flowam_fast.cli.explain", "run FlowAM (or a baseline) over a (class x seed) grid"),
     "view": ("flowam_fast.cli.view", "summarize a stored set of explanations; write its HTML viewer or PNG sheet"),
     "evaluate": ("flowam_fast.cli.evaluate", "metrics of stored explanations against real data"),
-    "sanity": ("flowam_fast.cli.sanity", "the model-parameter randomization sanity check, a permutation test per stage"),
-    "study": ("flowam_fast.cli.study", "the faithfulness study of one model (the demo's, or any), resumable, local or on Ray"),
+    "sanity": ("flowam_fast.cli.sanity", "the model-parameter randomization check, a permutation test per stage"),
+    "study": ("flowam_fast.cli.study", "the faithfulness study of one model, resumable, local or on Ray"),
     "bench": ("flowam_fast.cli.bench", "benchmark the fused kernels against the reference path"),
     "sweep": ("flowam_fast.cli.sweep", "a sharded (model x method x class x seed) sweep from a TOML spec, local or on Ray"),
 }

@@ -4,6 +4,7 @@ trade-off, the calibration; resumable, on local processes or Ray. `--demo-dir DI
 the model of `flowam-fast demo --out DIR` with its flows, data, evaluator and autoencoder."""
 from __future__ import annotations
 
+from ..am.names import ALIGNMENTS
 from .options import add_device_argument, device_of, parse_weights
 from .sanity import add_test_arguments
 
@@ -24,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
     p.add_argument("--batch-size", type=int, default=None, help="jobs per AM batch (default: a run's jobs at once)")
     p.add_argument("--flow-weights", default="0,10,100", help="FlowAM's flow weights (0 is regularized AM)")
+    p.add_argument("--alignment", choices=ALIGNMENTS, default=ALIGNMENTS[0],
+                   help="FlowAM's flow term: per-channel mean and std, or per-channel quantiles (flows with quantiles)")
     p.add_argument("--vanilla", action="store_true", help="also test plain AM")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where the AM runs go: local processes, or Ray tasks")
@@ -49,8 +52,9 @@ def run(args) -> int:
                        autoencoder=args.autoencoder, demo_dir=args.demo_dir, classes=classes,
                        num_classes=args.num_classes, seeds=args.seeds, steps=args.steps, lr=args.lr,
                        flow_weights=parse_weights(args.flow_weights), vanilla=args.vanilla, variants=variants,
-                       alpha=args.alpha, n_perm=args.permutations, executor=args.executor, address=args.address,
-                       workers=args.workers, device=device_of(args), quiet=args.quiet, batch_size=args.batch_size,
+                       alpha=args.alpha, n_perm=args.permutations, alignment=args.alignment,
+                       executor=args.executor, address=args.address, workers=args.workers, device=device_of(args),
+                       quiet=args.quiet, batch_size=args.batch_size,
                        calibration={"draws": args.calibration_draws,
                                     "power_draws": max(1, args.calibration_draws // 2)})
     print(result)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .. import provenance
 from ..am.autoencoder import load_autoencoder
 from ..am.explanations import Explanations
-from ..am.names import METHODS
+from ..am.names import ALIGNMENTS, METHODS
 from ..am.flows import Flows
 from ..data import ModelNet40
 from ..evaluation.calibration import calibrate
@@ -41,6 +41,7 @@ from ..evaluation.permutation import ALPHA, N_PERM
 from ..evaluation.sanity import (CLASS_REFS, REALISM_REFS, SEEDS_PER_SIDE, VARIANTS, SanityCheck, side_seeds,
                                  stage_name, tradeoff)
 from ..models import load_checkpoint
+from ..sweep.driver import remove_temporaries
 from ..sweep.inputs import file_digest
 from ..sweep.tasks import run_tasks
 
@@ -142,7 +143,8 @@ def _weight(check) -> dict:
 def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencoder=None, demo_dir=None,
               classes=None, num_classes: int = STUDY_CLASSES, seeds: int = SEEDS_PER_SIDE, steps: int = STUDY_STEPS,
               lr: float = 0.01, flow_weights=STUDY_WEIGHTS, vanilla: bool = False, variants=VARIANTS,
-              alpha: float = ALPHA, n_perm: int = N_PERM, executor: str = "local", address=None, workers: int = 2,
+              alpha: float = ALPHA, n_perm: int = N_PERM, alignment: str = "moments", executor: str = "local",
+              address=None, workers: int = 2,
               device="cpu", quiet: bool = False, calibration: dict | None = None, batch_size: int | None = None):
     """Run the faithfulness study of one model into `out` (see the module docstring).
 
@@ -167,6 +169,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
         variants: "cascading", "independent" or both.
         alpha: Level of each test after Holm's adjustment.
         n_perm: Permutations of each test.
+        alignment: FlowAM's flow term, "moments" or "quantiles" (flows with quantiles).
         executor: "local" (processes) or "ray".
         address: The Ray cluster's address; None starts a local one on loopback.
         workers: Local processes (executor "local").
@@ -183,6 +186,8 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
         ValueError: Too few classes or seeds for the test, or invalid settings.
     """
     t0 = time.perf_counter()
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
     if demo_dir is not None:
         paths = demo_inputs(demo_dir)
     else:
@@ -207,7 +212,8 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
     classes = list(range(min(num_classes, fl.num_classes))) if classes is None else [int(c) for c in classes]
     first, second = side_seeds(seeds)
     references = ("vanilla",) * bool(vanilla) + STUDY_REFERENCES
-    am = dict(steps=steps, lr=lr, num_points=num_points, alpha=alpha, n_perm=n_perm, batch_size=batch_size)
+    am = dict(steps=steps, lr=lr, num_points=num_points, alignment=alignment, alpha=alpha, n_perm=n_perm,
+              batch_size=batch_size)
     inputs_hash = _hash([file_digest(paths["model"]), file_digest(paths["flows"]), file_digest(paths["autoencoder"]),
                          str(Path(paths["data"]).resolve()), len(train_set.labels), str(device)])
     stores = [Explanations.load(p) for p in paths["stores"]]
@@ -226,8 +232,10 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
     plan = checks[0].plan
     stage_tasks = len(checks) * len({tuple(sorted(m)) for _, _, m in plan})
     bar = tqdm(total=len(checks) + stage_tasks, disable=quiet, unit="run", desc="study")
-    runs = _Runs(out, (net, fl, train_set, ae), inputs_hash, {"num_points": num_points, "steps": steps, "lr": lr,
-                                                              "batch_size": batch_size},
+    if (out / "runs").is_dir():
+        remove_temporaries(out / "runs")  # a study killed while saving a run leaves its temporary
+    runs = _Runs(out, (net, fl, train_set, ae), inputs_hash, {k: am[k] for k in ("num_points", "steps", "lr",
+                                                                                  "alignment", "batch_size")},
                  executor, address, workers, bar)
     known = {c.label: next((e for e in stores if (e.method, e.config) == (c.method, c.am_config)), None)
              for c in checks}
