@@ -1,5 +1,6 @@
 """Evaluation of explanations: metrics (success, Chamfer, EMD, FID, m-IS), the evaluator
-PointNet, the randomization sanity check as a calibrated permutation test, reports and plots. Uses am and everything below it."""
+PointNet, the randomization sanity check as a calibrated permutation test, reports and
+plots. Uses am and everything below it."""
 from . import metrics
 from .evaluator import load_evaluator, real_data
 from .report import RealData, evaluate_sets, method_table, write_report

@@ -1,8 +1,14 @@
 """The faithfulness study (`flowam-fast study`) on a tiny demo-like directory: every check of the
 trade-off with its calibration in one report, its AM runs saved one file each, and a study
-stopped part-way and run again repeats nothing finished and writes the same report."""
+killed part-way and run again repeats nothing finished and writes the same report."""
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +18,7 @@ from flowam_fast.data import generate_shapes
 from flowam_fast.evaluation.sanity import randomization_groups
 from flowam_fast.models import load_checkpoint
 from flowam_fast.pipelines import study
+from tests.sweep.conftest import deadline
 
 #: 3 classes x 3 seeds a side, 199 permutations: enough for Holm over a PointNet's 8 stages.
 TINY = dict(num_classes=3, seeds=3, steps=2, flow_weights=(0.0, 10.0), variants=("cascading",), n_perm=199,
@@ -68,27 +75,6 @@ def test_study_report(demo_dir, studied):
     assert len(list((out / "runs").glob("*/*.h5"))) == len(calls)
 
 
-def test_a_stopped_study_resumes_and_writes_the_same_report(demo_dir, studied, tmp_path, monkeypatch):
-    """Stopped part-way: some runs' files never written (a run is saved atomically when it
-    finishes, so a killed run leaves no file), and no report. The rerun makes exactly the
-    missing runs and writes the same report."""
-    first, res, _ = studied
-    out = tmp_path / "study"
-    shutil.copytree(first, out)
-    runs = sorted((out / "runs").glob("*/*.h5"))
-    for path in runs[::5]:
-        path.unlink()
-    for name in ("sanity.json", "sanity.md"):
-        (out / name).unlink()
-    calls = _counting(monkeypatch)
-    again = study.run_study(out, demo_dir=demo_dir, **TINY)
-    assert len(calls) == len(runs[::5])
-    assert json.loads((out / "sanity.json").read_text()) == json.loads((first / "sanity.json").read_text())
-    assert again.methods == res.methods
-    md, tables = (first / "sanity.md").read_text(), (out / "sanity.md").read_text()
-    assert tables[tables.index("| method |"):] == md[md.index("| method |"):]
-
-
 def test_study_inputs_and_errors(demo_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a finished demo directory"):
         study.demo_inputs(tmp_path)
@@ -113,3 +99,34 @@ def test_study_cli(demo_dir, studied, tmp_path, monkeypatch):
     methods = json.loads((out / "sanity.json").read_text())["methods"]
     assert methods == studied[1].methods
     assert main(["study", "--demo-dir", str(tmp_path / "nothing"), "--out", str(out)]) == 1
+
+
+def test_a_study_killed_with_sigkill_repeats_nothing_finished(demo_dir, studied, tmp_path, monkeypatch):
+    """The command killed with SIGKILL part-way through its runs, then run again: the runs it
+    finished are kept (each is saved atomically when it finishes), only the others are made,
+    and the report is the uninterrupted study's."""
+    out = tmp_path / "killed"
+    cli = ["study", "--demo-dir", str(demo_dir), "--out", str(out), "--num-classes", "3", "--seeds", "3",
+           "--steps", "2", "--flow-weights", "0,10", "--variants", "cascading", "--permutations", "199",
+           "--workers", "1", "--quiet"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "flowam_fast.cli", *cli], env=env)
+    try:
+        with deadline(240):
+            while len(list(out.glob("runs/*/*.h5"))) < 3 and proc.poll() is None:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    finished = len(list(out.glob("runs/*/*.h5")))
+    total = len(studied[2])
+    assert proc.returncode == -signal.SIGKILL and 3 <= finished < total and not (out / "sanity.json").exists()
+    calls = _counting(monkeypatch)
+    result = study.run_study(out, demo_dir=demo_dir, **TINY)
+    assert len(calls) == total - finished
+    assert result.methods == studied[1].methods and result.tradeoff == studied[1].tradeoff
+    first = studied[0]
+    assert json.loads((out / "sanity.json").read_text()) == json.loads((first / "sanity.json").read_text())
+    md, again = (first / "sanity.md").read_text(), (out / "sanity.md").read_text()
+    assert again[again.index("| method |"):] == md[md.index("| method |"):]  # all but the provenance header
