@@ -1,4 +1,5 @@
-# Two entry points for a fresh machine: `make demo` and `make test` (see README).
+# Two entry points for a fresh machine: `make demo` and `make test` (see README); `make study`
+# after `make demo`.
 # CUDA users pick their torch build, e.g.
 #   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
@@ -16,7 +17,7 @@ EXT_INPUTS := $(shell find csrc -type f 2>/dev/null) setup.py pyproject.toml $(V
 	$(wildcard $(VENV)/lib/python*/site-packages/torch/version.py)
 BUILT := $(VENV)/.built
 
-.PHONY: setup demo test bench build docs cmake-check
+.PHONY: setup demo study test bench build docs cmake-check
 
 # The venv with torch and what the extension build needs (their pins are requirements.txt's),
 # then two independent jobs that make runs side by side (-j2): the rest of the packages, and
@@ -46,6 +47,11 @@ setup: $(VENV)/.deps build
 
 demo: setup
 	$(VENV)/bin/flowam-fast demo --model $(DEMO_MODEL) --out $(DEMO_OUT)
+
+# The faithfulness study of the demo's model, on its outputs (run `make demo` first): into
+# $(DEMO_OUT)/study; a rerun repeats nothing finished.
+study: setup
+	$(VENV)/bin/flowam-fast study --demo-dir $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .. import ops
 from .explanations import Explanations
 from .flows import Flows, describe_model
-from .spaces import LatentSpace, PointSpace, initial_points
+from .spaces import BoxSpace, LatentSpace, PointSpace, initial_points
 from ..models.activations import default_layers, get_activations
 from ..models.adapter import classify
 from .names import ALIGNMENTS, METHODS, PRESETS
@@ -131,8 +131,10 @@ class FlowAM:
         method: "flowam" (logit, flow alignment, continuity, bounds), "vanilla" (logit only,
             no clamp), "regularized" (logit, continuity, bounds) or "ae-latent" (logit only,
             optimized in the latent space of `autoencoder`, whose decoding the classifier
-            sees).
-        steps: Adam steps per job.
+            sees), or "random", the control of the randomization check: uniform clouds in the
+            flows' data bounds, seeded by (class, seed), with no step taken (the config
+            records steps=0), so that they do not depend on the model at all.
+        steps: Adam steps per job (ignored by "random").
         lr: Adam's learning rate.
         flow_weight: Weight of the flow alignment term; None takes the method's preset.
         continuity_weight: Weight of the continuity term; None takes the method's preset.
@@ -177,6 +179,8 @@ class FlowAM:
         cl = cl if clamp is None else bool(clamp)
         if continuity_k is None:
             continuity_k = flows.continuity_k if flows is not None else 3
+        if method == "random":
+            steps, cl = 0, True  # its clouds are drawn in the bounds, never optimized
         if steps < 0 or lr <= 0 or num_points < continuity_k + 1:
             raise ValueError("need steps >= 0, lr > 0 and num_points > continuity_k")
         if (fw > 0 or cw > 0 or (cl and autoencoder is None)) and flows is None:
@@ -376,6 +380,8 @@ class FlowAM:
         cfg = self.config
         if self.autoencoder is not None:
             return LatentSpace(self.autoencoder, cfg.clamp)
+        if cfg.method == "random":
+            return BoxSpace(cfg, self.flows.lo.to(self.device), self.flows.hi.to(self.device))
         if cfg.clamp:
             return PointSpace(cfg, self.flows.lo.to(self.device), self.flows.hi.to(self.device))
         return PointSpace(cfg)

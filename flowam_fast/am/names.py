@@ -3,7 +3,9 @@ presets, free of torch so that the command line lists them in its help without i
 engine."""
 from __future__ import annotations
 
-METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
+#: "random" is the control of the randomization check: uniform clouds in the data bounds, seeded
+#: by (class, seed), no optimization, so its explanations cannot depend on the model.
+METHODS = ("flowam", "vanilla", "regularized", "ae-latent", "random")
 #: The flow term's statistics: per-channel mean and std over the points ("moments", docs/design.md's
 #: objective), or each channel's whole distribution over the points ("quantiles": a 1-D
 #: Wasserstein-2 distance per channel, `ops.quantile_align`; needs flows with quantiles).
@@ -15,6 +17,7 @@ PRESETS = {
     "regularized": (0.0, 1.0, True),
     "vanilla": (0.0, 0.0, False),
     "ae-latent": (0.0, 0.0, True),
+    "random": (0.0, 0.0, True),
 }
 
 #: The classifier architectures, by the names checkpoints and the command line use: the keys of

@@ -1,6 +1,6 @@
 """The search spaces of the engine: where Adam runs, how a job's start is drawn, and the
 projection after each step. PointSpace optimizes the points themselves; LatentSpace an
-autoencoder's latent codes (the generative baseline). A job's start depends only on its
+autoencoder's latent codes (the generative baseline); BoxSpace the random control's clouds. A job's start depends only on its
 (class, seed), never on the batch it runs in."""
 from __future__ import annotations
 
@@ -47,6 +47,17 @@ class PointSpace:
     def project(self, p):
         if self.lo is not None:
             p.clamp_(self.lo, self.hi)
+
+
+class BoxSpace(PointSpace):
+    """Method "random": each job's cloud is uniform in the data bounds [lo, hi], drawn by the
+    job's own generator; the engine runs no step on it."""
+
+    def init(self, jobs):
+        n = self.cfg.num_points
+        lo, hi = self.lo.cpu(), self.hi.cpu()
+        return torch.stack([lo + (hi - lo) * torch.rand(n, 3, generator=torch.Generator().manual_seed(job_seed(c, s)))
+                            for c, s in jobs])
 
 
 class LatentSpace:

@@ -17,7 +17,8 @@ COMMANDS = {
     "explain": ("flowam_fast.cli.explain", "run FlowAM (or a baseline) over a (class x seed) grid"),
     "view": ("flowam_fast.cli.view", "summarize a stored set of explanations; write its HTML viewer or PNG sheet"),
     "evaluate": ("flowam_fast.cli.evaluate", "metrics of stored explanations against real data"),
-    "sanity": ("flowam_fast.cli.sanity", "cascading model-parameter randomization sanity check"),
+    "sanity": ("flowam_fast.cli.sanity", "the model-parameter randomization check, a permutation test per stage"),
+    "study": ("flowam_fast.cli.study", "the faithfulness study of one model, resumable, local or on Ray"),
     "bench": ("flowam_fast.cli.bench", "benchmark the fused kernels against the reference path"),
     "attribute": ("flowam_fast.cli.attribute", "local explanations (attributions) of every cloud of a split, with "
                   "faithfulness curves"),

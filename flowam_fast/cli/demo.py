@@ -1,9 +1,9 @@
 """`flowam-fast demo --out DIR`: the whole pipeline on the embedded procedural shapes
-(pipelines/demo.py)."""
+(pipelines/demo.py); `flowam-fast study --demo-dir DIR` then tests its faithfulness."""
 from __future__ import annotations
 
 from ..am.names import ALIGNMENTS, DEMO_MODELS
-from .options import add_device_argument, device_of, parse_weights
+from .options import add_device_argument, device_of
 
 
 def add_arguments(p) -> None:
@@ -23,15 +23,6 @@ def add_arguments(p) -> None:
                         "(flowam_fast.data.SHAPE_CLASSES)")
     p.add_argument("--train-per-class", type=int, default=200, help="training samples per class")
     p.add_argument("--test-per-class", type=int, default=50, help="test samples per class")
-    p.add_argument("--sanity-classes", default="cube,cone,torus,chair",
-                   help='classes of the sanity check ("none" skips it)')
-    p.add_argument("--sanity-seeds", type=int, default=3,
-                   help="seeds per class in the sanity check, at least 2 (3 gives 3 seed pairs per class for its "
-                        "seed-to-seed threshold)")
-    p.add_argument("--flow-weights", default="default",
-                   help='the flow weight trade-off at these weights on the sanity classes, e.g. "0,1,10,100", with '
-                        'the sanity check ("none" skips it; default: 0,10,100 for the pointnet demo with moments, '
-                        'none for the dgcnn one or with quantiles; each weight costs one sanity check)')
     p.add_argument("--alignment", choices=ALIGNMENTS, default=None,
                    help="FlowAM's flow term: per-channel mean and std, or per-channel quantiles (default: the demo "
                         "model's, flowam_fast.pipelines.demo.DEMO_FLOWAM)")
@@ -47,12 +38,6 @@ def run(args) -> int:
 
     run_demo(args.out, seeds=args.seeds, steps=args.steps, epochs=args.epochs, ae_epochs=args.ae_epochs,
              evaluator_epochs=args.evaluator_epochs, shapes=args.shapes, train_per_class=args.train_per_class,
-             test_per_class=args.test_per_class, sanity_classes=args.sanity_classes, sanity_seeds=args.sanity_seeds,
-             fresh=args.fresh, quiet=args.quiet, device=device_of(args), model=args.model,
-             tradeoff_weights=_weights(args.flow_weights), alignment=args.alignment, flow_weight=args.flow_weight)
+             test_per_class=args.test_per_class, fresh=args.fresh, quiet=args.quiet, device=device_of(args),
+             model=args.model, alignment=args.alignment, flow_weight=args.flow_weight)
     return 0
-
-
-def _weights(text: str):
-    text = text.strip()
-    return text if text == "default" else None if text == "none" else parse_weights(text)

@@ -1,4 +1,4 @@
-"""Model-parameter randomization sanity checks (Adebayo et al., 2018), adapted to AM.
+"""Model-parameter randomization sanity checks (Adebayo et al., 2018), adapted to AM, as a test.
 
 An explanation method is faithful to the model only if its explanations change when the
 model's parameters are destroyed. Here:
@@ -9,27 +9,34 @@ model's parameters are destroyed. Here:
   A block is re-initialized as at construction (``reset_parameters``: PyTorch's default
   random weights; BatchNorm back to the identity with fresh running statistics), seeded by
   the block's module names, so a block gets the same random weights in both variants.
-- At each stage the explanations are regenerated with the same classes, seeds and config.
+- At each stage the explanations are regenerated with the same classes and config.
   Everything the method derives from the model is derived again: FlowAM's activation flows
   are recomputed on the randomized model (its data bounds and continuity target come from
   the data and do not change). The autoencoder of "ae-latent" is not the classifier and
   stays as it is.
-- Similarity of each job's explanation to the trained model's explanation of the same
-  (class, seed): the Chamfer distance (lower = more similar) and the Spearman rank
-  correlation of the evaluator PointNet's 1024-d global features (higher = more similar).
+- **Disjoint seeds.** With S seeds per side, the trained model is explained with seeds
+  0..S-1 and every randomized model with seeds S..2S-1 (`side_seeds`), so a method whose
+  output is mostly its initial cloud cannot look unchanged because both sides started from
+  the same cloud.
 
-**Threshold.** The reference is the trained model's own seed-to-seed variation: the same
-two measures between explanations of the same class from different seeds (every pair).
-A stage has *changed* the explanations when its mean Chamfer distance exceeds the seed-to-seed
-mean by more than ``SIGMAS`` (2) seed-to-seed standard deviations **and** its mean Spearman
-correlation is below the seed-to-seed mean by more than ``SIGMAS`` standard deviations. A
-variant passes when every one of its stages changed the explanations; the method passes the
-sanity check when both variants pass. A method whose explanations survive the
-randomization of the classifier (as generative-model AM can: the generator alone makes
-realistic shapes) fails. At least two seeds are needed for the seed-to-seed reference.
-Each stage also reports how far it moved in seed-to-seed standard deviations
-(``chamfer_margin``, ``spearman_margin``; changed = both above ``SIGMAS``), which tells a
-narrow miss from no change at all.
+**The test** (`evaluation.permutation`): per stage, a two-sample permutation test,
+stratified by class, of "the randomized model's explanations of each class are distributed
+like the trained model's". Its statistic combines the energy distances of two distances
+between explanations: the Chamfer distance between clouds, and the Euclidean distance between
+the evaluator PointNet's global features after ranking them within each cloud and scaling the
+centred ranks to unit length (``sqrt(2 (1 - Spearman))``: a metric, insensitive to the
+features' overall scale, and the rank correlation the previous check measured). Per stage:
+``p_value``; ``p_adjusted``, Holm's adjustment over the stages of the variant; ``effect``,
+the probability that a randomized explanation is farther from a trained one than two trained
+ones are from each other (same class; 0.5 = no change, 1 = every cross pair farther apart),
+averaged over the two distances, with ``effect_ci``, a 95% bootstrap interval; and
+``changed`` = ``p_adjusted`` < ``alpha``. A variant passes when every stage changed; the
+method passes when both variants pass. A design whose tests cannot reach ``alpha`` after
+Holm's adjustment (too few seeds or permutations) is refused before anything runs
+(`permutation.check_size`). A *null* row compares the trained model with itself (seeds
+0..S-1 against S..2S-1): it should come out unchanged, and it is not part of the verdict.
+The control method "random" (uniform clouds in the data bounds, independent of the model)
+must come out unchanged at every stage.
 
 **Realism under randomization** (reported beside the verdict, not part of it; defined before
 any result was looked at). The paper's argument against generative AM is that it shows
@@ -51,8 +58,11 @@ import zlib
 import numpy as np
 import torch
 from scipy.stats import rankdata
+from tqdm import tqdm
 
 from . import metrics
+from .permutation import ALPHA, N_BOOT, N_PERM, check_size, effect, holm, permutation_test
+from .sanity_report import SanityResult
 from ..am.engine import FlowAM
 from ..am.explanations import Explanations
 from ..am.flows import compute_flows
@@ -64,8 +74,10 @@ VARIANTS = ("cascading", "independent")
 REALISM_REFS = 5
 #: Real test samples per class for the trade-off's perceptibility (as the metrics' Chamfer).
 CLASS_REFS = 20
-#: How many seed-to-seed standard deviations a stage must move past the seed-to-seed mean.
-SIGMAS = 2.0
+#: Seeds per class on each side of the test by default.
+SEEDS_PER_SIDE = 4
+#: The distances the test combines, in the order of its (K, C, m, m) matrices.
+DISTANCES = ("chamfer", "features")
 
 
 def randomization_groups(model) -> list:
@@ -115,34 +127,77 @@ def stage_plan(groups, variants=VARIANTS) -> list:
     return plan
 
 
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rank correlation of each row of a with the same row of b (ties get mean ranks)."""
-    ra = rankdata(np.asarray(a, np.float64), axis=1)
-    rb = rankdata(np.asarray(b, np.float64), axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    den = np.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
-    # A constant row has no ranking; call it uncorrelated rather than divide by zero.
-    return np.where(den > 0, (ra * rb).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+def side_seeds(per_side: int) -> tuple[list, list]:
+    """The seeds of each side of the test: (trained model's 0..S-1, randomized models' S..2S-1).
+
+    Raises:
+        TypeError: per_side is not an int (a list of seeds was given).
+    """
+    if isinstance(per_side, bool) or not isinstance(per_side, (int, np.integer)):
+        raise TypeError(f"seeds is the number of seeds per class on each side (an int; the trained model gets "
+                        f"0..S-1, the randomized ones S..2S-1), got {per_side!r}")
+    return list(range(int(per_side))), list(range(int(per_side), 2 * int(per_side)))
 
 
-def _chamfer_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return metrics.chamfer(torch.as_tensor(a, dtype=torch.float32),
-                           torch.as_tensor(b, dtype=torch.float32)).double().numpy()
+def rank_vectors(features) -> np.ndarray:
+    """Each row's ranks (ties get mean ranks), centred and scaled to unit length: the Euclidean
+    distance between two such rows is sqrt(2 (1 - Spearman)). A constant row stays zero."""
+    r = rankdata(np.asarray(features, np.float64), axis=1)
+    r -= r.mean(1, keepdims=True)
+    norm = np.linalg.norm(r, axis=1, keepdims=True)
+    return np.where(norm > 0, r / np.where(norm > 0, norm, 1.0), 0.0)
 
 
-def seed_pairs(classes: np.ndarray, seeds: np.ndarray):
-    """Index pairs (i, j), i < j, of jobs with the same class and different seeds."""
-    same = (classes[:, None] == classes[None, :]) & (seeds[:, None] != seeds[None, :])
-    i, j = np.nonzero(np.triu(same, k=1))
-    return i, j
+def _chamfer_pairs(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
+    out = np.empty(len(a), np.float64)
+    for s in range(0, len(a), chunk):
+        out[s:s + chunk] = metrics.chamfer(torch.as_tensor(a[s:s + chunk], dtype=torch.float32),
+                                           torch.as_tensor(b[s:s + chunk], dtype=torch.float32)).double().numpy()
+    return out
+
+
+def cross_distances(a_points, a_ranks, b_points, b_ranks) -> np.ndarray:
+    """The test's distances (`DISTANCES`) between explanations of a and of b, class by class.
+
+    Args:
+        a_points: Clouds (C, A, N, 3), A per class.
+        a_ranks: Their evaluator features as `rank_vectors` (C, A, D).
+        b_points: Clouds (C, B, N, 3).
+        b_ranks: Their rank vectors (C, B, D).
+
+    Returns:
+        (K, C, A, B): the Chamfer distance and the feature distance of every pair of a class.
+    """
+    c, na, nb = a_points.shape[0], a_points.shape[1], b_points.shape[1]
+    ci, ai, bi = (g.ravel() for g in np.meshgrid(np.arange(c), np.arange(na), np.arange(nb), indexing="ij"))
+    cd = _chamfer_pairs(a_points[ci, ai], b_points[ci, bi]).reshape(c, na, nb)
+    fd = np.linalg.norm(a_ranks[:, :, None] - b_ranks[:, None, :], axis=-1)
+    return np.stack([cd, fd])
+
+
+def _within(points, ranks) -> np.ndarray:
+    """cross_distances of a set with itself, exactly symmetric with a zero diagonal."""
+    d = cross_distances(points, ranks, points, ranks)
+    d = (d + d.transpose(0, 1, 3, 2)) / 2
+    d[..., np.arange(d.shape[-1]), np.arange(d.shape[-1])] = 0.0
+    return d
+
+
+def _by_class(expl, classes, per_side: int):
+    """(points (C, S, N, 3), the sorted explanations) of a store holding every (class, seed)."""
+    expl = expl.sorted()
+    got = sorted(set(expl.classes.tolist()))
+    if got != list(classes) or len(expl) != len(classes) * per_side:
+        raise ValueError(f"expected {per_side} explanations of each class {list(classes)}, got {len(expl)} of classes "
+                         f"{got}")
+    return expl.points.reshape(len(classes), per_side, *expl.points.shape[1:]), expl
 
 
 class SanityCheck:
-    """Runs the randomization stages for one method and measures how far explanations move.
+    """Runs the randomization stages for one method and tests each stage against the trained model.
 
-    The stages, the threshold and the verdict are those of the `flowam_fast.evaluation.sanity`
-    module.
+    The stages, the seeds, the test and the verdict are those of the
+    `flowam_fast.evaluation.sanity` module.
 
     Args:
         model: The trained classifier, (B, 3, N) -> logits (B, K), adapted with
@@ -152,22 +207,33 @@ class SanityCheck:
         flows: The trained model's flows (bounds, continuity target, layers).
         train_set: The training data, to recompute the flows of randomized models (needed
             when the method has a flow term); any dataset `compute_flows` reads.
-        method: The AM method, as in `FlowAM`.
+        method: The AM method, as in `FlowAM` ("random" is the model-independent control).
         autoencoder: The autoencoder of method "ae-latent".
         variants: "cascading", "independent" or both.
-        seed: Seed of the re-initialized weights.
+        seed: Seed of the re-initialized weights, the permutations and the bootstrap.
         references: Real clouds per class, {class: (R, M, 3)} (`metrics.references_by_class`),
             for the realism columns; None leaves them out.
-        quiet: No progress output.
+        quiet: No progress bar.
         flow_cache: A dict shared by checks of the same model, flows and seed that differ
             only in the objective (see `tradeoff`), so that each randomized model's flows are
             computed once (within this process).
         workers: Processes that run the stages (one thread each).
-        **am: Keyword arguments of `FlowAM`.
+        alpha: Level of the tests (after Holm's adjustment).
+        n_perm: Permutations of each test.
+        n_boot: Bootstrap draws of each effect's interval.
+        steps: AM steps (`FlowAM`).
+        lr: Adam's learning rate.
+        flow_weight: Weight of the flow term; None takes the method's preset.
+        continuity_weight: Weight of the continuity term; None takes the method's preset.
+        num_points: Points per explanation.
+        alignment: The flow term's statistics, "moments" or "quantiles".
+        batch_size: Jobs optimized together; None runs each stage's jobs in one batch.
+        **am: Other keyword arguments of `FlowAM` (init, init_scale, clamp, layers, ...).
 
     Attributes:
         plan: The stages, as (variant, stage name, module names randomized), in run order.
         am_config: The AM config (JSON) of the method's explanations, as their stores record it.
+        label: The method's name in tables: "flowam w=<flow weight>" for FlowAM, else the method.
 
     Raises:
         ValueError: workers < 1, an unknown variant, invalid FlowAM arguments, or a method
@@ -176,7 +242,10 @@ class SanityCheck:
 
     def __init__(self, model, evaluator, flows=None, train_set=None, method: str = "flowam", autoencoder=None,
                  variants=VARIANTS, seed: int = 0, references: dict | None = None, quiet: bool = False,
-                 flow_cache: dict | None = None, workers: int = 1, **am):
+                 flow_cache: dict | None = None, workers: int = 1, alpha: float = ALPHA, n_perm: int = N_PERM,
+                 n_boot: int = N_BOOT, steps: int = 600, lr: float = 0.01, flow_weight: float | None = None,
+                 continuity_weight: float | None = None, num_points: int = 1024, alignment: str = "moments",
+                 batch_size: int | None = None, **am):
         self.model = model
         self.evaluator = evaluator
         self.flows = flows
@@ -188,8 +257,13 @@ class SanityCheck:
         self.quiet = quiet
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         self.workers = int(workers)
-        self.am = am
+        self.alpha, self.n_perm, self.n_boot = float(alpha), int(n_perm), int(n_boot)
+        self.batch_size = batch_size
+        self.am = dict(steps=steps, lr=lr, flow_weight=flow_weight, continuity_weight=continuity_weight,
+                       num_points=num_points, alignment=alignment, **am)
         self.plan = stage_plan(randomization_groups(model), variants)
         # flow_cache: shared by checks of one model that differ in the objective only (the
         # trade-off's flow weights): a randomized model's flows do not depend on the weights.
@@ -199,13 +273,19 @@ class SanityCheck:
         engine = self._engine(model, flows)
         #: The AM config (JSON) of the method's explanations, as their stores record it.
         self.am_config = engine.config.to_json()
+        self.label = f"flowam w={engine.config.flow_weight:g}" if method == "flowam" else method
         self._uses_flows = engine.config.flow_weight > 0
         if self._uses_flows and train_set is None:
             raise ValueError(f"method {method!r} aligns activation flows, which must be recomputed for each "
                              "randomized model: pass train_set=")
 
+    def __repr__(self) -> str:
+        return (f"SanityCheck({self.label!r}, {len(self.plan)} stages ({', '.join(self.variants)}), "
+                f"alpha={self.alpha:g}, n_perm={self.n_perm})")
+
     def _engine(self, model, flows):
-        return FlowAM(model, flows, method=self.method, autoencoder=self.autoencoder, quiet=self.quiet, **self.am)
+        # Quiet: the check shows one bar over its stages, not one per AM run.
+        return FlowAM(model, flows, method=self.method, autoencoder=self.autoencoder, quiet=True, **self.am)
 
     def _flows_for(self, model, classes, randomized=()):
         """The flows of `classes` on `model`; only their samples are read (the others' flows
@@ -281,14 +361,14 @@ class SanityCheck:
         """
         engine = self._engine(self.model, self.flows)
         if known is None:
-            return engine.run(classes, seeds)
+            return engine.run(classes, seeds, batch_size=self.batch_size)
         if (known.method, known.config) != (self.method, engine.config.to_json()):
             raise ValueError(f"the known explanations were made with method {known.method!r} and config "
                              f"{known.config}, not {self.method!r} and {engine.config.to_json()}")
         have = known.select(classes, seeds)
         done = set(zip(have.classes.tolist(), have.seeds.tolist()))
         missing = [(int(c), int(s)) for c in classes for s in seeds if (int(c), int(s)) not in done]
-        return Explanations.concat([have, engine.run_jobs(missing)]) if missing else have
+        return Explanations.concat([have, engine.run_jobs(missing, batch_size=self.batch_size)]) if missing else have
 
     def explain(self, model, classes, seeds, flows=None):
         """Explanations of `model` (trained or randomized) by this check's method and settings.
@@ -300,10 +380,10 @@ class SanityCheck:
             flows: The flows of `model`; None takes the trained model's.
         """
         flows = self.flows if flows is None else flows
-        return self._engine(model, flows).run(classes, seeds)
+        return self._engine(model, flows).run(classes, seeds, batch_size=self.batch_size)
 
-    def _features(self, expl) -> np.ndarray:
-        return metrics.evaluator_features(self.evaluator, expl.points)["global"]
+    def _ranks(self, points) -> np.ndarray:
+        return rank_vectors(metrics.evaluator_features(self.evaluator, points)["global"])
 
     def _realism(self, expl) -> dict:
         if not self.references:
@@ -311,132 +391,181 @@ class SanityCheck:
         dist, cls = metrics.nearest_class(expl.points, self.references)
         return {"nearest_real": float(dist.mean()), "nearest_is_target": float((cls == expl.classes).mean())}
 
-    def stage(self, mods, classes, seeds, base_points, base_feat):
-        """Explain one randomized model and compare with the trained model's explanations.
+    def stage(self, mods, classes, seeds):
+        """The explanations of the trained model with `mods` re-initialized.
 
         Args:
             mods: Names of the modules re-initialized.
             classes: Target classes.
-            seeds: Seeds of each class.
-            base_points: The trained model's explanations (J, N, 3), in (class, seed) order.
-            base_feat: Their evaluator features (J, D).
+            seeds: Seeds of each class (the randomized side's, `side_seeds`).
 
         Returns:
-            A tuple of the Chamfer distance (J,) and the Spearman correlation (J,) of each
-            job to the trained model's explanation, and a dict of the success rate and the
-            realism columns.
+            The randomized model's explanations, in (class, seed) order.
         """
         m = copy.deepcopy(self.model)
         randomize(m, mods, self.seed)
-        expl = self.explain(m, classes, seeds, self._flows_for(m, classes, mods)).sorted()
-        cd = _chamfer_pairs(base_points, expl.points)
-        sp = spearman_rows(base_feat, self._features(expl))
-        return cd, sp, {"success": float(expl.success.mean()), **self._realism(expl)}
+        return self.explain(m, classes, seeds, self._flows_for(m, classes, mods)).sorted()
 
-    def prepare(self, classes, seeds, trained=None) -> dict:
-        """What the stages of `run` need.
+    def check_design(self, num_classes: int, seeds: int) -> None:
+        """Refuse a design whose tests cannot reach alpha after Holm's adjustment over the
+        stages of a variant (`permutation.check_size`).
+
+        Raises:
+            TypeError: seeds is not an int.
+            ValueError: Too few classes, seeds or permutations; the message says how many.
+        """
+        first, _ = side_seeds(seeds)
+        stages = max(sum(1 for v, _, _ in self.plan if v == variant) for variant in self.variants)
+        check_size(num_classes, len(first), stages, self.n_perm, self.alpha)
+
+    def prepare(self, classes, seeds: int = SEEDS_PER_SIDE, trained=None) -> dict:
+        """What the stages of `run` need: the trained model's explanations of both seed sets.
 
         Args:
             classes: Target classes.
-            seeds: Seeds of each class, at least two (the threshold is the seed-to-seed
-                variation).
+            seeds: Seeds per class on each side (`side_seeds`).
             trained: Known explanations of the trained model (see `trained_explanations`).
 
         Returns:
-            A dict of the trained model's explanations, their features, and the distinct
-            randomizations to run.
+            A dict of the classes, the seeds per side, the trained model's explanations (seeds
+            0..2S-1), the randomized seeds and the distinct randomizations to run ("todo").
 
         Raises:
-            ValueError: Fewer than two distinct seeds.
+            TypeError: seeds is not an int.
+            ValueError: Too few classes, seeds or permutations for the tests to reach alpha
+                after Holm's adjustment (the message says how many are needed).
         """
-        seeds = list(dict.fromkeys(int(s) for s in seeds))
-        if len(seeds) < 2:
-            raise ValueError("the sanity check needs at least 2 seeds: its threshold is the seed-to-seed variation")
-        base = self.trained_explanations(classes, seeds, trained).sorted()
+        classes = sorted(dict.fromkeys(int(c) for c in classes))
+        first, second = side_seeds(seeds)
+        self.check_design(len(classes), seeds)
+        base = self.trained_explanations(classes, first + second, trained).sorted()
         # Each distinct randomization runs once (the first cascading and independent stages
         # randomize the same block).
         todo = list(dict.fromkeys(tuple(sorted(mods)) for _, _, mods in self.plan))
         if self._uses_flows and self.workers > 1 and \
                 any(all(self._after_flow_layers(n) for n in key) for key in todo):
             self._trained_flows(classes)  # made once here, not once per worker process
-        return {"classes": classes, "seeds": seeds, "base": base, "base_feat": self._features(base), "todo": todo}
+        return {"classes": classes, "per_side": len(first), "seeds": second, "base": base, "todo": todo}
 
-    def run(self, classes, seeds, trained=None) -> dict:
-        """Run every stage of the plan on the (class, seed) grid.
+    def run(self, classes, seeds: int = SEEDS_PER_SIDE, trained=None) -> SanityResult:
+        """Run every stage of the plan and test it.
 
         Args:
             classes: Target classes.
-            seeds: Seeds of each class, at least two.
+            seeds: Seeds per class on each side: the trained model is explained with seeds
+                0..S-1 (and S..2S-1 for the null row), every randomized model with S..2S-1.
             trained: Explanations of the trained model already made with this method and
                 config (see `trained_explanations`), or None.
 
         Returns:
-            The result (JSON-ready): the config, the seed-to-seed reference, the threshold,
-            every stage's similarity, margins and realism, and the verdict per variant and
-            overall ("passes").
+            A `SanityResult` of this method (see `summarize` for what each stage holds).
+
+        Raises:
+            TypeError: seeds is not an int.
+            ValueError: Too few classes, seeds or permutations for the test (see `prepare`).
         """
         prep = self.prepare(classes, seeds, trained)
-        return self.summarize(prep, run_stages([self], [prep])[0])
+        result, pool = self.summarize(prep, run_stages([self], [prep], quiet=self.quiet)[0])
+        return SanityResult([result], pools=[pool])
 
-    def summarize(self, prep: dict, measured: list) -> dict:
-        """The result of `run` from `prepare`'s output and each randomization's `stage`.
+    def _test(self, dists, key) -> dict:
+        """p-value and effect of one comparison: dists (K, C, 2S, 2S), the trained side first."""
+        per_side = dists.shape[-1] // 2
+        side = np.zeros(dists.shape[1:3], bool)
+        side[:, per_side:] = True
+        seed = (self.seed * 1_000_003 + zlib.crc32(repr(key).encode())) % (2 ** 32)
+        test = permutation_test(dists, side, self.n_perm, seed)
+        eff = effect(dists, side, self.n_boot, seed)
+        return {"p_value": test["p_value"], "effect": eff["effect"], "effect_ci": eff["effect_ci"],
+                "effect_by_distance": dict(zip(DISTANCES, eff["effect_by_distance"]))}
+
+    def summarize(self, prep: dict, measured: list) -> tuple[dict, dict]:
+        """Test each stage, from `prepare`'s output and each randomization's `stage`.
 
         Args:
             prep: What `prepare` returned.
             measured: The output of `stage` for each of prep's randomizations, in order.
+
+        Returns:
+            A tuple of the result (JSON-ready: the config, the seeds, the null row, every
+            stage's p_value, p_adjusted, effect, effect_ci, effect_by_distance, changed,
+            success and realism columns, and the verdict per variant and overall, "passes")
+            and the pool: the distance matrices of each randomization, (K, C, 3S, 3S) over
+            the trained explanations of both seed sets and the randomized ones, for the
+            calibration (`calibration.calibrate`).
         """
-        base, base_feat, seeds = prep["base"], prep["base_feat"], prep["seeds"]
-        i, j = seed_pairs(base.classes, base.seeds)
-        ss_cd = _chamfer_pairs(base.points[i], base.points[j])
-        ss_sp = spearman_rows(base_feat[i], base_feat[j])
-        sd = (lambda v: float(v.std(ddof=1)) if v.size > 1 else 0.0)
-        thr_cd = float(ss_cd.mean()) + SIGMAS * sd(ss_cd)
-        thr_sp = float(ss_sp.mean()) - SIGMAS * sd(ss_sp)
-        # How far a stage moved, in seed-to-seed standard deviations (changed = both > SIGMAS):
-        # a graded view of the binary verdict, e.g. to tell a narrow miss from no change at all.
-        # None where the seed-to-seed values do not vary (JSON has no infinity).
-        margin = (lambda delta, s: float(delta / s) if s > 0 else None)
-        seen = {}
-        for key, (cd, sp, extra) in zip(prep["todo"], measured):
-            seen[key] = {"chamfer_mean": float(cd.mean()), "chamfer_std": float(cd.std()),
-                         "spearman_mean": float(sp.mean()), "spearman_std": float(sp.std()),
-                         "chamfer_margin": margin(cd.mean() - ss_cd.mean(), sd(ss_cd)),
-                         "spearman_margin": margin(ss_sp.mean() - sp.mean(), sd(ss_sp)), **extra,
-                         "changed": bool(cd.mean() > thr_cd and sp.mean() < thr_sp)}
+        classes, per_side = prep["classes"], prep["per_side"]
+        base_points, base = _by_class(prep["base"], classes, 2 * per_side)
+        base_ranks = self._ranks(base.points).reshape(len(classes), 2 * per_side, -1)
+        trained = _within(base_points, base_ranks)  # (K, C, 2S, 2S)
+        ours = np.r_[0:per_side, 2 * per_side:3 * per_side]  # trained side, then the randomized one
+        seen, pool = {}, {}
+        for key, expl in zip(prep["todo"], measured):
+            points, expl = _by_class(expl, classes, per_side)
+            ranks = self._ranks(expl.points).reshape(len(classes), per_side, -1)
+            cross = cross_distances(base_points, base_ranks, points, ranks)
+            full = np.concatenate([np.concatenate([trained, cross], -1),
+                                   np.concatenate([cross.transpose(0, 1, 3, 2), _within(points, ranks)], -1)], -2)
+            pool[key] = full
+            seen[key] = {**self._test(full[:, :, ours][:, :, :, ours], key),
+                         "success": float(expl.success.mean()), **self._realism(expl)}
         stages = [{"variant": variant, "stage": name, "randomized": list(mods), **seen[tuple(sorted(mods))]}
                   for variant, name, mods in self.plan]
+        for v in self.variants:
+            family = [s for s in stages if s["variant"] == v]
+            for s, adjusted in zip(family, holm([s["p_value"] for s in family])):
+                s["p_adjusted"] = adjusted
+                s["changed"] = bool(adjusted < self.alpha)
         verdict = {v: all(s["changed"] for s in stages if s["variant"] == v) for v in self.variants}
         verdict["passes"] = all(verdict[v] for v in self.variants)
-        return {"method": self.method, "config": json.loads(base.config), "classes": sorted(set(base.classes.tolist())),
-                "seeds": seeds, "sigmas": SIGMAS,
-                "trained": {"success": float(base.success.mean()), **self._realism(base)},
-                "seed_to_seed": {"pairs": int(i.size), "chamfer_mean": float(ss_cd.mean()), "chamfer_std": sd(ss_cd),
-                                 "spearman_mean": float(ss_sp.mean()), "spearman_std": sd(ss_sp)},
-                "threshold": {"chamfer": thr_cd, "spearman": thr_sp},
-                "stages": stages, "verdict": verdict}
+        trained_side = base.select(classes, list(range(per_side)))
+        result = {"method": self.method, "label": self.label, "config": json.loads(base.config), "classes": classes,
+                  "seeds_per_side": per_side, "trained_seeds": list(range(per_side)), "randomized_seeds": prep["seeds"],
+                  "alpha": self.alpha, "n_perm": self.n_perm, "distances": list(DISTANCES),
+                  "trained": {"success": float(trained_side.success.mean()), **self._realism(trained_side)},
+                  "null": self._test(trained, "null"), "stages": stages, "verdict": verdict}
+        return result, {"label": self.label, "per_side": per_side, "dists": pool}
 
 
-def run_stages(checks: list, preps: list) -> list:
+def stage_name(plan, key) -> str:
+    """The name of the first stage of `plan` that randomizes the modules `key`: "cascading fc2"."""
+    return next(f"{variant} {name}" for variant, name, mods in plan if tuple(sorted(mods)) == tuple(key))
+
+
+def run_stages(checks: list, preps: list, quiet: bool = False) -> list:
     """`stage` for every randomization of every check (with its `prepare` output), as one
     queue: in the processes of the first check's `workers` (one thread each; small AM
     batches use two threads poorly and two processes well), else in this process. One
     queue for several checks keeps both processes busy to the end, where a pool per check
-    leaves one idle whenever a check has an odd number of stages. Returns, per check, the
-    results in its `todo` order."""
+    leaves one idle whenever a check has an odd number of stages. One progress bar for the
+    queue, labelled with the method and the stage last finished. Returns, per check, the
+    randomized explanations in its `todo` order."""
     tasks = [(c, key) for c, prep in enumerate(preps) for key in prep["todo"]]
-    workers = min(checks[0].workers, len(tasks))
-    args = [(c, list(key), preps[c]["classes"], preps[c]["seeds"], preps[c]["base"].points, preps[c]["base_feat"])
-            for c, key in tasks]
+    workers = min(checks[0].workers, len(tasks)) if tasks else 1
+    args = [(c, list(key), preps[c]["classes"], preps[c]["seeds"]) for c, key in tasks]
+    bar = tqdm(total=len(tasks), disable=quiet, unit="stage", desc="randomization")
+    done = [None] * len(tasks)
+
+    def finished(i, result):
+        done[i] = result
+        c, key = tasks[i]
+        bar.set_description(f"{checks[c].label}: {stage_name(checks[c].plan, key)}")
+        bar.update()
+
     if workers > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import ProcessPoolExecutor, as_completed
 
         # `spawn`: a fork would inherit the parent's OpenMP pool. Each process gets the checks once.
         with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(checks,),
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
-            done = [f.result() for f in [pool.submit(_worker_stage, *a) for a in args]]
+            futures = {pool.submit(_worker_stage, *a): i for i, a in enumerate(args)}
+            for f in as_completed(futures):
+                finished(futures[f], f.result())
     else:
-        done = [checks[c].stage(*rest) for c, *rest in args]
+        for i, (c, *rest) in enumerate(args):
+            finished(i, checks[c].stage(*rest))
+    bar.close()
     out = [[] for _ in checks]
     for (c, _), result in zip(tasks, done):
         out[c].append(result)
@@ -449,74 +578,43 @@ _WORKER_CHECKS = None
 def _worker_init(checks) -> None:
     global _WORKER_CHECKS
     torch.set_num_threads(1)
-    for check in checks:
-        check.quiet = True  # one progress bar per stage from several processes would interleave
     _WORKER_CHECKS = checks
 
 
-def _worker_stage(c, mods, classes, seeds, base_points, base_feat):
-    return _WORKER_CHECKS[c].stage(mods, classes, seeds, base_points, base_feat)
-
-
-def markdown(results: list) -> str:
-    """A verdict table, then the stages of each method."""
-    lines = ["| method | cascading | independent | verdict | seed-to-seed Chamfer | seed-to-seed Spearman |",
-             "|---|---|---|---|---|---|"]
-    word = {True: "changed at every stage", False: "survives some stage", None: "not run"}
-    for r in results:
-        v, ss = r["verdict"], r["seed_to_seed"]
-        lines.append(f"| {r['method']} | {word[v.get('cascading')]} | {word[v.get('independent')]} | "
-                     f"**{'passes' if v['passes'] else 'fails'}** | {ss['chamfer_mean']:.4f} ± {ss['chamfer_std']:.4f} | "
-                     f"{ss['spearman_mean']:.3f} ± {ss['spearman_std']:.3f} |")
-    for r in results:
-        t, tr = r["threshold"], r["trained"]
-        realism = "nearest_real" in tr
-        head = f"trained-model success {tr['success']:.0%}"
-        if realism:
-            head += (f", nearest real class at Chamfer {tr['nearest_real']:.4f}, "
-                     f"target class nearest for {tr['nearest_is_target']:.0%}")
-        cols = ["variant", "randomized", "Chamfer", "Spearman", "moved (σ: Chamfer / Spearman)", "success"] + \
-            (["nearest real", "nearest is target"] if realism else []) + ["changed"]
-        lines += ["", f"**{r['method']}** (threshold: Chamfer > {t['chamfer']:.4f} and Spearman < {t['spearman']:.3f}; "
-                  f"{head})", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for s in r["stages"]:
-            row = [s["variant"], s["stage"], f"{s['chamfer_mean']:.4f}", f"{s['spearman_mean']:.3f}",
-                   " / ".join("n/a" if m is None else f"{m:+.1f}" for m in (s["chamfer_margin"], s["spearman_margin"])),
-                   f"{s['success']:.0%}"]
-            if realism:
-                row += [f"{s['nearest_real']:.4f}", f"{s['nearest_is_target']:.0%}"]
-            lines.append("| " + " | ".join(row + ["yes" if s["changed"] else "no"]) + " |")
-    return "\n".join(lines)
+def _worker_stage(c, mods, classes, seeds):
+    return _WORKER_CHECKS[c].stage(mods, classes, seeds)
 
 
 def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, autoencoder=None, variants=VARIANTS,
-                references=None, quiet: bool = False, trained: dict | None = None, **am) -> list:
+                references=None, quiet: bool = False, trained: dict | None = None, **kw) -> SanityResult:
     """`SanityCheck.run` for each method, with the stages of all methods in one queue.
 
     Args:
         model: The trained classifier.
         methods: The AM methods to check.
         classes: Target classes.
-        seeds: Seeds of each class, at least two.
+        seeds: Seeds per class on each side (`side_seeds`).
         evaluator: A PointNet for the features.
         flows: The trained model's flows.
         train_set: The training data, to recompute the flows of randomized models.
         autoencoder: The autoencoder of "ae-latent" (given to that method only).
         variants: "cascading", "independent" or both.
         references: Real clouds per class for the realism columns, or None.
-        quiet: No progress output.
+        quiet: No progress bar.
         trained: {method: explanations of the trained model already made}, reused where
             they match.
-        **am: Keyword arguments of `FlowAM`.
+        **kw: Other keyword arguments of `SanityCheck` (steps, lr, workers, alpha, ...).
 
     Returns:
-        The result of each method's check, in the order of `methods`.
+        A `SanityResult` with each method's result, in the order of `methods`.
     """
     checks = [SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
                           autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
-                          references=references, quiet=quiet, **am) for method in methods]
+                          references=references, quiet=quiet, **kw) for method in methods]
     preps = [check.prepare(classes, seeds, trained=(trained or {}).get(check.method)) for check in checks]
-    return [check.summarize(prep, measured) for check, prep, measured in zip(checks, preps, run_stages(checks, preps))]
+    done = [check.summarize(prep, measured) for check, prep, measured in zip(checks, preps,
+                                                                              run_stages(checks, preps, quiet))]
+    return SanityResult([r for r, _ in done], pools=[p for _, p in done])
 
 
 def _objective(check: SanityCheck) -> str:
@@ -532,26 +630,9 @@ def _known(check: SanityCheck, candidates):
     return next((e for e in candidates if (e.method, e.config) == (check.method, check.am_config)), None)
 
 
-def _reusable(check: SanityCheck, done, known, classes, seeds):
-    """(result, trained explanations) of an earlier run of this check, or (None, None)."""
-    if known is None:
-        return None, None
-    want = (check.method, json.loads(known.config), sorted({int(c) for c in classes}),
-            list(dict.fromkeys(int(s) for s in seeds)), sorted(check.variants))
-    for r in done:
-        have = (r["method"], r["config"], r["classes"], r["seeds"],
-                sorted(v for v in VARIANTS if v in r["verdict"]))
-        base = known.select(classes, seeds).sorted()
-        if have == want and len(base) == len(want[2]) * len(want[3]):
-            return r, base
-    return None, None
-
-
-def worst_margin(stages) -> float | None:
-    """The smallest of each stage's two margins (seed-to-seed standard deviations moved): the
-    stage that came nearest to surviving the randomization; None if no margin is defined."""
-    vals = [m for s in stages for m in (s["chamfer_margin"], s["spearman_margin"]) if m is not None]
-    return min(vals) if vals else None
+def weakest_stage(result: dict) -> dict:
+    """The stage of a method's result with the smallest effect: the nearest to unchanged."""
+    return min(result["stages"], key=lambda s: s["effect"])
 
 
 #: The trade-off's reference methods (no flow weight): their points sit beside FlowAM's curve.
@@ -560,113 +641,91 @@ TRADEOFF_REFERENCES = ("regularized", "ae-latent")
 
 def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, references: dict,
              class_refs: dict | None = None, autoencoder=None, baselines=TRADEOFF_REFERENCES, variants=VARIANTS,
-             quiet: bool = False, trained=(), done=(), **am) -> dict:
+             quiet: bool = False, trained=(), runner=None, **kw) -> SanityResult:
     """Perceptibility against faithfulness as the flow weight varies (docs/design.md, "Faithfulness").
 
     For each weight of `flow_weights`, the randomization check of FlowAM at that weight, and of
     each method of `baselines` once (flow_weight None). Each point is that check's result (as
-    `SanityCheck.run` gives it: each stage's margins and the verdict, i.e. faithfulness) with
-    the trained model's success and mean Chamfer distance to real samples of the target class
-    (`class_refs`, default `references`; perceptibility, lower is better) and `worst_margin`
-    (see `worst_margin`). references: real clouds per
-    class for the realism columns; trained: explanations of the trained model already made
-    (any methods and configs; those that match a point's are reused). done: results of
-    `SanityCheck.run` already made on this model and these classes and seeds (e.g. the demo's
-    sanity check); a point with the same method and config takes its result instead of running
-    again, when `trained` holds its explanations. am: FlowAM keyword arguments shared by every
-    point (not flow_weight).
+    `SanityCheck.run` gives it: each stage's test and the verdict, i.e. faithfulness) with the
+    trained model's success and mean Chamfer distance to real samples of the target class
+    (`class_refs`, default `references`; perceptibility, lower is better) and its weakest
+    stage's effect (`weakest_stage`). Points that optimize one objective under two names
+    (FlowAM at weight 0 is regularized AM, bit for bit) run once.
+
+    Args:
+        model: The trained classifier.
+        evaluator: A PointNet for the features.
+        flows: The trained model's flows.
+        train_set: The training data, to recompute the flows of randomized models.
+        classes: Target classes.
+        seeds: Seeds per class on each side (`side_seeds`).
+        flow_weights: FlowAM's flow weights, each >= 0.
+        references: Real clouds per class for the realism columns.
+        class_refs: Real clouds per class for the perceptibility; None takes `references`.
+        autoencoder: The autoencoder of "ae-latent".
+        baselines: Reference methods, each checked once: "vanilla", "regularized", "ae-latent"
+            or "random".
+        variants: "cascading", "independent" or both.
+        quiet: No progress bar.
+        trained: Explanations of the trained model already made (any methods and configs;
+            those that match a point's are reused).
+        runner: Runs the stages of the checks, as `run_stages(checks, preps, quiet)` does
+            (which it defaults to); the study passes one that runs them as resumable tasks.
+        **kw: Keyword arguments of `SanityCheck` shared by every point (steps, lr, alpha, ...;
+            not flow_weight).
+
+    Returns:
+        A `SanityResult` of every point, FlowAM's first, with `tradeoff` set: {"classes",
+        "seeds_per_side", "points" (FlowAM's), "references" (the baselines')}.
+
+    Raises:
+        ValueError: No or negative flow weights, flow_weight in kw, or an unknown reference
+            method.
     """
-    if "flow_weight" in am:
+    if "flow_weight" in kw:
         raise ValueError("tradeoff sets the flow weight itself: pass the weights as flow_weights=")
     weights = [float(w) for w in flow_weights]
     if not weights or any(not w >= 0 for w in weights):
         raise ValueError(f"flow_weights must be a non-empty list of weights >= 0, got {list(flow_weights)}")
-    unknown = set(baselines) - {"vanilla", "regularized", "ae-latent"}
+    unknown = set(baselines) - {"vanilla", "regularized", "ae-latent", "random"}
     if unknown:
-        raise ValueError(f"unknown reference methods {sorted(unknown)}; choose from vanilla, regularized, ae-latent")
+        raise ValueError(f"unknown reference methods {sorted(unknown)}; choose from vanilla, regularized, ae-latent, "
+                         "random")
     class_refs = references if class_refs is None else class_refs
     trained = list(trained.values()) if isinstance(trained, dict) else list(trained)
     shared = {}  # randomized models' flows, the same at every weight
     runs = [("flowam", w) for w in dict.fromkeys(weights)] + [(m, None) for m in baselines]
-    checks, results, bases = [], [], []
-    for method, weight in runs:
-        extra = {} if weight is None else {"flow_weight": weight}
-        check = SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
-                            autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
-                            references=references, quiet=quiet, flow_cache=shared, **extra, **am)
-        known = _known(check, trained)
-        result, base = _reusable(check, done, known, classes, seeds)
-        checks.append((check, known))
+    checks = [SanityCheck(model, evaluator, flows=flows, train_set=train_set, method=method,
+                          autoencoder=autoencoder if method == "ae-latent" else None, variants=variants,
+                          references=references, quiet=quiet, flow_cache=shared,
+                          **({} if weight is None else {"flow_weight": weight}), **kw) for method, weight in runs]
+    # One check per objective; the checks to run share one queue of stages.
+    source = {}
+    for i, check in enumerate(checks):
+        source.setdefault(_objective(check), i)
+    todo = list(source.values())
+    preps = {i: checks[i].prepare(classes, seeds, trained=_known(checks[i], trained)) for i in todo}
+    measured = (runner or run_stages)([checks[i] for i in todo], [preps[i] for i in todo], quiet)
+    done = {i: checks[i].summarize(preps[i], m) for i, m in zip(todo, measured)}
+    results, pools, points = [], [], []
+    for i, ((method, weight), check) in enumerate(zip(runs, checks)):
+        src = source[_objective(check)]
+        result, pool = done[src]
+        if src != i:
+            result = dict(result, method=method, label=check.label, config=json.loads(check.am_config))
+            pool = dict(pool, label=check.label)
+        base = preps[src]["base"].select(preps[src]["classes"], list(range(preps[src]["per_side"])))
+        weakest = weakest_stage(result)
         results.append(result)
-        bases.append(base)
-    # Points that optimize one objective under two names (FlowAM at weight 0 is regularized
-    # AM, bit for bit) run once: per objective, the point with a result already, else one
-    # with known explanations. The checks still to run share one queue of stages (`run_stages`).
-    keys = [_objective(check) for check, _ in checks]
-    runs_of = {}
-    for i, key in enumerate(keys):
-        runs_of.setdefault(key, []).append(i)
-    source = {key: max(group, key=lambda i: (results[i] is not None, checks[i][1] is not None))
-              for key, group in runs_of.items()}
-    todo = [i for i in source.values() if results[i] is None]
-    preps = [checks[i][0].prepare(classes, seeds, trained=checks[i][1]) for i in todo]
-    if todo:
-        measured = run_stages([checks[i][0] for i in todo], preps)
-        for i, prep, m in zip(todo, preps, measured):
-            results[i] = checks[i][0].summarize(prep, m)
-            bases[i] = prep["base"]
-    for i, key in enumerate(keys):
-        if results[i] is None:
-            src = source[key]
-            results[i] = dict(results[src], method=checks[i][0].method, config=json.loads(checks[i][0].am_config))
-            bases[i] = bases[src]
-    points = []
-    for (method, weight), result, base in zip(runs, results, bases):
-        # The whole check's result (what `SanityCheck.run` gives: the demo's sanity table reads
-        # FlowAM's and AE-latent's from here), and the point's two coordinates.
-        points.append({**result, "method": method, "flow_weight": weight, "success": result["trained"]["success"],
+        pools.append(pool)
+        points.append({"method": method, "label": check.label, "flow_weight": weight,
+                       "success": result["trained"]["success"],
                        "chamfer_to_class": float(metrics.chamfer_to_class(base.points, base.classes, class_refs).mean()),
-                       "worst_margin": worst_margin(result["stages"])})
-    return {"classes": result["classes"], "seeds": result["seeds"], "sigmas": SIGMAS,
-            "points": [p for p in points if p["method"] == "flowam"],
-            "references": [p for p in points if p["method"] != "flowam"]}
-
-
-def write_tradeoff(result: dict, out_dir) -> None:
-    """out_dir/tradeoff.json, out_dir/tradeoff.md (the table) and out_dir/tradeoff.png."""
-    from pathlib import Path
-
-    from .plots import tradeoff_plot
-    from .report import write_json
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(result, out_dir / "tradeoff.json")
-    tradeoff_plot(result, out_dir / "tradeoff.png")
-    (out_dir / "tradeoff.md").write_text("# Flow weight trade-off\n\n" + tradeoff_markdown(result)
-                                         + "\n\n![trade-off](tradeoff.png)\n")
-
-
-def tradeoff_markdown(result: dict) -> str:
-    """One row per point: flow weight, success, Chamfer to the class, worst margin, verdict."""
-    lines = ["| method | flow weight | success | Chamfer to class | worst margin (σ) | verdict |", "|---|---|---|---|---|---|"]
-    for p in result["points"] + result["references"]:
-        w = "n/a" if p["flow_weight"] is None else f"{p['flow_weight']:g}"
-        m = "n/a" if p["worst_margin"] is None else f"{p['worst_margin']:+.1f}"
-        lines.append(f"| {p['method']} | {w} | {p['success']:.0%} | {p['chamfer_to_class']:.4f} | {m} | "
-                     f"{'passes' if p['verdict']['passes'] else 'fails'} |")
-    return "\n".join(lines)
-
-
-def write_outputs(results: list, out_dir) -> None:
-    """out_dir/sanity.json, out_dir/sanity.png (the curves) and out_dir/sanity.md."""
-    from pathlib import Path
-
-    from .plots import sanity_curves
-    from .report import write_json
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"sigmas": SIGMAS, "methods": results}, out_dir / "sanity.json")
-    sanity_curves(results, out_dir / "sanity.png")
-    (out_dir / "sanity.md").write_text("# Randomization sanity check\n\n" + markdown(results) + "\n\n![sanity](sanity.png)\n")
+                       "weakest_stage": weakest["stage"], "weakest_effect": weakest["effect"],
+                       "weakest_effect_ci": weakest["effect_ci"],
+                       "stages_changed": sum(s["changed"] for s in result["stages"]), "stages": len(result["stages"]),
+                       "passes": result["verdict"]["passes"]})
+    traded = {"classes": results[0]["classes"], "seeds_per_side": results[0]["seeds_per_side"],
+              "points": [p for p in points if p["method"] == "flowam"],
+              "references": [p for p in points if p["method"] != "flowam"]}
+    return SanityResult(results, pools=pools, tradeoff=traded)

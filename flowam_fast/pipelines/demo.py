@@ -7,9 +7,9 @@ DIR/flows.h5 -> DIR/{flowam,vanilla,regularized,ae-latent}.h5 (every class, 2 se
 with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by side) and
 DIR/baselines.png (regularized and AE-latent AM), DIR/explanations.html (FlowAM's explanations
 beside real samples, an interactive 3-D viewer) -> DIR/evaluator.pt and the metrics
-(DIR/metrics.json, bar charts) -> the randomization sanity check of FlowAM and AE-latent AM
-on a few classes (DIR/sanity.json, DIR/sanity.png) -> optionally the flow weight's trade-off
-(DIR/tradeoff.json, DIR/tradeoff.png) -> DIR/report.md.
+(DIR/metrics.json, bar charts) -> DIR/report.md. The faithfulness study (the randomization
+test and the flow weight's trade-off) runs on these outputs afterwards: `flowam-fast study
+--demo-dir DIR` (pipelines/study.py).
 Finished stages are reused when the demo is run again (use --fresh to redo them); the cached
 data, models, flows and explanation stores of an output directory written by another demo
 version (DIR/demo.json) are redone, and the classifier's own outputs (model, flows, stores)
@@ -30,15 +30,10 @@ from ..am.autoencoder import load_or_train_autoencoder
 from ..am.engine import ALIGNMENTS, FlowAM
 from ..am.explanations import Explanations
 from ..am.flows import DEFAULT_QUANTILE_LEVELS, Flows, compute_flows
-from ..am.grid import parse_classes
 from ..am.sheets import class_examples, contact_sheet
 from ..data import ModelNet40, generate_shapes
 from ..evaluation.evaluator import load_evaluator
-from ..evaluation.metrics import references_by_class, to_device
 from ..evaluation.report import RealData, evaluate_sets, method_table, write_report
-from ..evaluation.sanity import CLASS_REFS, REALISM_REFS, TRADEOFF_REFERENCES, tradeoff, tradeoff_markdown, \
-    write_outputs, write_tradeoff
-from ..evaluation.sanity import markdown as sanity_markdown
 from .. import provenance
 from ..models import load_checkpoint
 from ..models.activations import default_layers
@@ -109,13 +104,6 @@ def _clear_stale_cache(out: Path, model: str = "pointnet") -> None:
     (out / "demo.json").write_text(json.dumps(stamp) + "\n")
 
 
-#: The flow weights of each demo model's trade-off, run by default (`tradeoff_weights`). On the
-#: PointNet: FlowAM at 0 (regularized AM's check, a reference anyway), 10 and 100 (the demo's own
-#: sanity check) cost one check more than the sanity check alone; weight 1 would cost another
-#: (`--flow-weights 0,1,10,100`). The DGCNN demo leaves it off, as does the quantile alignment
-#: (`--alignment quantiles`): their checks take longer.
-DEMO_TRADEOFF_WEIGHTS = {"pointnet": (0.0, 10.0, 100.0), "dgcnn": None, "pointnet2_ssg": None, "pointnet2_msg": None}
-
 #: FlowAM's flow term in each model's demo, (alignment, flow weight), where run_demo's caller
 #: leaves them None. The PointNet demo runs the paper's objective (the engine's defaults). On
 #: the demo DGCNN that objective leaves the sphere a ball of points and the chair a seat (24
@@ -130,31 +118,20 @@ DEMO_FLOWAM = {"pointnet": ("moments", 100.0), "dgcnn": ("quantiles", 300.0), "p
 #: Every method's AM steps in the demo, by FlowAM's alignment, where the caller leaves steps
 #: None. A quantile step costs more (12 jobs, one thread: PointNet 51-55 ms against 14.5-16,
 #: DGCNN about 1.2x), and 400 steps do nearly what 600 do (FlowAM Chamfer on the PointNet
-#: 0.0243 against 0.0220, on the DGCNN 0.034 against 0.033, the ring the least finished), which
-#: keeps both quantile demos' randomization checks within their time.
+#: 0.0243 against 0.0220, on the DGCNN 0.034 against 0.033, the ring the least finished).
 DEMO_STEPS = {"moments": 600, "quantiles": 400}
-
-#: Processes for the sanity check's stages (one thread each). Measured on the 2-core machine,
-#: a 12-job FlowAM step: 58 ms with two threads in one process, 91 ms in each of two
-#: one-thread processes at once, so two processes do 1.28x the work.
-SANITY_WORKERS = 2
 
 
 def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None = None,
              ae_epochs: int | None = None, evaluator_epochs: int | None = None, shapes: str = "all",
-             train_per_class: int = 200, test_per_class: int = 50,
-             sanity_classes: str = "cube,cone,torus,chair", sanity_seeds: int = 3, fresh: bool = False,
-             quiet: bool = False, device="cpu", model: str = "pointnet", tradeoff_weights="default",
+             train_per_class: int = 200, test_per_class: int = 50, fresh: bool = False,
+             quiet: bool = False, device="cpu", model: str = "pointnet",
              alignment: str | None = None, flow_weight: float | None = None) -> dict:
     """Run every stage into the directory `out` (see the module docstring); returns the metrics
-    rows, the sanity results, the trade-off (None unless asked for) and the stage timings.
+    rows and the stage timings.
     Stages whose outputs exist are reused. Training runs on the CPU (the demo models are
     small); everything after it on `device`. model: the demo classifier, a key of
-    `training.DEMO_CONFIGS` or an alias (`am.names.ARCHITECTURE_ALIASES`).
-    tradeoff_weights: flow weights (e.g. [0, 1, 10, 100]) of the trade-off, run on the sanity
-    check's classes and seeds together with it (FlowAM's own weight is always one of them: the
-    sanity check's FlowAM is that point); "default" takes DEMO_TRADEOFF_WEIGHTS[model] (none with
-    alignment="quantiles"), None skips it (it costs a sanity check per weight). alignment:
+    `training.DEMO_CONFIGS` or an alias (`am.names.ARCHITECTURE_ALIASES`). alignment:
     FlowAM's flow term, "moments" or "quantiles" (the flows then store DEFAULT_QUANTILE_LEVELS),
     and flow_weight FlowAM's weight on it: DEMO_FLOWAM[model]'s where None; steps (every
     method's) DEMO_STEPS[alignment] where None."""
@@ -167,11 +144,6 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     if not flow_weight > 0:
         raise ValueError(f"FlowAM's flow_weight must be > 0 (0 is regularized AM), got {flow_weight}")
     steps = int(DEMO_STEPS[alignment] if steps is None else steps)
-    if isinstance(tradeoff_weights, str) and tradeoff_weights == "default":
-        run = sanity_classes.strip() != "none" and alignment == "moments"
-        tradeoff_weights = DEMO_TRADEOFF_WEIGHTS[model] if run else None
-    if tradeoff_weights is not None and sanity_classes.strip() == "none":
-        raise ValueError("the trade-off runs on the sanity check's classes: give sanity_classes, not 'none'")
     device = torch.device(device)
     out = Path(out)
     if fresh and out.exists():
@@ -248,29 +220,6 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
         results["flowam"].to_html(out / "explanations.html", references=examples, title="FlowAM explanations")
     with stage("evaluator"):
         evaluator = load_evaluator(data_dir, None, cache_dir=out, epochs=evaluator_epochs, quiet=quiet).to(device)
-    sanity, traded = [], None
-    if sanity_classes.strip() != "none":
-        with stage("sanity" if tradeoff_weights is None else "sanity and trade-off"):
-            sanity_classes = parse_classes(sanity_classes, flows.class_names, flows.num_classes)
-            sanity_seeds = list(range(sanity_seeds))
-            refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS), device)
-            shared = dict(autoencoder=ae, quiet=quiet, num_points=num_points, trained=results,
-                          workers=SANITY_WORKERS, **am)
-            # One queue of checks for both: the sanity check's FlowAM is the trade-off's point
-            # at FlowAM's weight, its AE-latent AM a reference of the trade-off.
-            weights = list(dict.fromkeys([float(w) for w in tradeoff_weights or ()] + [flow_weight]))
-            class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS), device)
-            traded = tradeoff(model, evaluator, flows, train_set, sanity_classes, sanity_seeds, weights, refs,
-                              class_refs=class_refs,
-                              baselines=TRADEOFF_REFERENCES if tradeoff_weights is not None else ("ae-latent",),
-                              **shared)
-            sanity = [next(p for p in traded["points"] if p["flow_weight"] == flow_weight),
-                      next(p for p in traded["references"] if p["method"] == "ae-latent")]
-            if tradeoff_weights is None:
-                traded = None
-            else:
-                write_tradeoff(traded, out)
-            write_outputs(sanity, out)
     with stage("metrics"):
         real = RealData(test_set.points, test_set.labels, evaluator=evaluator, device=device)  # the split loaded above
         metrics = evaluate_sets([results[m] for m in METHODS], real)
@@ -284,18 +233,12 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
         f"FlowAM aligns {alignment} at flow weight {flow_weight:g}; FlowAM / plain AM Chamfer ratio: **{ratio:.2f}**.", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
         "![explanations](explanations.png)", "", "![baselines](baselines.png)"])
-    appendix = ("## Randomization sanity check\n\n" + sanity_markdown(sanity) + "\n\n![sanity](sanity.png)") if sanity else ""
-    if traded is not None:
-        appendix += ("\n\n## Flow weight trade-off\n\n" + tradeoff_markdown(traded) + "\n\n![trade-off](tradeoff.png)")
     write_report(metrics, real, out, title="flowam-fast demo report", preamble=preamble,
-                 appendix=appendix, extra_json={"model": model_name, "flowam": {"alignment": alignment, "flow_weight": flow_weight},
-                                                "chamfer_ratio_flowam_vs_vanilla": ratio, "sanity": sanity,
-                                                "tradeoff": traded,
-                                                "timings_s": {k: round(v, 1) for k, v in timings.items()},
-                                                "torch_threads": torch.get_num_threads()})
+                 extra_json={"model": model_name, "flowam": {"alignment": alignment, "flow_weight": flow_weight},
+                             "chamfer_ratio_flowam_vs_vanilla": ratio,
+                             "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                             "torch_threads": torch.get_num_threads()})
     print(method_table(metrics))
     print(f"FlowAM / plain AM Chamfer ratio: {ratio:.2f}")
-    if sanity:
-        print(sanity_markdown(sanity).split("\n\n")[0])
     print(f"[demo] done in {timings['total']:.0f} s; see {out / 'report.md'}")
-    return {"metrics": metrics, "sanity": sanity, "tradeoff": traded, "timings": timings}
+    return {"metrics": metrics, "timings": timings}

@@ -36,9 +36,10 @@ def _clear(out: Path, old: dict | None, units) -> None:
     (out / NAME).unlink(missing_ok=True)
 
 
-def _remove_temporaries(out: Path) -> None:
-    # A driver killed while writing leaves atomic_path's temporary (".<name>.<random>.tmp");
-    # this sweep is the only writer of its directory, so any such file is a dead one.
+def remove_temporaries(out: Path) -> None:
+    """Remove the temporaries of `atomic_path` (".<name>.<random>.tmp") below `out`, which a
+    driver killed while writing leaves; for a directory this run alone writes, so any such file
+    is a dead one."""
     for tmp in list(out.glob("**/.*.tmp")):
         tmp.unlink(missing_ok=True)
 
@@ -137,7 +138,7 @@ def run_sweep(spec, out_dir, executor: str = "local", address=None, device=None,
     if fresh:
         _clear(out, old, units)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(out)
+    remove_temporaries(out)
 
     parts, shards, states, todo = _plan(out, units, spec.shard_size)
     stats = {}

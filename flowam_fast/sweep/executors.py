@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -82,9 +83,47 @@ def _ray_shard(info: dict, payload_box: list, jobs, index: int, hook, device: st
     return run_shard(_WORKER_ENGINES[key], jobs, info["batch_size"], index, hook)
 
 
+#: With "0", Ray binds a one-machine cluster to loopback (127.0.0.1) rather than the network address.
+LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def init_ray(address=None, quiet: bool = False) -> bool:
+    """Connect to the Ray cluster at `address`, or start a one-machine cluster on loopback.
+
+    Ray 2.60 on Linux binds a one-machine cluster to the machine's network address unless
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is set (`LOOPBACK_VAR`); without an address it is set
+    here where the environment does not set it, so a local cluster never listens beyond
+    loopback.
+
+    Returns:
+        True where this call initialized Ray (the caller shuts it down), False where Ray was
+        initialized already (it is used as it is).
+
+    Raises:
+        RuntimeError: Ray is not installed.
+    """
+    if address is None:
+        os.environ.setdefault(LOOPBACK_VAR, "0")
+        constants = sys.modules.get("ray._private.ray_constants")
+        if constants is not None and os.environ[LOOPBACK_VAR] == "0":
+            # Ray reads the variable once, when it is imported; where that was before it was set
+            # here, the setting it derived is corrected (Ray 2.60's name for it).
+            constants.ENABLE_RAY_CLUSTER = False
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("the ray executor needs Ray: pip install ray (see requirements.txt)") from None
+    if ray.is_initialized():
+        return False
+    import logging
+
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING if quiet else logging.INFO)
+    return True
+
+
 class RayExecutor:
     """One Ray task per shard, on the cluster at `address` or on a local one started for the run
-    (an already initialized Ray is used as it is). A task asks for one GPU when the device is
+    (`init_ray`; an already initialized Ray is used as it is). A task asks for one GPU when the device is
     cuda and `cpus_per_task` CPUs otherwise; a task whose worker dies is retried up to
     `max_retries` times. An exception inside a task is not retried: it is the input's fault,
     and the sweep stops with it."""
@@ -95,16 +134,9 @@ class RayExecutor:
         self.max_retries, self.cpus_per_task, self.quiet = max_retries, cpus_per_task, quiet
 
     def run(self, tasks, on_done) -> None:
-        try:
-            import ray
-        except ImportError:
-            raise RuntimeError("the ray executor needs Ray: pip install ray (see requirements.txt)") from None
-        started = not ray.is_initialized()
-        if started:
-            import logging
+        started = init_ray(self.address, self.quiet)
+        import ray
 
-            ray.init(address=self.address, include_dashboard=False,
-                     logging_level=logging.WARNING if self.quiet else logging.INFO)
         try:
             self._run(ray, tasks, on_done)
         finally:

@@ -278,3 +278,28 @@ def test_flow_term_on_the_pooled_layers_closed_form_equals_the_written_out_one(m
     assert seen.count("LinearActs") == 2 and seen.count("Tensor") == 10  # 2 pooled of 6 layers, then all dense
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-3, atol=1e-4 * out[False][1].abs().max().item())
+
+
+def test_random_control_is_uniform_in_the_bounds_and_independent_of_the_model(tiny_net, flows):
+    """Method "random": each job's cloud is drawn uniformly in the flows' data bounds by its
+    (class, seed) generator, no step is taken, and the model changes nothing."""
+    from flowam_fast.am.spaces import job_seed
+    from tests.helpers import TinyNet
+
+    engine = FlowAM(tiny_net, flows, method="random", steps=40, num_points=2000, quiet=True)
+    assert engine.config.steps == 0 and engine.config.clamp
+    e = engine.run([0, 2], [0, 1])
+    lo, hi = flows.lo.numpy(), flows.hi.numpy()
+    assert (e.points >= lo).all() and (e.points <= hi).all()
+    # Uniform: each axis's mean and spread are those of U(lo, hi) (2000 points, 4 sigma).
+    mean, var = (lo + hi) / 2, (hi - lo) ** 2 / 12
+    assert np.abs(e.points.mean(1) - mean).max() < 4 * np.sqrt(var / 2000).max()
+    assert np.allclose(e.points.var(1), var, rtol=0.15)
+    g = torch.Generator().manual_seed(job_seed(2, 1))
+    want = flows.lo + (flows.hi - flows.lo) * torch.rand(2000, 3, generator=g)
+    assert np.array_equal(e.select([2], [1]).points[0], want.numpy())
+    other = FlowAM(TinyNet(seed=5).eval(), flows, method="random", num_points=2000, quiet=True).run([0, 2], [0, 1])
+    assert np.array_equal(other.points, e.points)
+    assert not np.array_equal(e.points[0], e.points[1])  # another seed, another cloud
+    with pytest.raises(ValueError, match="needs flows"):  # the bounds are the flows'
+        FlowAM(tiny_net, None, method="random")

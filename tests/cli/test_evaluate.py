@@ -61,47 +61,43 @@ def test_evaluate_writes_tables_and_charts(setup, capsys):
     assert "another dataset" in capsys.readouterr().err
 
 
-def test_sanity_cli(setup):
+def test_sanity_cli(setup, capsys):
     tmp, data, ckpt, flows, evaluator, _ = setup
     out = tmp / "sanity"
     assert main(["sanity", "--model", str(ckpt), "--flows", str(flows), "--data", str(data), "--out", str(out),
-                 "--methods", "flowam,vanilla", "--classes", "0,1", "--seeds", "0-1", "--steps", "2",
-                 "--variants", "cascading", "--evaluator", str(evaluator), "--quiet"]) == 0
+                 "--methods", "flowam,random", "--classes", "0,1,2", "--seeds", "3", "--steps", "2",
+                 "--permutations", "199", "--variants", "cascading", "--evaluator", str(evaluator), "--quiet"]) == 0
     res = json.loads((out / "sanity.json").read_text())
-    assert [m["method"] for m in res["methods"]] == ["flowam", "vanilla"]
-    assert all(s["variant"] == "cascading" for m in res["methods"] for s in m["stages"])
-    assert (out / "sanity.png").read_bytes()[:4] == b"\x89PNG"
+    assert [m["method"] for m in res["methods"]] == ["flowam", "random"]
+    assert all(s["variant"] == "cascading" and {"p_value", "p_adjusted", "effect", "effect_ci", "changed"} <= set(s)
+               for m in res["methods"] for s in m["stages"])
+    assert res["methods"][0]["n_perm"] == 199 and res["methods"][0]["randomized_seeds"] == [3, 4, 5]
+    assert (out / "sanity.png").read_bytes()[:4] == b"\x89PNG" and (out / "sanity.md").exists()
     assert main(["sanity", "--model", str(ckpt), "--flows", str(flows), "--data", str(data), "--out", str(out),
                  "--methods", "dreaming", "--evaluator", str(evaluator)]) == 1
+    # Too few seeds for the test: refused with the number needed, before any AM run.
+    assert main(["sanity", "--model", str(ckpt), "--flows", str(flows), "--data", str(data), "--out", str(out),
+                 "--classes", "0,1", "--seeds", "2", "--evaluator", str(evaluator)]) == 1
+    assert "seeds per side" in capsys.readouterr().err
 
 
 DEMO_TINY = ["--shapes", "sphere,cube,cone", "--epochs", "1", "--ae-epochs", "1", "--evaluator-epochs", "1", "--steps", "2", "--train-per-class", "3",
-             "--test-per-class", "2", "--sanity-classes", "sphere,cube", "--sanity-seeds", "2", "--quiet"]
+             "--test-per-class", "2", "--quiet"]
 
 
-def test_demo_tiny(tmp_path, monkeypatch):
-    """The demo's stages in order, on a tiny data set. The sanity stages run in this process:
-    worker processes are tested in tests/evaluation, and would only add their start-up here."""
-    monkeypatch.setattr("flowam_fast.pipelines.demo.SANITY_WORKERS", 1)
+def test_demo_tiny(tmp_path):
+    """The demo's stages in order, on a tiny data set: the main job only (the randomization
+    check and the trade-off are `flowam-fast study`'s)."""
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), *DEMO_TINY]) == 0
     for name in ("model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt", "flowam.h5", "vanilla.h5",
-                 "regularized.h5", "ae-latent.h5", "explanations.png", "baselines.png", "sanity.png",
-                 "sanity.json", "metrics.json", "report.md"):
+                 "regularized.h5", "ae-latent.h5", "explanations.png", "baselines.png", "metrics.json", "report.md"):
         assert (out / name).exists(), name
+    assert not (out / "sanity.json").exists()
     summary = json.loads((out / "metrics.json").read_text())
     assert [m["method"] for m in summary["methods"]] == ["flowam", "vanilla", "regularized", "ae-latent"]
-    assert [m["method"] for m in summary["sanity"]] == ["flowam", "ae-latent"]
-    assert all(m["seeds"] == [0, 1] and "nearest_real" in m["trained"] for m in summary["sanity"])
-    # The PointNet demo's default trade-off, with the sanity check in one queue: its FlowAM is
-    # the point at weight 100, its AE-latent AM a reference.
-    traded = json.loads((out / "tradeoff.json").read_text())
-    assert [p["flow_weight"] for p in traded["points"]] == [0.0, 10.0, 100.0]
-    assert [p["method"] for p in traded["references"]] == ["regularized", "ae-latent"]
-    assert summary["sanity"] == [traded["points"][2], traded["references"][1]] and summary["tradeoff"] == traded
     md = (out / "report.md").read_text()
-    assert "Randomization sanity check" in md and "FlowAM / plain AM Chamfer ratio" in md
-    assert "Flow weight trade-off" in md and (out / "tradeoff.png").exists()
+    assert "FlowAM / plain AM Chamfer ratio" in md and "Randomization" not in md
     # Outputs of another version in the same directory are redone, not mixed in or fatal:
     # flows of older activation taps and a store made with another config.
     import json as _json
@@ -114,7 +110,7 @@ def test_demo_tiny(tmp_path, monkeypatch):
         f.attrs["model"] = _json.dumps(desc)
     with h5py.File(out / "flowam.h5", "r+") as f:
         f.attrs["config"] = f.attrs["config"].replace('"steps": 2', '"steps": 3')
-    assert main(["demo", "--out", str(out), *DEMO_TINY, "--sanity-classes", "none"]) == 0  # no trade-off either
+    assert main(["demo", "--out", str(out), *DEMO_TINY]) == 0
     from flowam_fast import Explanations, Flows
 
     assert "tap_version" in Flows.load(out / "flows.h5").model
@@ -152,12 +148,14 @@ def test_sanity_cli_tradeoff(setup):
     tmp, data, ckpt, flows, evaluator, _ = setup
     out = tmp / "tradeoff"
     assert main(["sanity", "--model", str(ckpt), "--flows", str(flows), "--data", str(data), "--out", str(out),
-                 "--flow-weights", "0,10", "--tradeoff-references", "none", "--classes", "0,1", "--seeds", "0-1",
-                 "--steps", "2", "--variants", "cascading", "--evaluator", str(evaluator), "--quiet"]) == 0
-    res = json.loads((out / "tradeoff.json").read_text())
+                 "--flow-weights", "0,10", "--tradeoff-references", "none", "--classes", "0,1,2", "--seeds", "3",
+                 "--permutations", "199", "--steps", "2", "--variants", "cascading", "--evaluator", str(evaluator),
+                 "--quiet"]) == 0
+    res = json.loads((out / "sanity.json").read_text())["tradeoff"]
     assert [p["flow_weight"] for p in res["points"]] == [0.0, 10.0]
     assert res["references"] == []
-    assert all({"success", "chamfer_to_class", "worst_margin", "stages", "verdict"} <= set(p) for p in res["points"])
-    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG" and (out / "tradeoff.md").exists()
+    assert all({"success", "chamfer_to_class", "weakest_effect", "weakest_effect_ci", "passes"} <= set(p)
+               for p in res["points"])
+    assert (out / "tradeoff.png").read_bytes()[:4] == b"\x89PNG" and "trade-off" in (out / "sanity.md").read_text()
     assert main(["sanity", "--model", str(ckpt), "--flows", str(flows), "--data", str(data), "--out", str(out),
                  "--flow-weights", "1,x", "--evaluator", str(evaluator)]) == 1

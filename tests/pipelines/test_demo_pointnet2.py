@@ -12,7 +12,7 @@ from flowam_fast.pipelines.demo import demo_model_name
 from flowam_fast.training import DEMO_CONFIGS, demo_config
 
 TINY = ["--shapes", "sphere,cube", "--epochs", "1", "--ae-epochs", "1", "--evaluator-epochs", "1", "--steps", "2",
-        "--train-per-class", "3", "--test-per-class", "2", "--sanity-classes", "none", "--quiet"]
+        "--train-per-class", "3", "--test-per-class", "2", "--quiet"]
 
 
 def test_pointnet2_demo_runs_every_stage(tmp_path):
