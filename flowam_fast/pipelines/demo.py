@@ -7,7 +7,9 @@ DIR/flows.h5 -> DIR/{flowam,vanilla,regularized,ae-latent}.h5 (every class, 2 se
 with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by side) and
 DIR/baselines.png (regularized and AE-latent AM), DIR/explanations.html (FlowAM's explanations
 beside real samples, an interactive 3-D viewer) -> DIR/evaluator.pt and the metrics
-(DIR/metrics.json, bar charts) -> DIR/report.md. The faithfulness study (the randomization
+(DIR/metrics.json, bar charts) -> local explanations of a few test clouds per class with their
+faithfulness curves (DIR/attribution, `pipelines.attribute.demo_section`) -> DIR/report.md, with
+the classifier's test accuracy and the real-vs-real Chamfer beside the methods'. The faithfulness study (the randomization
 test and the flow weight's trade-off) runs on these outputs afterwards: `flowam-fast study
 --demo-dir DIR` (pipelines/study.py).
 Finished stages are reused when the demo is run again (use --fresh to redo them); the cached
@@ -35,10 +37,11 @@ from ..data import ModelNet40, generate_shapes
 from ..evaluation.evaluator import load_evaluator
 from ..evaluation.report import RealData, evaluate_sets, method_table, write_report
 from .. import provenance
-from ..models import load_checkpoint
+from ..models import checkpoint_meta, load_checkpoint
 from ..models.activations import default_layers
 from ..am.names import ARCHITECTURE_ALIASES, DEMO_MODELS
 from ..training import DEMO_CONFIGS, demo_config, train_demo_model
+from .attribute import DEFAULT_METHODS, demo_section
 
 
 def demo_model_name(model: str) -> str:
@@ -59,11 +62,16 @@ METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
 #: learn yaw invariance from augmentation, flows include the input T-Net's layers.
 DEMO_VERSION = 2
 #: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
-CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt") + tuple(f"{m}.h5" for m in METHODS)
+#: The local explanations' directory (`pipelines.attribute.demo_section`).
+ATTRIBUTION = "attribution"
+#: The attribution methods of a demo model where not every default applies: PointNet++ has no
+#: per-point layer (its layers are grouped), which Grad-CAM and the critical points need.
+DEMO_ATTRIBUTIONS = {arch: ("saliency", "integrated-gradients", "occlusion") for arch in ("pointnet2_ssg", "pointnet2_msg")}
+CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt", ATTRIBUTION) + tuple(f"{m}.h5" for m in METHODS)
 #: What depends on the explained classifier: redone when the directory was made for the other
 #: demo model. The autoencoder decodes the demo model's point count (512 for the PointNet, 256
 #: for the DGCNN and the PointNet++ models); the data and the evaluator do not depend on the model.
-CLASSIFIER_CACHED = ("model.pt", "flows.h5", "autoencoder.pt") + tuple(f"{m}.h5" for m in METHODS)
+CLASSIFIER_CACHED = ("model.pt", "flows.h5", "autoencoder.pt", ATTRIBUTION) + tuple(f"{m}.h5" for m in METHODS)
 
 
 def _demo_stamp(out: Path):
@@ -169,6 +177,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     with stage("train"):
         ckpt = out / "model.pt"
         if not ckpt.exists():
+            _remove(out, [ATTRIBUTION])  # scores of an earlier model
             train_demo_model(data_dir, ckpt, epochs=epochs, quiet=quiet, model=model)
         model_name, model = model, load_checkpoint(ckpt).to(device)
     num_points = config["num_points"]
@@ -223,18 +232,26 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
     with stage("metrics"):
         real = RealData(test_set.points, test_set.labels, evaluator=evaluator, device=device)  # the split loaded above
         metrics = evaluate_sets([results[m] for m in METHODS], real)
+        real_floor = real.real_chamfer()
+    with stage("attributions"):
+        local = demo_section(model, test_set, out / ATTRIBUTION, quiet=quiet,
+                             methods=DEMO_ATTRIBUTIONS.get(model_name, DEFAULT_METHODS))
     timings["total"] = time.perf_counter() - t_all
     ratio = metrics[0]["chamfer"] / metrics[1]["chamfer"]
     command = provenance.invoked_command(fallback=shlex.join(["flowam-fast", "demo", "--model", model_name,
                                                                "--out", str(out)]))
+    meta = checkpoint_meta(ckpt)
+    accuracy = f"{meta['test_accuracy']:.1%}" if "test_accuracy" in meta else "not recorded"
     preamble = "\n".join([
         provenance.markdown(command), "",
         f"Demo {model_name}; procedural shapes, {flows.num_classes} classes x {len(seeds)} seeds, {num_points} points; "
         f"FlowAM aligns {alignment} at flow weight {flow_weight:g}; FlowAM / plain AM Chamfer ratio: **{ratio:.2f}**.", "",
+        f"Classifier test accuracy: {accuracy}. Chamfer of each real reference to the other references of its "
+        f"class (the floor of the Chamfer column): {real_floor:.4f}.", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
         "![explanations](explanations.png)", "", "![baselines](baselines.png)"])
-    write_report(metrics, real, out, title="flowam-fast demo report", preamble=preamble,
-                 extra_json={"model": model_name, "flowam": {"alignment": alignment, "flow_weight": flow_weight},
+    write_report(metrics, real, out, title="flowam-fast demo report", preamble=preamble, appendix=local,
+                 extra_json={"test_accuracy": meta.get("test_accuracy"), "real_chamfer": real_floor, "model": model_name, "flowam": {"alignment": alignment, "flow_weight": flow_weight},
                              "chamfer_ratio_flowam_vs_vanilla": ratio,
                              "timings_s": {k: round(v, 1) for k, v in timings.items()},
                              "torch_threads": torch.get_num_threads()})

@@ -6,7 +6,7 @@ import pytest
 
 from flowam_fast.cli import main
 from flowam_fast.am.flows import Flows
-from flowam_fast.models import DGCNN, load_checkpoint
+from flowam_fast.models import DGCNN, checkpoint_meta, load_checkpoint
 from flowam_fast.am.explanations import Explanations
 from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_FLOWAM, DEMO_STEPS, DEMO_VERSION, _clear_stale_cache
 from flowam_fast.training import DEMO_CONFIGS
@@ -38,6 +38,10 @@ def test_dgcnn_demo(tmp_path):
     assert [m["method"] for m in summary["methods"]] == ["flowam", "vanilla", "regularized", "ae-latent"]
     md = (out / "report.md").read_text()
     assert "Demo dgcnn" in md and "sanity" not in md.lower()
+    # The classifier's accuracy and the real-vs-real floor beside the methods; local explanations.
+    assert f"Classifier test accuracy: {checkpoint_meta(out / 'model.pt')['test_accuracy']:.1%}." in md
+    assert summary["real_chamfer"] > 0 and f"{summary['real_chamfer']:.4f}" in md
+    assert "## Local explanations" in md and (out / "attribution" / "attribution.json").exists()
     assert json.loads((out / "demo.json").read_text()) == {"version": DEMO_VERSION, "model": "dgcnn"}
 
 
