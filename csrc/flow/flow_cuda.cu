@@ -184,7 +184,7 @@ __global__ void flow_align_grad_kernel(const T* __restrict__ acts, const double*
 }  // namespace
 }  // namespace flowam
 
-std::vector<at::Tensor> flowam::flow_stats_cuda(const at::Tensor& acts, const at::Tensor& labels,
+flowam::TensorTriple flowam::flow_stats_cuda(const at::Tensor& acts, const at::Tensor& labels,
                                                 int64_t num_classes, bool points_last) {
   static constexpr const char* op = "flow_stats_cuda";
   flow_check_acts_labels(acts, labels, num_classes, points_last, c10::DeviceType::CUDA, op);
@@ -212,7 +212,7 @@ std::vector<at::Tensor> flowam::flow_stats_cuda(const at::Tensor& acts, const at
   return {count, mean, m2};
 }
 
-std::vector<at::Tensor> flowam::flow_align_forward_cuda(const at::Tensor& acts, const at::Tensor& labels,
+flowam::TensorTriple flowam::flow_align_forward_cuda(const at::Tensor& acts, const at::Tensor& labels,
                                                         const at::Tensor& mu, const at::Tensor& sigma,
                                                         bool points_last) {
   static constexpr const char* op = "flow_align_forward_cuda";

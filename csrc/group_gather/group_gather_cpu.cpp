@@ -107,7 +107,7 @@ at::Tensor group_gather_forward_cpu(const at::Tensor& P, const at::Tensor& Q, co
   return out;
 }
 
-std::vector<at::Tensor> group_gather_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
+TensorPair group_gather_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
                                                   const at::Tensor& idx, const at::Tensor& scale,
                                                   int64_t num_points) {
   static constexpr const char* op = "group_gather_backward_cpu";

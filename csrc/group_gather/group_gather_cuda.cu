@@ -98,7 +98,7 @@ at::Tensor flowam::group_gather_forward_cuda(const at::Tensor& P, const at::Tens
   return out;
 }
 
-std::vector<at::Tensor> flowam::group_gather_backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
+flowam::TensorPair flowam::group_gather_backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
                                                            const at::Tensor& idx, const at::Tensor& scale,
                                                            int64_t num_points) {
   static constexpr const char* op = "group_gather_backward_cuda";

@@ -274,7 +274,7 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
 
 }  // namespace
 
-std::vector<at::Tensor> linear_max_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
+TensorPair linear_max_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                const at::Tensor& scale, const at::Tensor& shift,
                                                double negative_slope) {
   static constexpr const char* op = "linear_max_forward_cpu";
@@ -287,7 +287,7 @@ std::vector<at::Tensor> linear_max_forward_cpu(const at::Tensor& x, const at::Te
   return {out, argmax};
 }
 
-std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+TensorQuad linear_max_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                 const at::Tensor& weight, const at::Tensor& scale,
                                                 const at::Tensor& shift, const at::Tensor& argmax,
                                                 double negative_slope) {

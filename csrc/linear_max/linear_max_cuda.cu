@@ -251,7 +251,7 @@ __global__ void linear_max_grad_params_kernel(const T* __restrict__ dz, const T*
 }  // namespace
 }  // namespace flowam
 
-std::vector<at::Tensor> flowam::linear_max_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
+flowam::TensorPair flowam::linear_max_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
                                                         const at::Tensor& scale, const at::Tensor& shift,
                                                         double negative_slope) {
   static constexpr const char* op = "linear_max_forward_cuda";
@@ -273,7 +273,7 @@ std::vector<at::Tensor> flowam::linear_max_forward_cuda(const at::Tensor& x, con
   return {out, argmax};
 }
 
-std::vector<at::Tensor> flowam::linear_max_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+flowam::TensorQuad flowam::linear_max_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                          const at::Tensor& weight, const at::Tensor& scale,
                                                          const at::Tensor& shift, const at::Tensor& argmax,
                                                          double negative_slope) {

@@ -229,7 +229,7 @@ at::Tensor quantile_sort_cpu(const at::Tensor& acts, bool points_last) {
   return out;
 }
 
-std::vector<at::Tensor> quantile_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
+TensorPair quantile_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
                                                    const at::Tensor& quantiles, const at::Tensor& inv_scale,
                                                    bool points_last) {
   constexpr const char* op = "quantile_align_forward_cpu";
