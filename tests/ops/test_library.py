@@ -1,10 +1,12 @@
 """The kernels as PyTorch operators: every op of csrc/op_list.h is registered, with a fake
-kernel and (where differentiable) autograd that `torch.library.opcheck` accepts, on the C++
-kernels and on their Triton twins."""
+kernel and (where differentiable) autograd that `torch.library.opcheck` accepts, on every
+kernel backend here: the C++ kernels and their Triton twins."""
 import pytest
 import torch
 
 from flowam_fast.ops import backend, library
+
+from tests.ops.backends import KERNEL_BACKENDS, case_id
 
 pytestmark = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
 
@@ -61,7 +63,15 @@ def test_every_op_has_a_sample():
     assert sorted(_samples(torch.float32)) == sorted(backend.KERNELS)
 
 
+def _op_cases():
+    return [pytest.param(on, name, id=f"{case_id(on)}-{name}") for on in KERNEL_BACKENDS for name in backend.KERNELS
+            if on.backend == "cpu" or name not in backend.CPU_ONLY_KERNELS]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name", backend.KERNELS)
-def test_opcheck(name, dtype):
-    torch.library.opcheck(library.kernel("cpu", name), _samples(dtype)[name])
+@pytest.mark.parametrize("on, name", _op_cases())
+def test_opcheck(on, name, dtype):
+    """Schema, fake kernel against the real one, autograd registration and AOT dispatch."""
+    args = tuple(t.to(on.device).requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+                 for t in _samples(dtype)[name])
+    torch.library.opcheck(library.kernel(on.backend, name), args)
