@@ -24,6 +24,8 @@ from tests.ops.test_fps_ball_query import _assert_farthest, _assert_groups, _clo
 from tests.ops.test_group_gather import _grouped
 from tests.ops.test_group_gather import _inputs as _group_inputs
 from tests.ops.test_knn import _points
+from tests.ops.grads import assert_grads_match as _assert_grads_match
+from tests.ops.grads import twice as _twice
 from tests.ops.test_linear_max import _inputs as _linear_inputs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -65,30 +67,6 @@ def no_tf32():
 def _gpu(*tensors):
     out = tuple(t.to(DEV) for t in tensors)
     return out if len(out) > 1 else out[0]
-
-
-def _grads(fn, inputs, seed=7):
-    """fn(*leaves) backpropagated with a fixed random upstream gradient: (output, grads)."""
-    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
-    out = fn(*leaves)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype).to(out.device)
-    (out * g).sum().backward()
-    return out.detach(), [t.grad for t in leaves]
-
-
-def _assert_grads_match(fn, fn_ref, inputs, tol):
-    out, grads = _grads(fn, inputs)
-    want, want_grads = _grads(fn_ref, inputs)
-    torch.testing.assert_close(out, want, rtol=tol, atol=tol)
-    for got, ref in zip(grads, want_grads):
-        torch.testing.assert_close(got, ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
-
-
-def _twice(run):
-    """run() -> tensors, twice: the results must agree bit for bit."""
-    first, second = run(), run()
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
 
 
 # --- group_gather, group_linear_max ----------------------------------------------------------
