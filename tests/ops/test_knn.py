@@ -66,7 +66,8 @@ def _assert_matches_truth(dist2, idx, query, ref, k, tol):
 
 @each_backend
 @pytest.mark.parametrize("dim, dtype", [(3, torch.float32), (3, torch.float64), (5, torch.float32), (8, torch.float32),
-                                        (20, torch.float64), (64, torch.float32), (64, torch.float64)])
+                                        (20, torch.float64), (64, torch.float32), (64, torch.float64),
+                                        (128, torch.float32)])
 def test_self_knn_matches_reference(on, dim, dtype):
     # Both selection forms (direct up to D = 8, the GEMM form above), several tiles of points;
     # dim 20 in float32 takes Triton's tl.dot path.
