@@ -221,8 +221,11 @@ def test_points_last_memory_is_read_in_place(dtype, monkeypatch):
     layouts = []
     real = library.kernel("cpu", "quantile_align_forward")
     lookup = library.kernel
-    monkeypatch.setattr(library, "kernel", lambda b, name: (lambda a, *r: layouts.append((a.shape, r[-1])) or real(a, *r))
-                        if name == "quantile_align_forward" else lookup(b, name))
+    def spy(a, *rest):
+        layouts.append((a.shape, rest[-1]))
+        return real(a, *rest)
+
+    monkeypatch.setattr(library, "kernel", lambda b, name: spy if name == "quantile_align_forward" else lookup(b, name))
     w = torch.tensor([0.5, 1.0, 2.0], dtype=dtype)
     got = quantile_align(view.transpose(1, 2), labels, q, sigma, backend="cpu")
     want = quantile_align(dense, labels, q, sigma, backend="cpu")
