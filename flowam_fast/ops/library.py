@@ -51,10 +51,17 @@ def _attach(namespace: str, name: str, part: _Python) -> None:
 
 def register(name: str, fake: Callable, setup_context: Callable | None = None,
              backward: Callable | None = None) -> None:
-    """Register the Python parts of kernel op `name`: its fake kernel and, for an op with a
-    gradient, its autograd formula (`torch.library.register_autograd`'s setup_context, and a
-    backward that takes the kernels' namespace first), on the C++ op when the extension is
-    built and on the Triton op when it is defined."""
+    """Register the Python parts of kernel op `name`, on the C++ op when the extension is built
+    and on the Triton op when it is defined (now or later).
+
+    Args:
+        name: The op's name in csrc/op_list.h.
+        fake: Its fake kernel: the outputs' shapes, dtypes and devices from the inputs'.
+        setup_context: For a differentiable op, `torch.library.register_autograd`'s
+            setup_context(ctx, inputs, output).
+        backward: For a differentiable op, backward(kernels, ctx, *grads), `kernels` the
+            namespace of the ops of the backend that ran the forward.
+    """
     part = _Python(fake, setup_context, backward)
     _PYTHON[name] = part
     if name in _backend.KERNELS:
@@ -64,9 +71,17 @@ def register(name: str, fake: Callable, setup_context: Callable | None = None,
 
 
 def triton_kernel(launcher: Callable):
-    """Decorator: define the Triton launcher `launcher` as the op flowam_fast_triton::<its
-    name>, its schema read from its annotations, with the fake kernel and autograd formula
-    the front end registered for that name."""
+    """Decorator: define a Triton launcher as the op flowam_fast_triton::<its name>.
+
+    Its schema is read from its annotations; it gets the fake kernel and autograd formula its
+    C++ twin's front end registered under that name.
+
+    Args:
+        launcher: The launcher, named as its op in csrc/op_list.h.
+
+    Returns:
+        The op (callable as the launcher was).
+    """
     name = launcher.__name__
     op = torch.library.custom_op(f"{TRITON_NAMESPACE}::{name}", launcher, mutates_args=())
     _TRITON_DEFINED.add(name)
@@ -76,9 +91,21 @@ def triton_kernel(launcher: Callable):
 
 
 def kernel(backend: str, name: str):
-    """The op `name` (one of the kernels of csrc/op_list.h) of a concrete kernel backend:
-    torch.ops.flowam_fast.<name> for "cpu" and "cuda" (the dispatcher runs the kernel of the
-    inputs' device), torch.ops.flowam_fast_triton.<name> for "triton"."""
+    """The op `name` of a concrete kernel backend.
+
+    Args:
+        backend: "cpu" or "cuda": torch.ops.flowam_fast.<name>, whose kernel the dispatcher
+            picks by the inputs' device; "triton": torch.ops.flowam_fast_triton.<name>.
+        name: One of the ops of csrc/op_list.h (`backend.KERNELS`).
+
+    Returns:
+        The op's overload, called with the schema's arguments.
+
+    Raises:
+        ValueError: An unknown op, a backend without kernels ("torch"), or a CPU-only op
+            asked of another backend.
+        RuntimeError: "cpu" or "cuda" without the extension built.
+    """
     if backend == "triton":
         from . import triton  # noqa: F401  (defines the Triton ops)
 
