@@ -185,7 +185,7 @@ __global__ void flow_align_grad_kernel(const T* __restrict__ acts, const double*
 }  // namespace flowam
 
 flowam::TensorTriple flowam::flow_stats_cuda(const at::Tensor& acts, const at::Tensor& labels,
-                                                int64_t num_classes, bool points_last) {
+                                             int64_t num_classes, bool points_last) {
   static constexpr const char* op = "flow_stats_cuda";
   flow_check_acts_labels(acts, labels, num_classes, points_last, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(acts.device());
@@ -213,8 +213,8 @@ flowam::TensorTriple flowam::flow_stats_cuda(const at::Tensor& acts, const at::T
 }
 
 flowam::TensorTriple flowam::flow_align_forward_cuda(const at::Tensor& acts, const at::Tensor& labels,
-                                                        const at::Tensor& mu, const at::Tensor& sigma,
-                                                        bool points_last) {
+                                                     const at::Tensor& mu, const at::Tensor& sigma,
+                                                     bool points_last) {
   static constexpr const char* op = "flow_align_forward_cuda";
   flow_check_align_forward(acts, labels, mu, sigma, points_last, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(acts.device());

@@ -359,7 +359,7 @@ TensorPair knn_forward_cpu(const at::Tensor& query, const at::Tensor& ref, int64
 }
 
 TensorPair knn_backward_cpu(const at::Tensor& grad_dist2, const at::Tensor& query,
-                                         const at::Tensor& ref, const at::Tensor& idx) {
+                            const at::Tensor& ref, const at::Tensor& idx) {
   knn_check_backward(grad_dist2, query, ref, idx, c10::DeviceType::CPU, "knn_backward_cpu");
   const int64_t B = query.size(0), M = query.size(1), N = ref.size(1), D = query.size(2);
   const int64_t k = idx.size(2);

@@ -295,7 +295,7 @@ flowam::TensorPair flowam::knn_forward_cuda(const at::Tensor& query, const at::T
 }
 
 flowam::TensorPair flowam::knn_backward_cuda(const at::Tensor& grad_dist2, const at::Tensor& query,
-                                                  const at::Tensor& ref, const at::Tensor& idx) {
+                                             const at::Tensor& ref, const at::Tensor& idx) {
   static constexpr const char* op = "knn_backward_cuda";
   knn_check_backward(grad_dist2, query, ref, idx, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(query.device());
