@@ -1,49 +1,43 @@
-// pybind11 with the Tensor casters only: <torch/extension.h> also parses the whole C++ frontend.
+// Registers every op of op_list.h with the PyTorch dispatcher as flowam_fast::<name>: its
+// schema, its CPU kernel and (in CUDA builds) its CUDA kernel, so torch.ops.flowam_fast.<name>
+// runs the kernel of its inputs' device. The Python module itself carries only what Python
+// reads back: the ops' names, whether CUDA kernels were built and the CUDA kNN's largest k.
+// The fake kernels and the autograd formulas are registered from Python (flowam_fast/ops).
 #include <torch/csrc/utils/pybind.h>
+#include <torch/library.h>
 
 #include "ops.h"
 
-// Binds <name>_cpu and, in a CUDA build, <name>_cuda with one docstring and one set of argument
-// names, so a front end calls either the same way.
+TORCH_LIBRARY(flowam_fast, m) {
+#define FLOWAM_OP(name, ret, params, schema) m.def(#name schema);
+#define FLOWAM_CPU_OP FLOWAM_OP
+#include "op_list.h"
+}
+
+TORCH_LIBRARY_IMPL(flowam_fast, CPU, m) {
+#define FLOWAM_OP(name, ret, params, schema) m.impl(#name, &flowam::name##_cpu);
+#define FLOWAM_CPU_OP FLOWAM_OP
+#include "op_list.h"
+}
+
 #ifdef FLOWAM_WITH_CUDA
-#define FLOWAM_DEF(m, name, doc, ...)                           \
-  m.def(#name "_cpu", &flowam::name##_cpu, doc, __VA_ARGS__); \
-  m.def(#name "_cuda", &flowam::name##_cuda, doc, __VA_ARGS__)
-#else
-#define FLOWAM_DEF(m, name, doc, ...) m.def(#name "_cpu", &flowam::name##_cpu, doc, __VA_ARGS__)
+TORCH_LIBRARY_IMPL(flowam_fast, CUDA, m) {
+#define FLOWAM_OP(name, ret, params, schema) m.impl(#name, &flowam::name##_cuda);
+#define FLOWAM_CPU_OP(name, ret, params, schema)
+#include "op_list.h"
+}
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "flowam_fast fused kernels (C++ CPU; CUDA when built with it)";
-  FLOWAM_DEF(m, knn_forward, "fused kNN (forward)", py::arg("query"), py::arg("ref"), py::arg("k"));
-  FLOWAM_DEF(m, knn_backward, "fused kNN (dist2 gradient)", py::arg("grad_dist2"), py::arg("query"), py::arg("ref"),
-             py::arg("idx"));
-  FLOWAM_DEF(m, edge_max_forward, "gather-max over neighbours", py::arg("feat"), py::arg("idx"));
-  FLOWAM_DEF(m, edge_max_backward, "scatter to the argmax neighbour", py::arg("grad_out"), py::arg("argmax"),
-             py::arg("num_points"));
-  FLOWAM_DEF(m, linear_max_forward, "linear + affine + act + max-pool", py::arg("x"), py::arg("weight"),
-             py::arg("scale"), py::arg("shift"), py::arg("negative_slope"));
-  FLOWAM_DEF(m, linear_max_backward, "sparse backward of linear_max", py::arg("grad_out"), py::arg("x"),
-             py::arg("weight"), py::arg("scale"), py::arg("shift"), py::arg("argmax"), py::arg("negative_slope"));
-  FLOWAM_DEF(m, group_gather_forward, "grouped gather of P_j - Q_i + affine + relu", py::arg("P"), py::arg("Q"),
-             py::arg("idx"), py::arg("scale"), py::arg("shift"));
-  FLOWAM_DEF(m, group_gather_backward, "gradients of group_gather to P and Q", py::arg("grad_out"), py::arg("out"),
-             py::arg("idx"), py::arg("scale"), py::arg("num_points"));
-  FLOWAM_DEF(m, flow_stats, "per-class activation statistics", py::arg("acts"), py::arg("labels"),
-             py::arg("num_classes"), py::arg("points_last") = false);
-  FLOWAM_DEF(m, flow_align_forward, "flow alignment loss", py::arg("acts"), py::arg("labels"), py::arg("mu"),
-             py::arg("sigma"), py::arg("points_last") = false);
-  FLOWAM_DEF(m, flow_align_backward, "flow alignment gradient", py::arg("grad_loss"), py::arg("acts"),
-             py::arg("labels"), py::arg("mu"), py::arg("sigma"), py::arg("mean"), py::arg("std"),
-             py::arg("points_last") = false);
-  FLOWAM_DEF(m, farthest_point_sample, "farthest point sampling", py::arg("points"), py::arg("num_samples"));
-  FLOWAM_DEF(m, ball_query, "first nsample points within radius of each centroid", py::arg("points"),
-             py::arg("centroids"), py::arg("radius"), py::arg("nsample"));
-  // CPU only (ops.h says why), so bound without the CUDA twin of FLOWAM_DEF.
-  m.def("quantile_align_forward_cpu", &flowam::quantile_align_forward_cpu, "quantile alignment loss and gradient",
-        py::arg("acts"), py::arg("labels"), py::arg("quantiles"), py::arg("inv_scale"), py::arg("points_last"));
-  m.def("quantile_sort_cpu", &flowam::quantile_sort_cpu, "rows sorted ascending", py::arg("acts"),
-        py::arg("points_last"));
+  m.doc() = "flowam_fast fused kernels, registered as torch.ops.flowam_fast.* (C++ CPU; CUDA when built with it)";
+  std::vector<std::string> kernels, cpu_only;
+#define FLOWAM_OP(name, ret, params, schema) kernels.emplace_back(#name);
+#define FLOWAM_CPU_OP(name, ret, params, schema) \
+  kernels.emplace_back(#name);                   \
+  cpu_only.emplace_back(#name);
+#include "op_list.h"
+  m.attr("kernels") = py::tuple(py::cast(kernels));
+  m.attr("cpu_only_kernels") = py::tuple(py::cast(cpu_only));
 #ifdef FLOWAM_WITH_CUDA
   m.attr("with_cuda") = true;
   m.attr("knn_max_k_cuda") = flowam::kKnnCudaMaxK;

@@ -1,5 +1,7 @@
 """The build of flowam_fast._C for this machine: csrc/build.json (the sources and flags, the one
-build definition) with the environment switches applied and the CUDA decision taken.
+build definition) with the environment switches applied and the CUDA decision taken. Its
+sources are glob patterns (csrc/<op>/<op>_cpu.cpp, csrc/<op>/<op>_cuda.cu): a new op's folder
+is built without being listed; the ops themselves are listed in csrc/op_list.h.
 setup.py imports it; CMakeLists.txt runs it (`python csrc/build_config.py`) and reads the JSON
 it prints, so the two front ends build the same thing from one decision.
 
@@ -21,9 +23,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def sources(patterns) -> list:
+    """The files matching `patterns` (glob patterns relative to the repository root), in the
+    patterns' order, each pattern's matches sorted, each file once."""
+    found = []
+    for pattern in patterns:
+        for path in sorted(ROOT.glob(pattern)):
+            name = str(path.relative_to(ROOT))
+            if name not in found:
+                found.append(name)
+    return found
+
+
 def definition() -> dict:
-    """csrc/build.json as written."""
-    return json.loads((ROOT / "csrc" / "build.json").read_text())
+    """csrc/build.json with its source patterns expanded to the files."""
+    config = json.loads((ROOT / "csrc" / "build.json").read_text())
+    for key in ("cpu_sources", "cuda_sources"):
+        config[key] = sources(config[key])
+    return config
 
 
 def cpu_only() -> bool:

@@ -124,7 +124,7 @@ void backward_kernel(const scalar_t* g, const int64_t* a, int64_t B, int64_t M, 
 
 }  // namespace
 
-std::vector<at::Tensor> edge_max_forward_cpu(const at::Tensor& feat, const at::Tensor& idx) {
+TensorPair edge_max_forward_cpu(const at::Tensor& feat, const at::Tensor& idx) {
   edge_max_check_forward(feat, idx, c10::DeviceType::CPU, "edge_max_forward_cpu");
   const int64_t B = feat.size(0), N = feat.size(1), C = feat.size(2);
   const int64_t M = idx.size(1), k = idx.size(2);

@@ -55,7 +55,7 @@ __global__ void edge_max_backward_kernel(const T* __restrict__ g, const int64_t*
 }  // namespace
 }  // namespace flowam
 
-std::vector<at::Tensor> flowam::edge_max_forward_cuda(const at::Tensor& feat, const at::Tensor& idx) {
+flowam::TensorPair flowam::edge_max_forward_cuda(const at::Tensor& feat, const at::Tensor& idx) {
   static constexpr const char* op = "edge_max_forward_cuda";
   edge_max_check_forward(feat, idx, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(feat.device());

@@ -209,8 +209,8 @@ void align_backward_impl(const at::Tensor& grad_loss, const at::Tensor& acts, co
 
 }  // namespace
 
-std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes,
-                                       bool points_last) {
+TensorTriple flow_stats_cpu(const at::Tensor& acts, const at::Tensor& labels, int64_t num_classes,
+                            bool points_last) {
   static constexpr const char* op = "flow_stats_cpu";
   flow_check_acts_labels(acts, labels, num_classes, points_last, c10::DeviceType::CPU, op);
   const auto dopts = acts.options().dtype(at::kDouble);
@@ -223,8 +223,8 @@ std::vector<at::Tensor> flow_stats_cpu(const at::Tensor& acts, const at::Tensor&
   return {count, mean, m2};
 }
 
-std::vector<at::Tensor> flow_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
-                                               const at::Tensor& mu, const at::Tensor& sigma, bool points_last) {
+TensorTriple flow_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
+                                    const at::Tensor& mu, const at::Tensor& sigma, bool points_last) {
   static constexpr const char* op = "flow_align_forward_cpu";
   flow_check_align_forward(acts, labels, mu, sigma, points_last, c10::DeviceType::CPU, op);
   const auto dopts = acts.options().dtype(at::kDouble);

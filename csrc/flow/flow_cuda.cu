@@ -184,8 +184,8 @@ __global__ void flow_align_grad_kernel(const T* __restrict__ acts, const double*
 }  // namespace
 }  // namespace flowam
 
-std::vector<at::Tensor> flowam::flow_stats_cuda(const at::Tensor& acts, const at::Tensor& labels,
-                                                int64_t num_classes, bool points_last) {
+flowam::TensorTriple flowam::flow_stats_cuda(const at::Tensor& acts, const at::Tensor& labels,
+                                             int64_t num_classes, bool points_last) {
   static constexpr const char* op = "flow_stats_cuda";
   flow_check_acts_labels(acts, labels, num_classes, points_last, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(acts.device());
@@ -212,9 +212,9 @@ std::vector<at::Tensor> flowam::flow_stats_cuda(const at::Tensor& acts, const at
   return {count, mean, m2};
 }
 
-std::vector<at::Tensor> flowam::flow_align_forward_cuda(const at::Tensor& acts, const at::Tensor& labels,
-                                                        const at::Tensor& mu, const at::Tensor& sigma,
-                                                        bool points_last) {
+flowam::TensorTriple flowam::flow_align_forward_cuda(const at::Tensor& acts, const at::Tensor& labels,
+                                                     const at::Tensor& mu, const at::Tensor& sigma,
+                                                     bool points_last) {
   static constexpr const char* op = "flow_align_forward_cuda";
   flow_check_align_forward(acts, labels, mu, sigma, points_last, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(acts.device());

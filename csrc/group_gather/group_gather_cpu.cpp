@@ -107,9 +107,9 @@ at::Tensor group_gather_forward_cpu(const at::Tensor& P, const at::Tensor& Q, co
   return out;
 }
 
-std::vector<at::Tensor> group_gather_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
-                                                  const at::Tensor& idx, const at::Tensor& scale,
-                                                  int64_t num_points) {
+TensorPair group_gather_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out,
+                                     const at::Tensor& idx, const at::Tensor& scale,
+                                     int64_t num_points) {
   static constexpr const char* op = "group_gather_backward_cpu";
   group_gather_check_backward(grad_out, out, idx, scale, num_points, c10::DeviceType::CPU, op);
   const int64_t B = grad_out.size(0), S = grad_out.size(1), K = grad_out.size(2), C = grad_out.size(3);

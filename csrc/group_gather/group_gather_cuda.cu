@@ -98,9 +98,9 @@ at::Tensor flowam::group_gather_forward_cuda(const at::Tensor& P, const at::Tens
   return out;
 }
 
-std::vector<at::Tensor> flowam::group_gather_backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
-                                                           const at::Tensor& idx, const at::Tensor& scale,
-                                                           int64_t num_points) {
+flowam::TensorPair flowam::group_gather_backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
+                                                      const at::Tensor& idx, const at::Tensor& scale,
+                                                      int64_t num_points) {
   static constexpr const char* op = "group_gather_backward_cuda";
   group_gather_check_backward(grad_out, out, idx, scale, num_points, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(grad_out.device());

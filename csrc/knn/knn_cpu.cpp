@@ -345,7 +345,7 @@ static_assert(kDirectMaxDim == 8, "knn_dispatch lists the direct dimensions");
 
 }  // namespace
 
-std::vector<at::Tensor> knn_forward_cpu(const at::Tensor& query, const at::Tensor& ref, int64_t k) {
+TensorPair knn_forward_cpu(const at::Tensor& query, const at::Tensor& ref, int64_t k) {
   knn_check_forward(query, ref, k, c10::DeviceType::CPU, "knn_forward_cpu");
   const int64_t B = query.size(0), M = query.size(1), N = ref.size(1), D = query.size(2);
   auto dist2 = at::empty({B, M, k}, query.options());
@@ -358,8 +358,8 @@ std::vector<at::Tensor> knn_forward_cpu(const at::Tensor& query, const at::Tenso
   return {dist2, idx};
 }
 
-std::vector<at::Tensor> knn_backward_cpu(const at::Tensor& grad_dist2, const at::Tensor& query,
-                                         const at::Tensor& ref, const at::Tensor& idx) {
+TensorPair knn_backward_cpu(const at::Tensor& grad_dist2, const at::Tensor& query,
+                            const at::Tensor& ref, const at::Tensor& idx) {
   knn_check_backward(grad_dist2, query, ref, idx, c10::DeviceType::CPU, "knn_backward_cpu");
   const int64_t B = query.size(0), M = query.size(1), N = ref.size(1), D = query.size(2);
   const int64_t k = idx.size(2);

@@ -275,7 +275,7 @@ __global__ void knn_grad_ref_kernel(const T* __restrict__ g, const T* __restrict
 }  // namespace
 }  // namespace flowam
 
-std::vector<at::Tensor> flowam::knn_forward_cuda(const at::Tensor& query, const at::Tensor& ref, int64_t k) {
+flowam::TensorPair flowam::knn_forward_cuda(const at::Tensor& query, const at::Tensor& ref, int64_t k) {
   static constexpr const char* op = "knn_forward_cuda";
   knn_check_forward(query, ref, k, c10::DeviceType::CUDA, op);
   TORCH_CHECK(k <= kKnnCudaMaxK, op, ": k must be at most ", kKnnCudaMaxK,
@@ -294,8 +294,8 @@ std::vector<at::Tensor> flowam::knn_forward_cuda(const at::Tensor& query, const 
   return {dist2, idx};
 }
 
-std::vector<at::Tensor> flowam::knn_backward_cuda(const at::Tensor& grad_dist2, const at::Tensor& query,
-                                                  const at::Tensor& ref, const at::Tensor& idx) {
+flowam::TensorPair flowam::knn_backward_cuda(const at::Tensor& grad_dist2, const at::Tensor& query,
+                                             const at::Tensor& ref, const at::Tensor& idx) {
   static constexpr const char* op = "knn_backward_cuda";
   knn_check_backward(grad_dist2, query, ref, idx, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(query.device());

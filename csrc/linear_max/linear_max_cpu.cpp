@@ -274,9 +274,9 @@ void backward_impl(const at::Tensor& grad_out, const at::Tensor& x, const at::Te
 
 }  // namespace
 
-std::vector<at::Tensor> linear_max_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                               const at::Tensor& scale, const at::Tensor& shift,
-                                               double negative_slope) {
+TensorPair linear_max_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                  const at::Tensor& scale, const at::Tensor& shift,
+                                  double negative_slope) {
   static constexpr const char* op = "linear_max_forward_cpu";
   linear_max_check_inputs(x, weight, scale, shift, negative_slope, c10::DeviceType::CPU, op);
   at::Tensor out = at::empty({x.size(0), weight.size(0)}, x.options());
@@ -287,10 +287,10 @@ std::vector<at::Tensor> linear_max_forward_cpu(const at::Tensor& x, const at::Te
   return {out, argmax};
 }
 
-std::vector<at::Tensor> linear_max_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                const at::Tensor& weight, const at::Tensor& scale,
-                                                const at::Tensor& shift, const at::Tensor& argmax,
-                                                double negative_slope) {
+TensorQuad linear_max_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                   const at::Tensor& weight, const at::Tensor& scale,
+                                   const at::Tensor& shift, const at::Tensor& argmax,
+                                   double negative_slope) {
   static constexpr const char* op = "linear_max_backward_cpu";
   linear_max_check_backward(grad_out, x, weight, scale, shift, argmax, negative_slope, c10::DeviceType::CPU, op);
   at::Tensor grad_x = at::zeros_like(x);

@@ -251,9 +251,9 @@ __global__ void linear_max_grad_params_kernel(const T* __restrict__ dz, const T*
 }  // namespace
 }  // namespace flowam
 
-std::vector<at::Tensor> flowam::linear_max_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                                        const at::Tensor& scale, const at::Tensor& shift,
-                                                        double negative_slope) {
+flowam::TensorPair flowam::linear_max_forward_cuda(const at::Tensor& x, const at::Tensor& weight,
+                                                   const at::Tensor& scale, const at::Tensor& shift,
+                                                   double negative_slope) {
   static constexpr const char* op = "linear_max_forward_cuda";
   linear_max_check_inputs(x, weight, scale, shift, negative_slope, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(x.device());
@@ -273,10 +273,10 @@ std::vector<at::Tensor> flowam::linear_max_forward_cuda(const at::Tensor& x, con
   return {out, argmax};
 }
 
-std::vector<at::Tensor> flowam::linear_max_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
-                                                         const at::Tensor& weight, const at::Tensor& scale,
-                                                         const at::Tensor& shift, const at::Tensor& argmax,
-                                                         double negative_slope) {
+flowam::TensorQuad flowam::linear_max_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                    const at::Tensor& weight, const at::Tensor& scale,
+                                                    const at::Tensor& shift, const at::Tensor& argmax,
+                                                    double negative_slope) {
   static constexpr const char* op = "linear_max_backward_cuda";
   linear_max_check_backward(grad_out, x, weight, scale, shift, argmax, negative_slope, c10::DeviceType::CUDA, op);
   const c10::cuda::CUDAGuard guard(x.device());

@@ -229,9 +229,9 @@ at::Tensor quantile_sort_cpu(const at::Tensor& acts, bool points_last) {
   return out;
 }
 
-std::vector<at::Tensor> quantile_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
-                                                   const at::Tensor& quantiles, const at::Tensor& inv_scale,
-                                                   bool points_last) {
+TensorPair quantile_align_forward_cpu(const at::Tensor& acts, const at::Tensor& labels,
+                                      const at::Tensor& quantiles, const at::Tensor& inv_scale,
+                                      bool points_last) {
   constexpr const char* op = "quantile_align_forward_cpu";
   quantile_check_forward(acts, labels, quantiles, inv_scale, points_last, c10::DeviceType::CPU, op);
   const int64_t B = acts.size(0), C = acts.size(points_last ? 2 : 1), N = acts.size(points_last ? 1 : 2);

@@ -1,35 +1,32 @@
-"""Backend selection and kernel lookup: the one place where an op's `backend=` argument is
-resolved and where its kernels are found.
+"""Backend selection: the one place where an op's `backend=` argument is resolved.
 
-Backends: "cpu" (C++ in flowam_fast._C), "cuda" (CUDA in flowam_fast._C, when built with it),
-"triton" (flowam_fast.ops.triton: CUDA tensors, or CPU tensors under the Triton interpreter,
+Backends: "cpu" and "cuda" (the C++ and CUDA kernels of flowam_fast._C, registered as
+torch.ops.flowam_fast.<name>, CUDA when built with it), "triton" (the same ops as
+torch.ops.flowam_fast_triton.<name>: CUDA tensors, or CPU tensors under the Triton interpreter,
 TRITON_INTERPRET=1 set before triton's first import), "torch" (the pure-PyTorch reference).
 "auto" picks the fastest one available for the tensors' device: cuda, triton, torch on CUDA
-tensors; cpu, torch on CPU ones.
+tensors; cpu, torch on CPU ones. "cpu" and "cuda" name one op, torch.ops.flowam_fast.<name>, whose
+kernel the dispatcher picks by the inputs' device; `library.kernel` finds a backend's op.
 
-Every kernel backend has the same functions with the same arguments and results
-(`KERNELS`): `_C.<name>_cpu`, `_C.<name>_cuda` and `flowam_fast.ops.triton.<name>`, so each op
-has one autograd.Function that calls `kernel(backend, name)` (ops that return only indices
-call it directly). `CPU_ONLY_KERNELS` exist as `_C.<name>_cpu` alone (their ops run on torch
-elsewhere; the op's front end says so).
+`KERNELS` are the ops' names as the extension lists them (csrc/op_list.h); `CPU_ONLY_KERNELS`
+have a CPU kernel alone (their ops run on torch elsewhere; the op's front end says so).
 """
 from __future__ import annotations
 
 import torch
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "torch")
-KERNELS = ("knn_forward", "knn_backward", "edge_max_forward", "edge_max_backward", "linear_max_forward",
-           "linear_max_backward", "group_gather_forward", "group_gather_backward", "flow_stats",
-           "flow_align_forward", "flow_align_backward", "farthest_point_sample", "ball_query")
-CPU_ONLY_KERNELS = ("quantile_align_forward", "quantile_sort")
 
 try:
-    from flowam_fast import _C  # noqa: F401
+    from flowam_fast import _C  # noqa: F401  (registers torch.ops.flowam_fast)
 
     _C_ERROR = None
 except ImportError as exc:  # the package still works on the reference path
     _C = None
     _C_ERROR = exc
+
+KERNELS: tuple = tuple(getattr(_C, "kernels", ()))
+CPU_ONLY_KERNELS: tuple = tuple(getattr(_C, "cpu_only_kernels", ()))
 
 
 def extension():
@@ -155,18 +152,3 @@ def resolve(backend: str, device: torch.device, op: str, unsupported=None) -> st
     if why is not None:
         raise ValueError(f"{op}: backend {backend!r} cannot take this call: {why}")
     return backend
-
-
-def kernel(backend: str, name: str):
-    """The kernel `name` (one of KERNELS) of a concrete kernel backend."""
-    if name not in KERNELS + CPU_ONLY_KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; the kernels are {KERNELS + CPU_ONLY_KERNELS}")
-    if name in CPU_ONLY_KERNELS and backend != "cpu":
-        raise ValueError(f"kernel {name!r} exists for backend 'cpu' only, not {backend!r}")
-    if backend == "triton":
-        from flowam_fast.ops import triton as triton_kernels
-
-        return getattr(triton_kernels, name)
-    if backend in ("cpu", "cuda"):
-        return getattr(extension(), f"{name}_{backend}")
-    raise ValueError(f"backend {backend!r} has no kernels (kernel backends: 'cpu', 'cuda', 'triton')")

@@ -1,9 +1,19 @@
-"""Input validation shared by the op front ends: clear Python errors before any kernel runs."""
+"""Input validation shared by the op front ends: clear Python errors before any kernel runs.
+
+The checks of values (NaN or Inf, index ranges, signs) read the data, which under
+`torch.compile` would end the graph at every op; while it traces they are left out (`reading`),
+and those of shapes, dtypes and devices stay. The kernels still refuse an index out of range.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
+
+
+def reading() -> bool:
+    """Whether the value checks run: always, except while torch.compile traces."""
+    return not torch.compiler.is_compiling()
 
 
 def points(op: str, name: str, t, ndim: int = 3, check_finite: bool = True) -> torch.Tensor:
@@ -16,7 +26,7 @@ def points(op: str, name: str, t, ndim: int = 3, check_finite: bool = True) -> t
         raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
     if t.numel() == 0:
         raise ValueError(f"{op}: {name} is empty (shape {tuple(t.shape)})")
-    if check_finite:
+    if check_finite and reading():
         # aminmax carries NaN through and shows any Inf as the min or max, at a tenth of the
         # cost of isfinite().all() (which allocates a mask as large as the input).
         lo, hi = _dense_view(t.detach()).aminmax()
@@ -44,7 +54,7 @@ def index(op: str, name: str, t, ndim: int, upper: int) -> torch.Tensor:
         raise ValueError(f"{op}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     if t.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"{op}: {name} must be int32 or int64, got {t.dtype}")
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
+    if t.numel() and reading() and (int(t.min()) < 0 or int(t.max()) >= upper):
         raise ValueError(f"{op}: {name} has values outside [0, {upper}): min {int(t.min())}, max {int(t.max())}")
     return t
 
@@ -87,6 +97,8 @@ def class_flows(op: str, acts: torch.Tensor, labels, target: torch.Tensor, sigma
     index(op, "labels", labels, 1, target.shape[0])
     dim_equal(op, "samples in acts and labels", acts.shape[0], labels.shape[0])
     labels = labels.long()
+    if not reading():
+        return labels
     target_used, sigma_used = target.detach()[labels], sigma.detach()[labels]
     if not bool(torch.isfinite(target_used).all() and torch.isfinite(sigma_used).all()):
         raise ValueError(f"{op}: {names} contains NaN or Inf for a class in labels")

@@ -2,29 +2,32 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
-from . import checks, reference
+from . import checks, library, reference
 
 
-class _EdgeMax(torch.autograd.Function):
-    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end."""
+def _fake_forward(feat, idx):
+    shape = (feat.shape[0], idx.shape[1], feat.shape[2])
+    return feat.new_empty(shape), feat.new_empty(shape, dtype=torch.int64)
 
-    @staticmethod
-    def forward(ctx, backend, feat, idx):
-        out, argmax = _backend.kernel(backend, "edge_max_forward")(feat, idx)
-        ctx.save_for_backward(argmax)
-        ctx.num_points = feat.shape[1]
-        ctx.backend = backend
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        (argmax,) = ctx.saved_tensors
-        grad_feat = _backend.kernel(ctx.backend, "edge_max_backward")(grad_out.contiguous(), argmax, ctx.num_points)
-        return None, grad_feat, None
+def _fake_backward(grad_out, argmax, num_points):
+    return grad_out.new_empty((grad_out.shape[0], num_points, grad_out.shape[2]))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.num_points = inputs[0].shape[1]
+
+
+def _backward(kernels, ctx, grad_out, _grad_argmax):
+    (argmax,) = ctx.saved_tensors
+    return kernels.edge_max_backward(grad_out.contiguous(), argmax, ctx.num_points), None
+
+
+library.register("edge_max_forward", _fake_forward, _setup_context, _backward)
+library.register("edge_max_backward", _fake_backward)
 
 
 def edge_max(feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -58,4 +61,4 @@ def edge_max(feat: torch.Tensor, idx: torch.Tensor, backend: str = "auto") -> to
     b = _backend.resolve(backend, feat.device, op)
     if b == "torch":
         return reference.edge_max(feat, idx)
-    return _EdgeMax.apply(b, checks.kernel_float(feat), idx.contiguous())
+    return library.kernel(b, "edge_max_forward")(checks.kernel_float(feat), idx.contiguous())[0]

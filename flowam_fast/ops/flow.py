@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 
 from . import backend as _backend
-from . import checks, reference
+from . import checks, library, reference
 
 
 class FlowStats(NamedTuple):
@@ -225,29 +225,47 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, backe
         if b == "torch":
             return FlowStats(*reference.flow_stats(acts, labels.long(), num_classes))
         kernel_acts, points_last = checks.kernel_acts(acts)
-        count, mean, m2 = _backend.kernel(b, "flow_stats")(kernel_acts, labels.long().contiguous(), num_classes,
-                                                           points_last)
+        count, mean, m2 = library.kernel(b, "flow_stats")(kernel_acts, labels.long().contiguous(), num_classes,
+                                                          points_last)
     return FlowStats(count, mean, m2)
 
 
-class _FlowAlign(torch.autograd.Function):
-    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end.
-    acts: (B,C,N), or (B,N,C) with points_last; the gradient comes back in acts' layout."""
+def _channels(acts, points_last):
+    return acts.shape[2] if points_last else acts.shape[1]
 
-    @staticmethod
-    def forward(ctx, backend, acts, labels, mu, sigma, points_last):
-        loss, mean, std = _backend.kernel(backend, "flow_align_forward")(acts, labels, mu, sigma, points_last)
-        ctx.save_for_backward(acts, labels, mu, sigma, mean, std)
-        ctx.points_last = points_last
-        ctx.backend = backend
-        return loss
 
-    @staticmethod
-    def backward(ctx, grad_loss):
-        acts, labels, mu, sigma, mean, std = ctx.saved_tensors
-        grad = _backend.kernel(ctx.backend, "flow_align_backward")(grad_loss.contiguous(), acts, labels, mu, sigma,
-                                                                   mean, std, ctx.points_last)
-        return None, grad, None, None, None, None
+def _fake_stats(acts, labels, num_classes, points_last=False):
+    shape = (num_classes, _channels(acts, points_last))
+    return (acts.new_empty((num_classes,), dtype=torch.int64), acts.new_empty(shape, dtype=torch.float64),
+            acts.new_empty(shape, dtype=torch.float64))
+
+
+def _fake_align_forward(acts, labels, mu, sigma, points_last=False):
+    shape = (acts.shape[0], _channels(acts, points_last))
+    return (acts.new_empty(acts.shape[:1]), acts.new_empty(shape, dtype=torch.float64),
+            acts.new_empty(shape, dtype=torch.float64))
+
+
+def _fake_align_backward(grad_loss, acts, labels, mu, sigma, mean, std, points_last=False):
+    return torch.empty_like(acts)
+
+
+def _setup_align(ctx, inputs, output):
+    acts, labels, mu, sigma, points_last = inputs
+    ctx.save_for_backward(acts, labels, mu, sigma, output[1], output[2])
+    ctx.points_last = points_last
+
+
+def _align_backward(kernels, ctx, grad_loss, _grad_mean, _grad_std):
+    """acts: (B,C,N), or (B,N,C) with points_last; the gradient comes back in acts' layout."""
+    acts, labels, mu, sigma, mean, std = ctx.saved_tensors
+    grad = kernels.flow_align_backward(grad_loss.contiguous(), acts, labels, mu, sigma, mean, std, ctx.points_last)
+    return grad, None, None, None, None
+
+
+library.register("flow_stats", _fake_stats)
+library.register("flow_align_forward", _fake_align_forward, _setup_align, _align_backward)
+library.register("flow_align_backward", _fake_align_backward)
 
 
 def flow_align(acts: torch.Tensor | LinearActs, labels: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
@@ -302,5 +320,6 @@ def flow_align(acts: torch.Tensor | LinearActs, labels: torch.Tensor, mu: torch.
     if b == "torch":
         return reference.flow_align(acts.dense() if linear else acts, labels, mu.detach(), sigma.detach())
     kernel_acts, points_last = checks.kernel_acts(acts)
-    return _FlowAlign.apply(b, kernel_acts, labels.contiguous(), mu.detach().to(torch.float64).contiguous(),
-                               sigma.detach().to(torch.float64).contiguous(), points_last)
+    return library.kernel(b, "flow_align_forward")(kernel_acts, labels.contiguous(),
+                                                   mu.detach().to(torch.float64).contiguous(),
+                                                   sigma.detach().to(torch.float64).contiguous(), points_last)[0]

@@ -10,32 +10,36 @@ K neighbours is `linear_max` over B * S groups of K points.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
-from . import checks, reference
+from . import checks, library, reference
 from .linear_max import checked_linear_max
 
 
-class _GroupGather(torch.autograd.Function):
-    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end."""
+def _fake_forward(P, Q, idx, scale, shift):
+    return P.new_empty((*idx.shape, P.shape[2]))
 
-    @staticmethod
-    def forward(ctx, backend, P, Q, idx, scale, shift):
-        out = _backend.kernel(backend, "group_gather_forward")(P, Q, idx, scale, shift)
-        # The output alone tells the backward where the ReLU passed (out > 0).
-        ctx.save_for_backward(out, idx, scale)
-        ctx.num_points = P.shape[1]
-        ctx.backend = backend
-        return out
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        out, idx, scale = ctx.saved_tensors
-        grad_P, grad_Q = _backend.kernel(ctx.backend, "group_gather_backward")(grad_out.contiguous(), out, idx, scale,
-                                                                               ctx.num_points)
-        return None, grad_P, grad_Q, None, None, None
+def _fake_backward(grad_out, out, idx, scale, num_points):
+    B, S, _, C = grad_out.shape
+    return grad_out.new_empty((B, num_points, C)), grad_out.new_empty((B, S, C))
+
+
+def _setup_context(ctx, inputs, output):
+    P, _, idx, scale, _ = inputs
+    # The output alone tells the backward where the ReLU passed (out > 0).
+    ctx.save_for_backward(output, idx, scale)
+    ctx.num_points = P.shape[1]
+
+
+def _backward(kernels, ctx, grad_out):
+    out, idx, scale = ctx.saved_tensors
+    grad_P, grad_Q = kernels.group_gather_backward(grad_out.contiguous(), out, idx, scale, ctx.num_points)
+    return grad_P, grad_Q, None, None, None
+
+
+library.register("group_gather_forward", _fake_forward, _setup_context, _backward)
+library.register("group_gather_backward", _fake_backward)
 
 
 def group_gather(P: torch.Tensor, Q: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
@@ -93,7 +97,7 @@ def group_gather(P: torch.Tensor, Q: torch.Tensor, idx: torch.Tensor, scale: tor
     dtype = torch.float64 if torch.float64 in (P.dtype, Q.dtype, scale.dtype, shift.dtype) else torch.float32
     # The casts and copies are differentiable, so gradients reach the caller's tensors.
     P, Q, scale, shift = (t.to(dtype).contiguous() for t in (P, Q, scale, shift))
-    return _GroupGather.apply(b, P, Q, idx.contiguous(), scale, shift)
+    return library.kernel(b, "group_gather_forward")(P, Q, idx.contiguous(), scale, shift)
 
 
 def group_linear_max(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,

@@ -2,30 +2,34 @@
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
-from . import checks, reference
+from . import checks, library, reference
 
 
-class _Knn(torch.autograd.Function):
-    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end."""
+def _fake_forward(query, ref, k):
+    shape = (query.shape[0], query.shape[1], k)
+    return query.new_empty(shape), query.new_empty(shape, dtype=torch.int64)
 
-    @staticmethod
-    def forward(ctx, backend, query, ref, k):
-        dist2, idx = _backend.kernel(backend, "knn_forward")(query, ref, k)
-        ctx.save_for_backward(query, ref, idx)
-        ctx.mark_non_differentiable(idx)
-        ctx.backend = backend
-        return dist2, idx
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_dist2, _grad_idx):
-        query, ref, idx = ctx.saved_tensors
-        gq, gr = _backend.kernel(ctx.backend, "knn_backward")(grad_dist2.contiguous(), query, ref, idx)
-        # For a self-kNN query and ref are one tensor, and autograd adds the two gradients.
-        return None, gq, gr, None
+def _fake_backward(grad_dist2, query, ref, idx):
+    return torch.empty_like(query), torch.empty_like(ref)
+
+
+def _setup_context(ctx, inputs, output):
+    query, ref, _ = inputs
+    ctx.save_for_backward(query, ref, output[1])
+
+
+def _backward(kernels, ctx, grad_dist2, _grad_idx):
+    query, ref, idx = ctx.saved_tensors
+    gq, gr = kernels.knn_backward(grad_dist2.contiguous(), query, ref, idx)
+    # For a self-kNN query and ref are one tensor, and autograd adds the two gradients.
+    return gq, gr, None
+
+
+library.register("knn_forward", _fake_forward, _setup_context, _backward)
+library.register("knn_backward", _fake_backward)
 
 
 def _cuda_k_limit(k: int):
@@ -79,4 +83,4 @@ def knn(x: torch.Tensor, k: int, ref: torch.Tensor | None = None, backend: str =
         return reference.knn(x, k, ref)
     q = checks.kernel_float(x)
     r = q if ref is None else checks.kernel_float(ref).to(q.dtype)
-    return _Knn.apply(b, q, r, k)
+    return library.kernel(b, "knn_forward")(q, r, k)

@@ -7,26 +7,32 @@ import math
 import torch
 
 from . import backend as _backend
-from . import checks, reference
+from . import checks, library, reference
 
 
-class _LinearMax(torch.autograd.Function):
-    """The kernels of one backend ("cpu", "cuda" or "triton"), chosen by the front end."""
+def _fake_forward(x, weight, scale, shift, negative_slope):
+    shape = (x.shape[0], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
 
-    @staticmethod
-    def forward(ctx, backend, x, weight, scale, shift, negative_slope):
-        out, argmax = _backend.kernel(backend, "linear_max_forward")(x, weight, scale, shift, negative_slope)
-        ctx.save_for_backward(x, weight, scale, shift, argmax)
-        ctx.negative_slope = negative_slope
-        ctx.backend = backend
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, weight, scale, shift, argmax = ctx.saved_tensors
-        gx, gw, gs, gh = _backend.kernel(ctx.backend, "linear_max_backward")(
-            grad_out.contiguous(), x, weight, scale, shift, argmax, ctx.negative_slope)
-        return None, gx, gw, gs, gh, None
+def _fake_backward(grad_out, x, weight, scale, shift, argmax, negative_slope):
+    return tuple(torch.empty_like(t) for t in (x, weight, scale, shift))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, scale, shift, negative_slope = inputs
+    ctx.save_for_backward(x, weight, scale, shift, output[1])
+    ctx.negative_slope = negative_slope
+
+
+def _backward(kernels, ctx, grad_out, _grad_argmax):
+    x, weight, scale, shift, argmax = ctx.saved_tensors
+    grads = kernels.linear_max_backward(grad_out.contiguous(), x, weight, scale, shift, argmax, ctx.negative_slope)
+    return (*grads, None)
+
+
+library.register("linear_max_forward", _fake_forward, _setup_context, _backward)
+library.register("linear_max_backward", _fake_backward)
 
 
 def _vector(op: str, name: str, t, size: int, like: torch.Tensor, fill: float) -> torch.Tensor:
@@ -90,4 +96,4 @@ def checked_linear_max(op: str, x, weight, scale, shift, negative_slope, backend
     dtype = torch.float64 if torch.float64 in (x.dtype, weight.dtype, scale.dtype, shift.dtype) else torch.float32
     # The casts and copies are differentiable, so gradients reach the caller's tensors.
     x, weight, scale, shift = (t.to(dtype).contiguous() for t in (x, weight, scale, shift))
-    return _LinearMax.apply(b, x, weight, scale, shift, negative_slope)
+    return library.kernel(b, "linear_max_forward")(x, weight, scale, shift, negative_slope)[0]

@@ -17,10 +17,9 @@ torch's sort is fast). "auto" takes "cpu" for CPU tensors when the extension is 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import backend as _backend
-from . import checks
+from . import checks, library
 from .reference import SCALE_EPS
 
 
@@ -63,24 +62,30 @@ def sample_quantiles(acts: torch.Tensor, levels: int, backend: str = "auto") -> 
             ordered = acts.sort(dim=-1).values
         else:
             a, points_last = checks.kernel_acts(acts)
-            ordered = _backend.kernel("cpu", "quantile_sort")(a, points_last)
+            ordered = library.kernel("cpu", "quantile_sort")(a, points_last)
     return resample_quantiles(ordered, levels)
 
 
-class _QuantileAlign(torch.autograd.Function):
-    """acts: (B,C,N), or (B,N,C) with points_last; the gradient comes back in acts' layout."""
+def _fake_forward(acts, labels, quantiles, inv_scale, points_last):
+    return acts.new_empty(acts.shape[:1]), torch.empty_like(acts)
 
-    @staticmethod
-    def forward(ctx, acts, labels, quantiles, inv_scale, points_last):
-        loss, grad = _backend.kernel("cpu", "quantile_align_forward")(acts, labels, quantiles, inv_scale, points_last)
-        ctx.save_for_backward(grad)
-        return loss
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss):
-        (grad,) = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype).view(-1, 1, 1), None, None, None, None
+def _fake_sort(acts, points_last):
+    return acts.new_empty(acts.transpose(1, 2).shape if points_last else acts.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    # The forward wrote the gradient of each sample's loss (in acts' layout): the backward scales it.
+    ctx.save_for_backward(output[1])
+
+
+def _backward(kernels, ctx, grad_loss, _grad_grad):
+    (grad,) = ctx.saved_tensors
+    return grad * grad_loss.to(grad.dtype).view(-1, 1, 1), None, None, None, None
+
+
+library.register("quantile_align_forward", _fake_forward, _setup_context, _backward)
+library.register("quantile_sort", _fake_sort)
 
 
 def quantile_align(acts: torch.Tensor, labels: torch.Tensor, quantiles: torch.Tensor, sigma: torch.Tensor,
@@ -127,5 +132,6 @@ def quantile_align(acts: torch.Tensor, labels: torch.Tensor, quantiles: torch.Te
     # (B, C, N) copy of the targets; and points-last activations as they are.
     a, points_last = checks.kernel_acts(acts)
     inv_s = (1.0 / (sigma.detach().to(a.dtype) + SCALE_EPS)).contiguous()
-    return _QuantileAlign.apply(a, labels.contiguous(), quantiles.detach().to(a.dtype).contiguous(), inv_s,
-                                points_last)
+    return library.kernel("cpu", "quantile_align_forward")(a, labels.contiguous(),
+                                                       quantiles.detach().to(a.dtype).contiguous(), inv_s,
+                                                       points_last)[0]

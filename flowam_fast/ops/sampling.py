@@ -8,7 +8,7 @@ import numbers
 import torch
 
 from . import backend as _backend
-from . import checks, reference
+from . import checks, library, reference
 
 
 def _points3(op: str, name: str, t) -> torch.Tensor:
@@ -22,6 +22,18 @@ def _count(op: str, name: str, value) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
     return value
+
+
+def _fake_fps(points, num_samples):
+    return points.new_empty((points.shape[0], num_samples), dtype=torch.int64)
+
+
+def _fake_ball_query(points, centroids, radius, nsample):
+    return points.new_empty((*centroids.shape[:2], nsample), dtype=torch.int64)
+
+
+library.register("farthest_point_sample", _fake_fps)
+library.register("ball_query", _fake_ball_query)
 
 
 def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str = "auto") -> torch.Tensor:
@@ -57,7 +69,7 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int, backend: str =
     b = _backend.resolve(backend, points.device, op)
     if b == "torch":
         return reference.farthest_point_sample(points.detach(), num_samples)
-    return _backend.kernel(b, "farthest_point_sample")(checks.kernel_float(points.detach()), num_samples)
+    return library.kernel(b, "farthest_point_sample")(checks.kernel_float(points.detach()), num_samples)
 
 
 def ball_query(points: torch.Tensor, centroids: torch.Tensor, radius: float, nsample: int,
@@ -107,5 +119,5 @@ def ball_query(points: torch.Tensor, centroids: torch.Tensor, radius: float, nsa
     if b == "torch":
         return reference.ball_query(points.detach(), centroids.detach(), float(radius), nsample)
     p = checks.kernel_float(points.detach())
-    return _backend.kernel(b, "ball_query")(p, checks.kernel_float(centroids.detach()).to(p.dtype), float(radius),
-                                             nsample)
+    return library.kernel(b, "ball_query")(p, checks.kernel_float(centroids.detach()).to(p.dtype), float(radius),
+                                            nsample)

@@ -4,9 +4,9 @@ bit on random clouds, against direct float64 computations on grid-aligned clouds
 distances: real ties, points exactly on the radius), hand-worked examples, edge cases, and
 input validation of the front ends, the C++ entry points and the Triton launchers.
 
-As in tests/ops/test_triton.py, the Triton interpreter is asked for before anything imports
-triton; if triton was imported earlier in compiled mode on a machine without a GPU, the triton
-cases rerun in a fresh process.
+tests/ops/conftest.py asks for the Triton interpreter before anything imports triton; if
+triton was imported earlier in compiled mode on a machine without a GPU, the triton cases rerun
+in a fresh process.
 """
 import os
 import subprocess
@@ -15,13 +15,10 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from flowam_fast.ops import backend, ball_query, farthest_point_sample, library, reference
 
-from flowam_fast.ops import backend, ball_query, farthest_point_sample, reference  # noqa: E402
-
-from tests.helpers import CountedLaunches  # noqa: E402
-from tests.ops.test_knn import _points  # noqa: E402
+from tests.helpers import CountedLaunches
+from tests.ops.test_knn import _points
 
 INTERPRETED = backend.triton_interpreting()
 _needs_c = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
@@ -308,12 +305,7 @@ def _direct_ball_cases():
 
 
 def _kernels(kernel):
-    if kernel == "cpu":
-        ext = backend.extension()
-        return ext.farthest_point_sample_cpu, ext.ball_query_cpu
-    import flowam_fast.ops.triton as ft
-
-    return ft.farthest_point_sample, ft.ball_query
+    return library.kernel(kernel, "farthest_point_sample"), library.kernel(kernel, "ball_query")
 
 
 def test_direct_calls_refuse_what_would_read_out_of_bounds(kernel):

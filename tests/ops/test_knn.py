@@ -1,4 +1,5 @@
-"""Fused kNN (C++ CPU) against the reference, its gradient, properties, and input validation."""
+"""Fused kNN on every kernel backend against the reference, its gradient, properties, and input
+validation."""
 import contextlib
 
 import pytest
@@ -6,16 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowam_fast.ops import knn, reference
-from flowam_fast.ops.backend import has_cpu_kernels
+from flowam_fast.ops import backend, knn, library, reference
 
-pytestmark = pytest.mark.skipif(not has_cpu_kernels(), reason="flowam_fast._C is not built")
+from tests.ops.backends import CPP_BACKENDS, case_id, cases, each_backend
+from tests.ops.grads import assert_grads_match, twice
 
-
-def _C():
-    from flowam_fast import _C
-
-    return _C
+pytestmark = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
 
 
 @contextlib.contextmanager
@@ -67,107 +64,136 @@ def _assert_matches_truth(dist2, idx, query, ref, k, tol):
     assert torch.equal(idx[separated], order[..., :k][separated])
 
 
-@pytest.mark.parametrize("dim", [3, 8, 64])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_self_knn_matches_reference(dim, dtype):
-    x = _points((2, 300, dim), seed=dim, dtype=dtype)
-    k = 16
-    dist2, idx = knn(x, k, backend="cpu")
-    assert dist2.dtype == dtype and idx.dtype == torch.int64 and dist2.shape == idx.shape == (2, 300, k)
+@each_backend
+@pytest.mark.parametrize("dim, dtype", [(3, torch.float32), (3, torch.float64), (5, torch.float32), (8, torch.float32),
+                                        (20, torch.float64), (64, torch.float32), (64, torch.float64),
+                                        (128, torch.float32)])
+def test_self_knn_matches_reference(on, dim, dtype):
+    # Both selection forms (direct up to D = 8, the GEMM form above), several tiles of points;
+    # dim 20 in float32 takes Triton's tl.dot path.
+    n, k = on.size((2, 300), (1, 100)), on.size(16, 6)
+    x = _points((*n, dim), seed=dim, dtype=dtype)
+    dist2, idx = knn(on(x), k, backend=on.backend)
+    assert dist2.dtype == dtype and idx.dtype == torch.int64 and dist2.shape == (*n, k)
     tol = 1e-5 if dtype == torch.float32 else 1e-10
-    _assert_matches_truth(dist2, idx, x, x, k, tol)
+    _assert_matches_truth(dist2.cpu(), idx.cpu(), x, x, k, tol)
     ref_d, _ = reference.knn(x, k)
-    torch.testing.assert_close(dist2, ref_d, atol=tol * dim, rtol=tol * 10)
+    torch.testing.assert_close(dist2.cpu(), ref_d, atol=tol * dim, rtol=tol * 10)
 
 
-@pytest.mark.parametrize("dim", [3, 64])
-@pytest.mark.parametrize("k", [1, 7, 40, 70])
-def test_query_ref_many_tiles_and_blocks(dim, k):
-    # M != N, more query rows than one block, more reference points than one tile, and k on
-    # each of the selection paths (small-group bound, large-group bound, no bound / sort).
-    q = _points((2, 70, dim), seed=1)
-    r = _points((2, 1700, dim), seed=2)
-    dist2, idx = knn(q, k, ref=r, backend="cpu")
-    assert dist2.shape == (2, 70, k)
-    _assert_matches_truth(dist2, idx, q, r, k, 1e-5)
+def _tile_cases(on):
+    """k on each of the CPU kernel's selection paths (small-group bound, large-group bound, no
+    bound / sort) and on every register list size of the CUDA kernel."""
+    if on.interpreted:
+        return [(dim, 11) for dim in (3, 20)]
+    return [(dim, k) for dim in (3, 64) for k in ((1, 7, 40, 70) if on.backend == "cpu" else (1, 20, 33, 64))]
 
 
-@pytest.mark.parametrize("dim", [3, 64])
-@pytest.mark.parametrize("k", [1, 5, 24])
-def test_grid_ties_match_reference_exactly(dim, k):
-    # Integer coordinates: every distance is exact in float32 in both implementations, so
-    # ties are real and the tie rule (smaller index first) must give identical results.
-    x = _points((3, 24, dim), seed=k, grid=3)
-    dist2, idx = knn(x, k, backend="cpu")
+@pytest.mark.parametrize("on, dim, k", cases(_tile_cases))
+def test_query_ref_many_tiles_and_blocks(on, dim, k):
+    # M != N, more query rows than one block, more reference points than one tile.
+    m, n = on.size(150, 70), on.size(1700, 90)
+    q, r = _points((2, m, dim), seed=1), _points((2, n, dim), seed=2)
+    dist2, idx = knn(on(q), k, ref=on(r), backend=on.backend)
+    assert dist2.shape == (2, m, k)
+    _assert_matches_truth(dist2.cpu(), idx.cpu(), q, r, k, 1e-5)
+
+
+@each_backend
+@pytest.mark.parametrize("dim, k", [(3, 1), (3, 5), (3, 24), (20, 24), (64, 5), (64, 24)])
+def test_grid_ties_match_reference_exactly(on, dim, k):
+    # Integer coordinates: every distance (and every GEMM-form key) is exact in every summation
+    # order, so ties are real and the tie rule (smaller index first) must give the reference's
+    # result bit for bit.
+    x = _points((3, 40, dim), seed=k, grid=3)
+    dist2, idx = knn(on(x), k, backend=on.backend)
     ref_d, ref_i = reference.knn(x, k)
-    assert torch.equal(idx, ref_i)
-    assert torch.equal(dist2, ref_d)
+    assert torch.equal(idx.cpu(), ref_i)
+    assert torch.equal(dist2.cpu(), ref_d)
 
 
-def test_all_points_identical():
-    x = torch.ones(1, 50, 3)
-    dist2, idx = knn(x, 10, backend="cpu")
-    assert torch.equal(idx, torch.arange(10).expand(1, 50, 10))
-    assert torch.equal(dist2, torch.zeros(1, 50, 10))
+@each_backend
+def test_all_points_identical(on):
+    n = on.size(300, 70)
+    dist2, idx = knn(on(torch.ones(1, n, 3)), 10, backend=on.backend)
+    assert torch.equal(idx.cpu(), torch.arange(10).expand(1, n, 10))
+    assert torch.equal(dist2.cpu(), torch.zeros(1, n, 10))
 
 
-@pytest.mark.parametrize("n", [1, 2, 9])
-def test_k_equals_n_and_batch_of_one(n):
+@each_backend
+@pytest.mark.parametrize("n", [1, 2, 9, 64])
+def test_k_equals_n_and_batch_of_one(on, n):
     x = _points((1, n, 3), seed=n)
-    dist2, idx = knn(x, n, backend="cpu")
+    dist2, idx = knn(on(x), n, backend=on.backend)
     ref_d, ref_i = reference.knn(x, n)
-    assert torch.equal(idx.sort(-1).values, torch.arange(n).expand(1, n, n))
-    torch.testing.assert_close(dist2, ref_d)
+    assert torch.equal(idx.cpu().sort(-1).values, torch.arange(n).expand(1, n, n))
+    torch.testing.assert_close(dist2.cpu(), ref_d)
 
 
-def test_non_contiguous_inputs():
-    base = _points((2, 3, 200), seed=5)
-    x = base.transpose(1, 2)  # (B, N, 3) view, not contiguous
-    assert not x.is_contiguous()
-    d1, i1 = knn(x, 8, backend="cpu")
-    d2, i2 = knn(x.contiguous(), 8, backend="cpu")
-    assert torch.equal(i1, i2) and torch.equal(d1, d2)
-    r = _points((2, 300, 3), seed=6)[:, ::2]
-    d3, i3 = knn(x, 8, ref=r, backend="cpu")
-    d4, i4 = knn(x, 8, ref=r.contiguous(), backend="cpu")
-    assert torch.equal(i3, i4) and torch.equal(d3, d4)
+@each_backend
+def test_non_contiguous_inputs(on):
+    n = on.size(200, 40)
+    x = on(_points((2, 3, n), seed=5)).transpose(1, 2)  # (B, N, 3) view, not contiguous
+    r = on(_points((2, 3 * n // 2, 3), seed=6))[:, ::2]
+    assert not x.is_contiguous() and not r.is_contiguous()
+    for ref in (None, r):
+        d1, i1 = knn(x, 8, ref=ref, backend=on.backend)
+        d2, i2 = knn(x.contiguous(), 8, ref=None if ref is None else ref.contiguous(), backend=on.backend)
+        assert torch.equal(i1, i2) and torch.equal(d1, d2)
 
 
+# gradcheck's many small calls are for the C++ kernels; the Triton ones' gradients are held
+# against the reference's below.
+@pytest.mark.parametrize("on", CPP_BACKENDS, ids=case_id)
 @pytest.mark.parametrize("dim", [3, 12])
-def test_gradcheck_query_and_ref(dim, one_thread):
-    q = _points((2, 6, dim), seed=10, dtype=torch.float64).requires_grad_()
-    r = _points((2, 9, dim), seed=11, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: knn(a, 3, ref=b, backend="cpu")[0], (q, r))
+def test_gradcheck_query_ref_and_self(on, dim, one_thread):
+    q = on(_points((2, 6, dim), seed=10, dtype=torch.float64)).requires_grad_()
+    r = on(_points((2, 9, dim), seed=11, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: knn(a, 3, ref=b, backend=on.backend)[0], (q, r))
+    x = on(_points((2, 10, dim), seed=12, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: knn(a, 4, backend=on.backend)[0], (x,))
 
 
-@pytest.mark.parametrize("dim", [3, 12])
-def test_gradcheck_self_knn(dim, one_thread):
-    x = _points((2, 10, dim), seed=12, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: knn(a, 4, backend="cpu")[0], (x,))
+@each_backend
+@pytest.mark.parametrize("dim", [3, 20])
+def test_gradients_match_reference(on, dim):
+    # Many queries, few reference points: each reference point collects many contributions.
+    q = _points((2, on.size(200, 60), dim), seed=10, dtype=torch.float64)
+    r = _points((2, on.size(24, 12), dim), seed=11, dtype=torch.float64)
+    assert_grads_match(lambda a, b: knn(a, 5, ref=b, backend=on.backend)[0], lambda a, b: reference.knn(a, 5, b)[0],
+                       on(q, r), 1e-10)
+    x = on(_points((2, on.size(200, 40), 3), seed=13))
+    assert_grads_match(lambda a: knn(a, 10, backend=on.backend)[0], lambda a: reference.knn(a, 10)[0], (x,), 1e-4)
 
 
-def test_gradient_matches_reference_float32():
-    x = _points((2, 200, 3), seed=13).requires_grad_()
-    w = _points((2, 200, 10), seed=14)
-    (knn(x, 10, backend="cpu")[0] * w).sum().backward()
-    g_fast = x.grad.clone()
-    x.grad = None
-    (reference.knn(x, 10)[0] * w).sum().backward()
-    torch.testing.assert_close(g_fast, x.grad, atol=1e-4, rtol=1e-4)
-
-
+@each_backend
 @pytest.mark.parametrize("dim", [3, 64])
-def test_deterministic(dim):
-    x = _points((3, 400, dim), seed=15, grid=4)  # duplicates: many ties, many shared neighbours
-    w = _points((3, 400, 12), seed=16)
-    runs = []
-    for _ in range(2):
+def test_deterministic(on, dim):
+    n = on.size(400, 60)
+    x = on(_points((3, n, dim), seed=15, grid=4))  # duplicates: many ties, many shared neighbours
+    w = on(_points((3, n, 12), seed=16))
+
+    def run():
         xr = x.clone().requires_grad_()
-        d, i = knn(xr, 12, backend="cpu")
+        d, i = knn(xr, 12, backend=on.backend)
         (d * w).sum().backward()
-        runs.append((d, i, xr.grad))
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+        return d, i, xr.grad
+
+    twice(run)
+
+
+@pytest.mark.parametrize("on", [o for o in CPP_BACKENDS if o.backend == "cuda"], ids=case_id)
+def test_cuda_k_limit_and_fallback(on):
+    x = on(_points((1, 100, 3), seed=17))
+    limit = backend._C.knn_max_k_cuda
+    assert limit >= 64
+    with pytest.raises(RuntimeError, match=f"at most {limit}"):
+        library.kernel("cuda", "knn_forward")(x, x, limit + 1)
+    with pytest.raises(ValueError, match="cannot take this call"):
+        knn(x, limit + 1, backend="cuda")
+    d, i = knn(x, limit + 1)  # auto passes over the CUDA kernel
+    ref_d, _ = reference.knn(x, limit + 1)
+    torch.testing.assert_close(d, ref_d)
 
 
 def test_backend_torch_and_auto():
@@ -180,6 +206,7 @@ def test_backend_torch_and_auto():
         knn(x, 5, backend="gpu")
 
 
+@each_backend
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
@@ -189,15 +216,19 @@ def test_backend_torch_and_auto():
     frac=st.floats(0.0, 1.0),
     grid=st.sampled_from([None, 2, 5]),
 )
-def test_properties(seed, b, n, dim, frac, grid):
+def test_properties(on, seed, b, n, dim, frac, grid):
+    if on.interpreted:
+        n = 1 + n % 40  # the interpreter's kernels cost per tile: the same property on fewer points
     with _single_thread():
-        _check_properties(seed, b, n, dim, frac, grid)
+        _check_properties(on, seed, b, n, dim, frac, grid)
 
 
-def _check_properties(seed, b, n, dim, frac, grid):
+def _check_properties(on, seed, b, n, dim, frac, grid):
     k = 1 + int(frac * (n - 1))
+    if on.backend == "cuda":
+        k = min(k, backend._C.knn_max_k_cuda)
     x = _points((b, n, dim), seed=seed, grid=grid)
-    dist2, idx = knn(x, k, backend="cpu")
+    dist2, idx = (t.cpu() for t in knn(on(x), k, backend=on.backend))
     # Sorted by (dist, idx), indices valid and distinct per row.
     diff = dist2[..., 1:] - dist2[..., :-1]
     assert (diff >= 0).all()
@@ -250,6 +281,7 @@ def test_front_end_errors_query_ref():
         knn(torch.randn(2, 10, 3), 6, ref=torch.randn(2, 5, 3), backend="cpu")
 
 
+@pytest.mark.parametrize("on", CPP_BACKENDS, ids=case_id)
 @pytest.mark.parametrize(
     "args, match",
     [
@@ -264,19 +296,20 @@ def test_front_end_errors_query_ref():
         ((torch.randn(1, 10, 3), torch.randn(1, 10, 3), -1), "k must be in"),
         ((torch.randn(1, 3, 10).transpose(1, 2), torch.randn(1, 10, 3), 2), "contiguous"),
         ((torch.randn(1, 10, 0), torch.randn(1, 10, 0), 2), "at least one coordinate"),
-        ((torch.empty(1, 10, 3, device="meta"), torch.randn(1, 10, 3), 2), "CPU tensor"),
     ],
 )
-def test_direct_forward_errors(args, match):
+def test_direct_forward_errors(on, args, match):
     with pytest.raises(RuntimeError, match=match):
-        _C().knn_forward_cpu(*args)
+        library.kernel(on.backend, "knn_forward")(*on(*args))
 
 
-def test_direct_backward_errors():
-    q, r = torch.randn(1, 6, 3), torch.randn(1, 8, 3)
-    g = torch.ones(1, 6, 2)
-    good = torch.zeros(1, 6, 2, dtype=torch.long)
-    _C().knn_backward_cpu(g, q, r, good)  # the valid call works
+@pytest.mark.parametrize("on", CPP_BACKENDS, ids=case_id)
+def test_direct_backward_errors(on):
+    q, r = on(torch.randn(1, 6, 3), torch.randn(1, 8, 3))
+    g = on(torch.ones(1, 6, 2))
+    good = on(torch.zeros(1, 6, 2, dtype=torch.long))
+    backward = library.kernel(on.backend, "knn_backward")
+    backward(g, q, r, good)  # the valid call works
     for idx, match in [
         (torch.full((1, 6, 2), 8, dtype=torch.long), r"outside \[0, 8\)"),
         (torch.full((1, 6, 2), -1, dtype=torch.long), r"outside \[0, 8\)"),
@@ -284,10 +317,13 @@ def test_direct_backward_errors():
         (torch.zeros(1, 5, 2, dtype=torch.long), "idx must have shape"),
     ]:
         with pytest.raises(RuntimeError, match=match):
-            _C().knn_backward_cpu(g, q, r, idx)
+            backward(g, q, r, on(idx))
     with pytest.raises(RuntimeError, match="grad_dist2 shape"):
-        _C().knn_backward_cpu(torch.ones(1, 6, 3), q, r, good)
+        backward(on(torch.ones(1, 6, 3)), q, r, good)
     with pytest.raises(RuntimeError, match="grad_dist2 dtype"):
-        _C().knn_backward_cpu(g.double(), q, r, good)
+        backward(g.double(), q, r, good)
     with pytest.raises(RuntimeError, match="batch sizes"):
-        _C().knn_backward_cpu(g, q, torch.randn(2, 8, 3), good)
+        backward(g, q, on(torch.randn(2, 8, 3)), good)
+    if on.device.type == "cuda":
+        with pytest.raises(RuntimeError, match="idx must be a CUDA tensor"):
+            backward(g, q, r, good.cpu())

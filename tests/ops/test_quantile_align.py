@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowam_fast.ops import quantile_align
-from flowam_fast.ops.backend import extension
+from flowam_fast.ops import library, quantile_align
 from flowam_fast.ops.quantile_align import quantile_levels, resample_quantiles, sample_quantiles
 
 
@@ -110,9 +109,9 @@ def test_sample_quantiles_kernel_sorts_as_torch_does(dtype, B, N, C):
     for acts in (mem.transpose(1, 2), mem.transpose(1, 2).contiguous()):
         got = sample_quantiles(acts, 7, backend="cpu")
         assert torch.equal(got, sample_quantiles(acts, 7, backend="torch")) and got.dtype == dtype
-        assert torch.equal(extension().quantile_sort_cpu(mem, True), acts.sort(-1).values)
+        assert torch.equal(library.kernel("cpu", "quantile_sort")(mem, True), acts.sort(-1).values)
     with pytest.raises(RuntimeError, match="no points"):
-        extension().quantile_sort_cpu(mem[:, :0].contiguous(), True)
+        library.kernel("cpu", "quantile_sort")(mem[:, :0].contiguous(), True)
     with pytest.raises(ValueError, match="NaN"):
         sample_quantiles(mem.transpose(1, 2).masked_fill(mem.transpose(1, 2) > 1, float("nan")), 7)
 
@@ -219,11 +218,14 @@ def test_points_last_memory_is_read_in_place(dtype, monkeypatch):
     sigma = torch.rand(2, C, generator=g, dtype=torch.float64).to(dtype) + 0.1
     view = mem.clone().requires_grad_(True)
     dense = mem.transpose(1, 2).contiguous().requires_grad_(True)
-    ext = extension()
     layouts = []
-    real = ext.quantile_align_forward_cpu
-    monkeypatch.setattr(ext, "quantile_align_forward_cpu",
-                        lambda a, *r: layouts.append((a.shape, r[-1])) or real(a, *r), raising=False)
+    real = library.kernel("cpu", "quantile_align_forward")
+    lookup = library.kernel
+    def spy(a, *rest):
+        layouts.append((a.shape, rest[-1]))
+        return real(a, *rest)
+
+    monkeypatch.setattr(library, "kernel", lambda b, name: spy if name == "quantile_align_forward" else lookup(b, name))
     w = torch.tensor([0.5, 1.0, 2.0], dtype=dtype)
     got = quantile_align(view.transpose(1, 2), labels, q, sigma, backend="cpu")
     want = quantile_align(dense, labels, q, sigma, backend="cpu")
@@ -235,9 +237,7 @@ def test_points_last_memory_is_read_in_place(dtype, monkeypatch):
 
 
 def test_kernel_refuses_bad_direct_calls():
-    from flowam_fast.ops.backend import extension, kernel
-
-    fwd = extension().quantile_align_forward_cpu
+    fwd = library.kernel("cpu", "quantile_align_forward")
     a, lab, q, s = torch.rand(2, 3, 8), torch.zeros(2, dtype=torch.long), torch.rand(4, 3, 5), torch.rand(4, 3)
     fwd(a, lab, q, s, False)
     fwd(a.transpose(1, 2).contiguous(), lab, q, s, True)
@@ -260,6 +260,6 @@ def test_kernel_refuses_bad_direct_calls():
     with pytest.raises(RuntimeError, match="labels must be int64"):
         fwd(a, lab.int(), q, s, False)
     with pytest.raises(ValueError, match="CPU only|cpu' only"):
-        kernel("cuda", "quantile_align_forward")
+        library.kernel("cuda", "quantile_align_forward")
     with pytest.raises(ValueError, match="backend 'cuda' needs CUDA tensors"):
         quantile_align(a, torch.zeros(2, dtype=torch.long), torch.rand(1, 3, 4), torch.rand(1, 3), backend="cuda")

@@ -1,7 +1,8 @@
 """Triton kernels of the fused ops (backend="triton"), one module per op, behind launchers with
-the signatures and results of flowam_fast._C's CPU functions (same layouts, dtypes and tie
-rules), so each op's one autograd.Function calls either through
-flowam_fast.ops.backend.kernel.
+the schemas and results of flowam_fast._C's kernels (same layouts, dtypes and tie rules). Each
+launcher is the op torch.ops.flowam_fast_triton.<name> (`library.triton_kernel`), with the fake
+kernel and autograd formula of its C++ twin, so an op's front end calls either the same way
+(`library.kernel`).
 
 They run on CUDA tensors, or on CPU tensors under the Triton interpreter, which is how the
 tests check them without a GPU. The interpreter is chosen per process: TRITON_INTERPRET=1 must
@@ -11,13 +12,4 @@ import), so a process that already compiles for the GPU cannot also interpret.
 Importing this package needs triton; flowam_fast and flowam_fast.ops import it only when
 backend "triton" runs.
 """
-from .edge_max import edge_max_backward, edge_max_forward
-from .flow import flow_align_backward, flow_align_forward, flow_stats
-from .group_gather import group_gather_backward, group_gather_forward
-from .knn import knn_backward, knn_forward
-from .linear_max import linear_max_backward, linear_max_forward
-from .sampling import ball_query, farthest_point_sample
-
-__all__ = ["knn_forward", "knn_backward", "edge_max_forward", "edge_max_backward", "linear_max_forward",
-           "linear_max_backward", "group_gather_forward", "group_gather_backward", "flow_stats", "flow_align_forward",
-           "flow_align_backward", "farthest_point_sample", "ball_query"]
+from . import edge_max, flow, group_gather, knn, linear_max, sampling  # noqa: F401  (each defines its ops)

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import library
 from . import _runtime, _scatter
 
 _ROWS = _runtime.block(16, 64)
@@ -38,7 +39,8 @@ def _forward_kernel(feat_ptr, idx_ptr, out_ptr, arg_ptr, N, M, C, k, BM: tl.cons
     tl.store(arg_ptr + at, arg, mask=ok)
 
 
-def edge_max_forward(feat: torch.Tensor, idx: torch.Tensor):
+@library.triton_kernel
+def edge_max_forward(feat: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     op = "edge_max_forward (triton)"
     device = _runtime.dense(op, floats=("feat",), feat=feat, idx=idx)
     _runtime.require(feat.dim() == 3 and idx.dim() == 3, op, "feat (B, N, C) and idx (B, M, k) must have 3 dimensions")
@@ -55,7 +57,8 @@ def edge_max_forward(feat: torch.Tensor, idx: torch.Tensor):
     return out, argmax
 
 
-def edge_max_backward(grad_out: torch.Tensor, argmax: torch.Tensor, num_points: int):
+@library.triton_kernel
+def edge_max_backward(grad_out: torch.Tensor, argmax: torch.Tensor, num_points: int) -> torch.Tensor:
     op = "edge_max_backward (triton)"
     device = _runtime.dense(op, floats=("grad_out",), grad_out=grad_out, argmax=argmax)
     _runtime.require(grad_out.dim() == 3 and argmax.shape == grad_out.shape and argmax.dtype == torch.int64, op,

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
+from .. import library, reference
 from . import _runtime
 
 _CHANNELS = _runtime.block(32, 64)
@@ -130,7 +130,9 @@ def _flow(op, device, C, mu, sigma):
     return (t.to(device=device, dtype=torch.float64).contiguous() for t in (mu, sigma))
 
 
-def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, points_last: bool = False):
+@library.triton_kernel
+def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int,
+               points_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "flow_stats (triton)"
     device, B, C, N, strides = _layout(op, acts, labels, points_last)
     _runtime.require(num_classes >= 1, op, f"num_classes must be positive, got {num_classes}")
@@ -149,8 +151,9 @@ def flow_stats(acts: torch.Tensor, labels: torch.Tensor, num_classes: int, point
     return count, mean, m2
 
 
+@library.triton_kernel
 def flow_align_forward(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
-                       points_last: bool = False):
+                       points_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "flow_align_forward (triton)"
     device, B, C, N, strides = _layout(op, acts, labels, points_last)
     mu, sigma = _flow(op, device, C, mu, sigma)
@@ -164,8 +167,10 @@ def flow_align_forward(acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tenso
     return (terms.sum(dim=1) / C).to(acts.dtype), mean, std
 
 
+@library.triton_kernel
 def flow_align_backward(grad_loss: torch.Tensor, acts: torch.Tensor, labels: torch.Tensor, mu: torch.Tensor,
-                        sigma: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, points_last: bool = False):
+                        sigma: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                        points_last: bool = False) -> torch.Tensor:
     op = "flow_align_backward (triton)"
     device, B, C, N, strides = _layout(op, acts, labels, points_last)
     mu, sigma = _flow(op, device, C, mu, sigma)

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import library
 from . import _runtime, _scatter
 
 _ENTRIES = _runtime.block(32, 256)  # (b, s, k) entries per forward program
@@ -87,6 +88,7 @@ def _check_channels(op: str, dtype: torch.dtype, C: int, **vectors) -> None:
                          f"{name} must be a ({C},) tensor of dtype {dtype}, got {tuple(t.shape)} {t.dtype}")
 
 
+@library.triton_kernel
 def group_gather_forward(P: torch.Tensor, Q: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor,
                          shift: torch.Tensor) -> torch.Tensor:
     op = "group_gather_forward (triton)"
@@ -109,8 +111,9 @@ def group_gather_forward(P: torch.Tensor, Q: torch.Tensor, idx: torch.Tensor, sc
     return out
 
 
+@library.triton_kernel
 def group_gather_backward(grad_out: torch.Tensor, out: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor,
-                          num_points: int):
+                          num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     op = "group_gather_backward (triton)"
     device = _runtime.dense(op, floats=("grad_out",), grad_out=grad_out, out=out, idx=idx, scale=scale)
     _runtime.require(grad_out.dim() == 4 and out.shape == grad_out.shape and out.dtype == grad_out.dtype, op,

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import library
 from . import _runtime, _scatter
 
 _DIRECT_MAX_DIM = 8  # as in the CPU kernel: up to here direct differences beat the GEMM form
@@ -142,7 +143,8 @@ def _grad_query_kernel(g_ptr, q_ptr, r_ptr, idx_ptr, gq_ptr, M, N, D, k, BM: tl.
         tl.store(gq_ptr + (b * M + rows[:, None]) * D + ds[None, :], acc, mask=ok)
 
 
-def knn_forward(query: torch.Tensor, ref: torch.Tensor, k: int):
+@library.triton_kernel
+def knn_forward(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     op = "knn_forward (triton)"
     device = _runtime.dense(op, floats=("query", "ref"), query=query, ref=ref)
     _runtime.require(query.dim() == 3 and ref.dim() == 3, op, "query and ref must have 3 dimensions (B, N, D)")
@@ -161,7 +163,9 @@ def knn_forward(query: torch.Tensor, ref: torch.Tensor, k: int):
     return dist2, idx
 
 
-def knn_backward(grad_dist2: torch.Tensor, query: torch.Tensor, ref: torch.Tensor, idx: torch.Tensor):
+@library.triton_kernel
+def knn_backward(grad_dist2: torch.Tensor, query: torch.Tensor, ref: torch.Tensor,
+                 idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     op = "knn_backward (triton)"
     device = _runtime.dense(op, floats=("grad_dist2", "query", "ref"), grad_dist2=grad_dist2, query=query, ref=ref,
                             idx=idx)

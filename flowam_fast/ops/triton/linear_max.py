@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import library
 from . import _runtime, _scatter
 
 _CHANNELS = _runtime.block(32, 128)  # channels per backward program
@@ -128,8 +129,9 @@ def _check(op, x, weight, scale, shift):
     return device
 
 
+@library.triton_kernel
 def linear_max_forward(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                       negative_slope: float):
+                       negative_slope: float) -> tuple[torch.Tensor, torch.Tensor]:
     device = _check("linear_max_forward (triton)", x, weight, scale, shift)
     (B, N, cin), cout = x.shape, weight.shape[0]
     out = torch.empty(B, cout, dtype=x.dtype, device=device)
@@ -140,8 +142,10 @@ def linear_max_forward(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tenso
     return out, argmax
 
 
+@library.triton_kernel
 def linear_max_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                        shift: torch.Tensor, argmax: torch.Tensor, negative_slope: float):
+                        shift: torch.Tensor, argmax: torch.Tensor,
+                        negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     op = "linear_max_backward (triton)"
     device = _check(op, x, weight, scale, shift)
     (B, N, cin), cout = x.shape, weight.shape[0]

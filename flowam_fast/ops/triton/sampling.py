@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import library
 from . import _runtime
 
 # Beyond every point index: marks "no point" in index minima.
@@ -140,6 +141,7 @@ def _check_points(op: str, name: str, t: torch.Tensor) -> None:
     _runtime.require(t.shape[1] < _NO_POINT.value, op, f"too many points in {name} ({t.shape[1]})")
 
 
+@library.triton_kernel
 def farthest_point_sample(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     op = "farthest_point_sample (triton)"
     device = _runtime.dense(op, floats=("points",), points=points)
@@ -157,6 +159,7 @@ def farthest_point_sample(points: torch.Tensor, num_samples: int) -> torch.Tenso
     return idx
 
 
+@library.triton_kernel
 def ball_query(points: torch.Tensor, centroids: torch.Tensor, radius: float, nsample: int) -> torch.Tensor:
     op = "ball_query (triton)"
     device = _runtime.dense(op, floats=("points", "centroids"), points=points, centroids=centroids)
