@@ -25,6 +25,9 @@ where the extension has them, else Triton) against the plain path on the same GP
 batch sizes a GPU takes (GPU_CASES); the memory column is then peak allocated GPU memory.
 
     flowam-fast bench --only am_step [--quick] [--threads N] [--device cuda]
+
+The PointNet++ cases run in the pointnet2 suite (`flowam-fast bench --only pointnet2`), beside
+its fused ops.
 """
 from __future__ import annotations
 
@@ -264,8 +267,10 @@ def dgcnn_step_flops(model: DGCNN, B: int, N: int) -> int:
     return knn + 2 * (pq + conv5 + head)
 
 
-def rows(quick: bool = False, device="cpu"):
-    """Yields each case's row as it is measured (`common.compare`), after `check_float64`."""
+def rows(quick: bool = False, device="cpu", family=("dgcnn", "pointnet")):
+    """Yields each case's row as it is measured (`common.compare`), after `check_float64`.
+    family: the architectures whose cases run, by the first part of their MODELS key
+    ("dgcnn", "pointnet", "pointnet2"); PointNet++'s are the pointnet2 suite's."""
     models = {}
     if is_cuda(device):
         # The models' ops take backend "auto": the first of these there is.
@@ -273,6 +278,8 @@ def rows(quick: bool = False, device="cpu"):
     else:
         cases, backend = (QUICK_CASES if quick else CASES + LARGE_CASES), "cpu"
     for arch, B, N in cases:
+        if arch.split("_")[0] not in family:
+            continue
         if arch not in models:
             model = build_model(arch)
             models[arch] = (model, random_flows(model))

@@ -6,7 +6,7 @@ import time
 import traceback
 
 #: Suites in the order of the reports; each is the module flowam_fast.benchmarks.<name>.
-SUITES = ("knn", "edge_max", "linear_max", "pointnet2_ops", "flow", "am_step", "attribution")
+SUITES = ("knn", "edge_max", "linear_max", "pointnet2", "flow", "am_step", "attribution")
 
 
 def parse_suites(spec: str | None) -> list:

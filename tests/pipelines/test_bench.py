@@ -171,7 +171,8 @@ def test_am_step_quick_rows_cover_pointnet2_and_agree(monkeypatch):
         checked.append((type(problem.model).__name__, objective, clouds, min_cosine))
 
     monkeypatch.setattr(am_step, "check_float64", spy)
-    rows = list(am_step.rows(quick=True))
+    assert list(am_step.rows(quick=True)) == []  # the pointnet2 suite runs these
+    rows = list(am_step.rows(quick=True, family=("pointnet2",)))
     assert [r["name"].split(" [")[0] for r in rows] == [
         f"AM step {objective}, PointNet++ {kind} (demo sizes) (B={B} N={N})"
         for (_, B, N), kind in zip(pointnet2, ("SSG", "MSG")) for objective in am_step.OBJECTIVES]
@@ -200,21 +201,22 @@ def test_am_step_agreement_holds_pointnet2_gradients_to_its_cosine():
     assert am_step.required_cosine("dgcnn") == am_step.GRAD_MIN_COSINE
 
 
-def test_pointnet2_ops_quick_rows_check_every_op_against_its_reference():
-    from flowam_fast.benchmarks import pointnet2_ops
+def test_pointnet2_quick_rows_check_every_op_against_its_reference(monkeypatch):
+    from flowam_fast.benchmarks import am_step, pointnet2 as suite
 
+    monkeypatch.setattr(am_step, "QUICK_CASES", [])  # the AM steps: the test above
     # `compare` asserts each fused output against the reference before timing it.
-    rows = list(pointnet2_ops.rows(quick=True))
+    rows = list(suite.rows(quick=True))
     names = [r["name"] for r in rows]
     for op in ("farthest_point_sample", "ball_query", "group_gather fwd+bwd", "group_linear_max fwd+bwd"):
         assert any(n.startswith(op) for n in names), op
-    assert len(rows) == 2 * len(pointnet2_ops.BALLS) + 2 * len(pointnet2_ops.GATHER) + 2 * len(pointnet2_ops.GROUP_MAX)
+    assert len(rows) == 2 * len(suite.BALLS) + 2 * len(suite.GATHER) + 2 * len(suite.GROUP_MAX)
 
 
-def test_pointnet2_ops_checks_refuse_wrong_indices():
-    from flowam_fast.benchmarks import pointnet2_ops
+def test_pointnet2_checks_refuse_wrong_indices():
+    from flowam_fast.benchmarks import pointnet2 as suite
 
     idx = torch.arange(6).view(1, 2, 3)
-    pointnet2_ops._equal(idx, idx.clone())
+    suite._equal(idx, idx.clone())
     with pytest.raises(AssertionError, match="indices differ"):
-        pointnet2_ops._equal(idx, idx.flip(-1))
+        suite._equal(idx, idx.flip(-1))

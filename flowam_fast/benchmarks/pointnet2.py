@@ -1,5 +1,7 @@
-"""PointNet++'s fused ops against their pure-PyTorch references, at the public models' set
-abstraction shapes (B = 16 clouds of N = 1024 points):
+"""PointNet++ on the fused kernels: its ops against their pure-PyTorch references at the public
+models' set-abstraction shapes (B = 16 clouds of N = 1024 points), then the AM step of the
+full-width SSG and MSG against the plain path that runs the public algorithm (`am_step`'s
+cases of the "pointnet2" family):
 
 - farthest_point_sample: S steps over the N points in one kernel, against the public loop
   (S steps of vectorized PyTorch ops);
@@ -10,13 +12,14 @@ abstraction shapes (B = 16 clouds of N = 1024 points):
 - group_linear_max: the last shared layer with the max over each group and a sparse
   backward, against the full (B, S, K, Cout) activation.
 
-    flowam-fast bench --only pointnet2_ops [--quick] [--threads N] [--device cuda]
+    flowam-fast bench --only pointnet2 [--quick] [--threads N] [--device cuda]
 """
 from __future__ import annotations
 
 import torch
 
 from .. import ops
+from . import am_step
 from ..ops import reference
 from .common import compare, fused_backends, label
 from .linear_max import _check_backward, _check_forward
@@ -132,3 +135,4 @@ def rows(quick: bool = False, device="cpu"):
         yield from _sampling_rows(backend, b, shrink, device)
         yield from _gather_rows(backend, b, shrink, device)
         yield from _group_max_rows(backend, b, shrink, device)
+    yield from am_step.rows(quick, device, family=("pointnet2",))
