@@ -208,7 +208,7 @@ def randomization_check(model, points, targets, methods, options: dict | None = 
         {method: [{"stage", "randomized", "spearman" (mean over clouds), "spearman_ci"}]} in
         stage order; the trained model's own correlation is 1.
     """
-    from ..evaluation.sanity import randomization_groups, randomize, spearman_rows, stage_plan
+    from ..evaluation.sanity import randomization_groups, randomize, rank_vectors, stage_plan
 
     options = options or {}
     plan = stage_plan(randomization_groups(model) if groups is None else groups, ("cascading",))
@@ -222,7 +222,8 @@ def randomization_check(model, points, targets, methods, options: dict | None = 
         done = list(mods)
         for m in methods:
             again = attribute(copy_, points, targets, method=m, **options.get(m, {}))
-            rho = spearman_rows(base[m], again.cpu().numpy())
+            # Spearman's rho of each cloud's scores: the dot product of the unit rank vectors.
+            rho = (rank_vectors(base[m]) * rank_vectors(again.cpu().numpy())).sum(1)
             out[m].append({"stage": stage, "randomized": list(mods), "spearman": float(rho.mean()),
                            "spearman_ci": _interval(rho, resample)})
     return out
