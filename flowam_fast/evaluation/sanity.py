@@ -271,7 +271,9 @@ class SanityCheck:
         self.variants = tuple(variants)
         # Built once here to validate the method and its arguments before any stage runs.
         engine = self._engine(model, flows)
-        #: The AM config (JSON) of the method's explanations, as their stores record it.
+        #: The AM config of the method's explanations (`AMConfig`): what a store of them must match.
+        self.config = engine.config
+        #: Its stored form, as their stores record it.
         self.am_config = engine.config.to_json()
         self.label = f"flowam w={engine.config.flow_weight:g}" if method == "flowam" else method
         self._uses_flows = engine.config.flow_weight > 0
@@ -362,7 +364,7 @@ class SanityCheck:
         engine = self._engine(self.model, self.flows)
         if known is None:
             return engine.run(classes, seeds, batch_size=self.batch_size)
-        if (known.method, known.config) != (self.method, engine.config.to_json()):
+        if known.method != self.method or not engine.config.matches(known.config):
             raise ValueError(f"the known explanations were made with method {known.method!r} and config "
                              f"{known.config}, not {self.method!r} and {engine.config.to_json()}")
         have = known.select(classes, seeds)

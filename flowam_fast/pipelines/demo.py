@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..am.autoencoder import load_or_train_autoencoder
-from ..am.engine import ALIGNMENTS, FlowAM
+from ..am.engine import FlowAM
 from ..am.explanations import Explanations
 from ..am.flows import DEFAULT_QUANTILE_LEVELS, Flows, compute_flows
 from ..am.sheets import class_examples, contact_sheet
@@ -39,7 +39,7 @@ from ..evaluation.report import RealData, evaluate_sets, method_table, write_rep
 from .. import provenance
 from ..models import checkpoint_meta, load_checkpoint
 from ..models.activations import default_layers
-from ..am.names import ARCHITECTURE_ALIASES, DEMO_MODELS
+from ..am.names import ALIGNMENTS, ARCHITECTURE_ALIASES, DEMO_MODELS
 from ..training import DEMO_CONFIGS, demo_config, train_demo_model
 from .attribute import DEFAULT_METHODS, demo_section
 
@@ -213,7 +213,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
                             autoencoder=ae if method == "ae-latent" else None,
                             flow_weight=flow_weight if method == "flowam" else None, **am)
             store = out / f"{method}.h5"
-            if store.exists() and Explanations.load(store).config != engine.config.to_json():
+            if store.exists() and not engine.config.matches(Explanations.load(store).config):
                 # The demo's outputs are its own cache: one made by another version is redone.
                 print(f"[demo] {store} was made with another config; redoing it", flush=True)
                 store.unlink()
