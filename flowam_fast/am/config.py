@@ -159,14 +159,12 @@ class AMConfig:
         if unknown:
             raise ValueError(f"AM config with fields unknown to this version ({', '.join(unknown)}): written by a "
                              "newer flowam_fast? upgrade it")
-        values = {}
-        for name, f in known.items():
-            if name in stored:
-                values[name] = stored[name]
-            elif f.metadata.get("since", 1) > 1:
-                values[name] = f.metadata["implied"]  # a store of a version before the field existed
-            else:
-                raise ValueError(f"stored AM config lacks {name!r}: {str(text)[:80]!r}")
+        # A field added after version 1 is missing from the stores of the versions before it.
+        implied = {name: f.metadata["implied"] for name, f in known.items() if f.metadata.get("since", 1) > 1}
+        missing = [name for name in known if name not in stored and name not in implied]
+        if missing:
+            raise ValueError(f"stored AM config lacks {', '.join(map(repr, missing))}: {str(text)[:80]!r}")
+        values = {**implied, **stored}
         values["layers"] = tuple(values["layers"]) if isinstance(values["layers"], list) else values["layers"]
         return cls(**values)
 
