@@ -168,6 +168,12 @@ class AMConfig:
         values["layers"] = tuple(values["layers"]) if isinstance(values["layers"], list) else values["layers"]
         return cls(**values)
 
+    def objective(self) -> str:
+        """The stored form without the method's name, which only labels a run: two methods
+        that optimize one objective (FlowAM at flow weight 0 and regularized AM) give the same
+        explanations bit for bit, and the same `objective()`."""
+        return json.dumps({k: v for k, v in json.loads(self.to_json()).items() if k != "method"}, sort_keys=True)
+
     def matches(self, other) -> bool:
         """Whether `other` names the same run: equal identity fields, whatever the rest.
 

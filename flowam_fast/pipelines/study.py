@@ -223,7 +223,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
         check = SanityCheck(net, ev, flows=fl, train_set=train_set, method=method, variants=variants, quiet=True,
                             autoencoder=ae if method == "ae-latent" else None,
                             **({} if weight is None else {"flow_weight": weight}), **am)
-        objective = json.dumps({k: v for k, v in check.config.identity().items() if k != "method"}, sort_keys=True)
+        objective = check.config.objective()
         if objective not in objectives:
             objectives.add(objective)
             checks.append(check)
@@ -236,8 +236,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
     runs = _Runs(out, (net, fl, train_set, ae), inputs_hash, {k: am[k] for k in ("num_points", "steps", "lr",
                                                                                   "alignment", "batch_size")},
                  executor, address, workers, bar)
-    known = {c.label: next((e for e in stores if e.method == c.method and c.config.matches(e.config)), None)
-             for c in checks}
+    known = {c.label: c.known(stores) for c in checks}
     trained = runs.run([(c, None, classes, first + second, f"{c.label}: trained", known[c.label]) for c in checks])
     refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS), device)
     class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS), device)

@@ -82,6 +82,15 @@ def test_matches_compares_identity_fields_only():
     assert not cfg.matches("not json") and not cfg.matches('{"steps": 20}')
 
 
+def test_objective_leaves_out_the_method_name(tiny_net, flows):
+    # FlowAM at flow weight 0 optimizes what regularized AM does: one objective, two names.
+    at_zero = FlowAM(tiny_net, flows, flow_weight=0.0, steps=3, quiet=True).config
+    regularized = FlowAM(tiny_net, flows, method="regularized", steps=3, quiet=True).config
+    assert not at_zero.matches(regularized) and at_zero.objective() == regularized.objective()
+    assert "method" not in json.loads(at_zero.objective())
+    assert FlowAM(tiny_net, flows, flow_weight=1.0, steps=3, quiet=True).config.objective() != at_zero.objective()
+
+
 def test_migration_from_every_earlier_stored_form():
     fields = json.loads(STORED_DEFAULT)
     v1 = {k: v for k, v in fields.items() if k != "autoencoder"}  # before the autoencoder existed
