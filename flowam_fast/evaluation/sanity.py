@@ -63,6 +63,7 @@ from tqdm import tqdm
 from . import metrics
 from .permutation import ALPHA, N_BOOT, N_PERM, check_size, effect, holm, permutation_test
 from .sanity_report import SanityResult
+from ..am.config import AMConfig
 from ..am.engine import FlowAM
 from ..am.explanations import Explanations
 from ..am.flows import compute_flows
@@ -225,7 +226,7 @@ class SanityCheck:
         lr: Adam's learning rate.
         flow_weight: Weight of the flow term; None takes the method's preset.
         continuity_weight: Weight of the continuity term; None takes the method's preset.
-        num_points: Points per explanation.
+        num_points: Points per explanation; None takes `FlowAM`'s rule (`am.config.cloud_size`).
         alignment: The flow term's statistics, "moments" or "quantiles".
         batch_size: Jobs optimized together; None runs each stage's jobs in one batch.
         **am: Other keyword arguments of `FlowAM` (init, init_scale, clamp, layers, ...).
@@ -244,8 +245,9 @@ class SanityCheck:
     def __init__(self, model, evaluator, flows=None, train_set=None, method: str = "flowam", autoencoder=None,
                  variants=VARIANTS, seed: int = 0, references: dict | None = None, quiet: bool = False,
                  flow_cache: dict | None = None, workers: int = 1, alpha: float = ALPHA, n_perm: int = N_PERM,
-                 n_boot: int = N_BOOT, steps: int = 600, lr: float = 0.01, flow_weight: float | None = None,
-                 continuity_weight: float | None = None, num_points: int = 1024, alignment: str = "moments",
+                 n_boot: int = N_BOOT, steps: int = AMConfig.steps, lr: float = AMConfig.lr,
+                 flow_weight: float | None = None, continuity_weight: float | None = None,
+                 num_points: int | None = None, alignment: str = AMConfig.alignment,
                  batch_size: int | None = None, **am):
         self.model = model
         self.evaluator = evaluator

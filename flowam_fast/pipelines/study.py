@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .. import provenance
 from ..am.autoencoder import load_autoencoder
+from ..am.config import AMConfig, cloud_size
 from ..am.explanations import Explanations
 from ..am.names import ALIGNMENTS, METHODS
 from ..am.flows import Flows
@@ -141,7 +142,7 @@ def _weight(check) -> dict:
 
 def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencoder=None, demo_dir=None,
               classes=None, num_classes: int = STUDY_CLASSES, seeds: int = SEEDS_PER_SIDE, steps: int = STUDY_STEPS,
-              lr: float = 0.01, flow_weights=STUDY_WEIGHTS, vanilla: bool = False, variants=VARIANTS,
+              lr: float = AMConfig.lr, flow_weights=STUDY_WEIGHTS, vanilla: bool = False, variants=VARIANTS,
               alpha: float = ALPHA, n_perm: int = N_PERM, alignment: str = "moments", executor: str = "local",
               address=None, workers: int = 2,
               device="cpu", quiet: bool = False, calibration: dict | None = None, batch_size: int | None = None):
@@ -203,7 +204,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
     out = Path(out)
     net = load_checkpoint(paths["model"]).to(device)
     fl = Flows.load(paths["flows"])
-    num_points = int(fl.num_points or 1024)
+    num_points = cloud_size(flows=fl, checkpoint=paths["model"])
     train_set = ModelNet40(paths["data"], "train", num_points=num_points)
     test_set = ModelNet40(paths["data"], "test", num_points=num_points)
     ae = load_autoencoder(paths["autoencoder"]).to(device)
