@@ -150,7 +150,7 @@ class FlowAM:
                                continuity_k=continuity_k, init=init, init_scale=init_scale, clamp=cl,
                                num_points=cloud_size(num_points, autoencoder=autoencoder, flows=flows),
                                alignment=alignment if fw > 0 else AMConfig.alignment, backend=backend, quiet=quiet,
-                               device=device if device is None else str(device))
+                               device=device)
         if (fw > 0 or cw > 0 or (cl and autoencoder is None)) and flows is None:
             raise ValueError(f"method {method!r} needs flows (bounds, continuity target"
                              f"{', activation flows' if fw > 0 else ''}); compute them with compute_flows")

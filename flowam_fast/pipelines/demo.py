@@ -58,15 +58,17 @@ def demo_model_name(model: str) -> str:
 
 
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
-#: Bumped when the demo's data or models change. 2: shapes keep one heading, classifiers
-#: learn yaw invariance from augmentation, flows include the input T-Net's layers.
+#: Bumped when the demo's data or models change: what no run config identifies (an explanation
+#: store of the same model is reused or redone by `AMConfig.matches` alone; docs/design.md, "Run
+#: identity"). 2: shapes keep one heading, classifiers learn yaw invariance from augmentation,
+#: flows include the input T-Net's layers.
 DEMO_VERSION = 2
-#: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
 #: The local explanations' directory (`pipelines.attribute.demo_section`).
 ATTRIBUTION = "attribution"
 #: The attribution methods of a demo model where not every default applies: PointNet++ has no
 #: per-point layer (its layers are grouped), which Grad-CAM and the critical points need.
 DEMO_ATTRIBUTIONS = {arch: ("saliency", "integrated-gradients", "occlusion") for arch in ("pointnet2_ssg", "pointnet2_msg")}
+#: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
 CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt", ATTRIBUTION) + tuple(f"{m}.h5" for m in METHODS)
 #: What depends on the explained classifier: redone when the directory was made for the other
 #: demo model. The autoencoder decodes the demo model's point count (512 for the PointNet, 256
