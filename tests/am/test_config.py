@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 from flowam_fast.am.config import DEFAULT_NUM_POINTS, AMConfig, cloud_size
 from flowam_fast.am.engine import FlowAM
 from flowam_fast.am.explanations import Explanations
-from flowam_fast.am.flows import compute_flows
+from flowam_fast.am.flows import Flows, compute_flows
 from flowam_fast.models import build_model, save_checkpoint
 
 from tests.helpers import random_data
@@ -139,7 +140,14 @@ def test_cloud_size_rule(tmp_path, tiny_net, flows):
     # The flows' count where the caller gives none (FlowAM made 1024-point clouds from these).
     assert FlowAM(tiny_net, flows, steps=2, quiet=True).config.num_points == 64
     assert FlowAM(tiny_net, flows, steps=2, num_points=48, quiet=True).config.num_points == 48
-    unknown = dataclasses.replace(flows, num_points=0)  # flows of a file that records no count
+    # A flows file that records no count (an earlier format) reads as 0, "unknown".
+    path = tmp_path / "f.h5"
+    flows.save(path)
+    with h5py.File(path, "a") as f:
+        del f.attrs["num_points"]
+    unknown = Flows.load(path)
+    assert unknown.num_points == 0 and torch.equal(unknown.mean["act1"], flows.mean["act1"])
+    assert FlowAM(tiny_net, unknown, steps=2, quiet=True).config.num_points == DEFAULT_NUM_POINTS
     ckpt = tmp_path / "m.pt"
     save_checkpoint(build_model("pointnet", num_classes=3, width=0.125), ckpt, num_points=96)
     assert cloud_size(flows=unknown, checkpoint=ckpt) == 96
