@@ -9,11 +9,11 @@ from __future__ import annotations
 from ..lazy import lazy_exports
 
 #: name -> module of this package that defines it.
-_API = {"FlowAM": "engine", "continuity_loss": "engine", "METHODS": "names", "ALIGNMENTS": "names",
+_API = {"AMConfig": "config", "cloud_size": "config", "resolve_classes": "grid", "FlowAM": "engine", "continuity_loss": "engine", "METHODS": "names", "ALIGNMENTS": "names",
         "Explanations": "explanations", "Flows": "flows", "compute_flows": "flows", "parse_classes": "grid",
         "parse_seeds": "grid"}
 
-__all__ = ["FlowAM", "METHODS", "ALIGNMENTS", "continuity_loss", "Explanations", "Flows", "compute_flows",
+__all__ = ["AMConfig", "cloud_size", "resolve_classes", "FlowAM", "METHODS", "ALIGNMENTS", "continuity_loss", "Explanations", "Flows", "compute_flows",
            "parse_classes", "parse_seeds"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _API, __all__)

@@ -15,64 +15,27 @@ sees x = decode(z); the objective is the target logit alone, as in generative-mo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
-
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .. import ops
+from .config import AMConfig, cloud_size
 from .explanations import Explanations
 from .flows import Flows, describe_model
-from .spaces import BoxSpace, LatentSpace, PointSpace, initial_points
+from .spaces import BoxSpace, LatentSpace, PointSpace
 from ..models.activations import default_layers, get_activations
 from ..models.adapter import classify
-from .names import ALIGNMENTS, METHODS, PRESETS
-from .reprs import counted, model_name, short_list
+from .grid import resolve_classes
+from .names import PRESETS
+from .reprs import counted
 
 #: Added to squared neighbour distances inside the continuity log (docs/design.md).
 CONT_EPS = 1e-7
-
-
-@dataclass(repr=False)
-class AMConfig:
-    method: str = "flowam"
-    steps: int = 600
-    lr: float = 0.01
-    flow_weight: float = 100.0
-    continuity_weight: float = 1.0
-    continuity_k: int = 3
-    num_points: int = 1024
-    init: str = "uniform"
-    init_scale: float = 0.5
-    clamp: bool = True
-    layers: tuple = ()
-    autoencoder: str = ""
-    alignment: str = "moments"
-
-    def __repr__(self) -> str:
-        # The settings that define a run always; the rest only where they differ from the default.
-        always = ("method", "steps", "lr", "flow_weight", "continuity_weight", "num_points")
-        default = AMConfig()
-        shown = [f"{k}={getattr(self, k)!r}" for k in always]
-        shown += [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in always
-                  + ("layers", "autoencoder") and getattr(self, f.name) != getattr(default, f.name)]
-        if self.layers:
-            shown.append(f"layers={short_list(self.layers, 2)} ({len(self.layers)})")
-        if self.autoencoder:
-            shown.append(f"autoencoder={model_name(self.autoencoder)!r}")
-        return f"AMConfig({', '.join(shown)})"
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        # Stores compare configs as strings: the default is left out so that stores written
-        # before the field existed still match (and resume) under the same settings.
-        if d["alignment"] == "moments":
-            del d["alignment"]
-        return json.dumps(d, sort_keys=True)
 
 
 def continuity_loss(x: torch.Tensor, k: int, d2_target: float, backend: str = "auto") -> torch.Tensor:
@@ -140,7 +103,8 @@ class FlowAM:
         continuity_weight: Weight of the continuity term; None takes the method's preset.
         continuity_k: Neighbours of the continuity term; None takes the flows' (whose
             continuity target was measured with it; another k is refused).
-        num_points: Points per explanation.
+        num_points: Points per explanation; None takes `cloud_size`'s rule: the
+            autoencoder's count, else the flows' (the count they were computed at), else 1024.
         init: Initial cloud of each job: "uniform" (in a cube), "normal" or "sphere", drawn
             from a generator seeded by (class, seed).
         init_scale: Half-width (uniform), std (normal) or radius (sphere) of the initial cloud.
@@ -155,21 +119,22 @@ class FlowAM:
             "quantiles" (a 1-D Wasserstein-2 distance per channel; needs flows with quantiles).
 
     Raises:
-        ValueError: An unknown method, alignment or init, a missing or unexpected
-            autoencoder, missing flows for a method that needs them, invalid steps, lr or
-            num_points, flows that do not match the model (layers, channels, classes), or
-            a model whose output is not logits (B, K) (`ClassifierOutputError`).
+        ValueError: A setting `AMConfig` refuses (an unknown method, alignment or init, a
+            negative weight, steps < 1, lr <= 0, num_points <= continuity_k, ...: the message
+            names it), a missing or unexpected autoencoder, missing flows for a method that
+            needs them, flows that do not match the model (layers, channels, classes), or a
+            model whose output is not logits (B, K) (`ClassifierOutputError`).
+        TypeError: A setting of the wrong type (`AMConfig`).
     """
 
-    def __init__(self, model, flows: Flows | None = None, method: str = "flowam", steps: int = 600,
-                 lr: float = 0.01, flow_weight: float | None = None, continuity_weight: float | None = None,
-                 continuity_k: int | None = None, num_points: int = 1024, init: str = "uniform", init_scale: float = 0.5,
-                 clamp: bool | None = None, layers=None, autoencoder=None, device=None, backend: str = "auto",
-                 quiet: bool = False, alignment: str = "moments"):
-        if method not in PRESETS:
-            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-        if alignment not in ALIGNMENTS:
-            raise ValueError(f"unknown alignment {alignment!r}; choose one of {ALIGNMENTS}")
+    def __init__(self, model, flows: Flows | None = None, method: str = AMConfig.method, steps: int = AMConfig.steps,
+                 lr: float = AMConfig.lr, flow_weight: float | None = None, continuity_weight: float | None = None,
+                 continuity_k: int | None = None, num_points: int | None = None, init: str = AMConfig.init,
+                 init_scale: float = AMConfig.init_scale, clamp: bool | None = None, layers=None, autoencoder=None,
+                 device=None, backend: str = AMConfig.backend, quiet: bool = AMConfig.quiet,
+                 alignment: str = AMConfig.alignment):
+        # The names first, so that an unknown one is refused before any preset is looked up.
+        AMConfig(method=method, alignment=alignment, init=init, steps=0 if method == "random" else 1)
         if (method == "ae-latent") != (autoencoder is not None):
             raise ValueError("method 'ae-latent' needs autoencoder= (see flowam_fast.am.autoencoder), and only it "
                              f"takes one (method {method!r})")
@@ -181,8 +146,11 @@ class FlowAM:
             continuity_k = flows.continuity_k if flows is not None else 3
         if method == "random":
             steps, cl = 0, True  # its clouds are drawn in the bounds, never optimized
-        if steps < 0 or lr <= 0 or num_points < continuity_k + 1:
-            raise ValueError("need steps >= 0, lr > 0 and num_points > continuity_k")
+        self.config = AMConfig(method=method, steps=steps, lr=lr, flow_weight=fw, continuity_weight=cw,
+                               continuity_k=continuity_k, init=init, init_scale=init_scale, clamp=cl,
+                               num_points=cloud_size(num_points, autoencoder=autoencoder, flows=flows),
+                               alignment=alignment if fw > 0 else AMConfig.alignment, backend=backend, quiet=quiet,
+                               device=device)
         if (fw > 0 or cw > 0 or (cl and autoencoder is None)) and flows is None:
             raise ValueError(f"method {method!r} needs flows (bounds, continuity target"
                              f"{', activation flows' if fw > 0 else ''}); compute them with compute_flows")
@@ -195,16 +163,13 @@ class FlowAM:
         layers = tuple(layers) if layers is not None else (tuple(flows.layers) if (flows is not None and fw > 0) else ())
         if fw > 0 and not layers:
             layers = tuple(default_layers(model))
-        self.config = AMConfig(method=method, steps=int(steps), lr=float(lr), flow_weight=fw, continuity_weight=cw,
-                               continuity_k=int(continuity_k), num_points=int(num_points), init=init,
-                               init_scale=float(init_scale), clamp=cl, layers=layers if fw > 0 else (),
-                               autoencoder=describe_autoencoder(autoencoder) if autoencoder is not None else "",
-                               alignment=alignment if fw > 0 else "moments")
+        self.config = dataclasses.replace(
+            self.config, layers=layers if fw > 0 else (),
+            autoencoder=describe_autoencoder(autoencoder) if autoencoder is not None else "")
         if autoencoder is not None and int(autoencoder.config["num_points"]) != self.config.num_points:
             raise ValueError(f"the autoencoder decodes {autoencoder.config['num_points']} points but num_points is "
                              f"{self.config.num_points}")
         self.d2_target = self._continuity_target() if cw > 0 else None
-        initial_points(0, 0, 1, init)  # reject an unknown init now, not mid-sweep
         self._check_model()
 
     def __repr__(self) -> str:
@@ -294,20 +259,20 @@ class FlowAM:
         """Optimize every (class, seed) job of the grid.
 
         Args:
-            classes: Target class indices.
+            classes: Target classes, by index or by name (the flows' class names), e.g.
+                `["cube", 3]`.
             seeds: Seeds of each class.
             batch_size: Jobs optimized together; None runs them all in one batch.
-            store: An HDF5 path: jobs already stored there (same method and config) are
-                skipped, and the store is rewritten atomically after each batch.
+            store: An HDF5 path: jobs already stored there (a config that `matches` this
+                engine's) are skipped, and the store is rewritten atomically after each batch.
 
         Returns:
             The explanations of every job, those read from `store` included.
 
         Raises:
-            ValueError: A class the model does not have, a class without flows, or a store
-                written with another config.
+            ValueError: A class the model does not have (an unknown name: the message lists the
+                names), a class without flows, or a store written with another config.
         """
-        classes = [int(c) for c in classes]
         seeds = [int(s) for s in seeds]
         return self.run_jobs([(c, s) for c in classes for s in seeds], batch_size=batch_size, store=store)
 
@@ -315,7 +280,7 @@ class FlowAM:
         """As `run`, for any list of (class, seed) jobs rather than a full grid (a sweep's shard).
 
         Args:
-            jobs: (class, seed) pairs; a repeated pair runs once.
+            jobs: (class, seed) pairs, a class by index or by name; a repeated pair runs once.
             batch_size: Jobs optimized together; None runs them all in one batch.
             store: An HDF5 path, as in `run`.
 
@@ -323,17 +288,16 @@ class FlowAM:
             The explanations of every job, those read from `store` included.
         """
         # A repeated job would be optimized twice and stored twice; keep the first.
-        jobs = list(dict.fromkeys((int(c), int(s)) for c, s in jobs))
-        classes = list(dict.fromkeys(c for c, _ in jobs))
         num_classes = self._num_classes()
-        for c in classes:
-            if not 0 <= c < num_classes:
-                raise ValueError(f"unknown class {c}: the model has classes 0..{num_classes - 1}")
+        jobs = list(jobs)
+        targets = resolve_classes([c for c, _ in jobs], self._class_names(), num_classes)
+        jobs = list(dict.fromkeys((c, int(s)) for c, (_, s) in zip(targets, jobs)))
+        classes = list(dict.fromkeys(c for c, _ in jobs))
         if self.flows is not None and self.config.flow_weight > 0:
             self.flows.check_classes(classes)
         done = self._empty_result(num_classes)
         if store is not None:
-            done = Explanations.resume(store, self.config.to_json(), done)
+            done = Explanations.resume(store, self.config, done)
             have = set(zip(done.classes.tolist(), done.seeds.tolist()))
             wanted, jobs = len(jobs), [j for j in jobs if j not in have]
             if not jobs:
@@ -353,6 +317,9 @@ class FlowAM:
         bar.close()
         return Explanations.concat(results)
 
+    def _class_names(self) -> list:
+        return list(self.flows.class_names) if self.flows is not None else []
+
     def _num_classes(self) -> int:
         if self.flows is not None:
             return self.flows.num_classes
@@ -367,7 +334,7 @@ class FlowAM:
                             seeds=np.zeros(0, np.int64), logits=np.zeros((0, num_classes), np.float32),
                             method=self.config.method, config=self.config.to_json(),
                             model=describe_model(self.model),
-                            class_names=list(self.flows.class_names) if self.flows is not None else [])
+                            class_names=self._class_names())
 
     def _optimize(self, jobs, bar) -> Explanations:
         with contextlib.ExitStack() as stack:
@@ -432,4 +399,4 @@ class FlowAM:
                             seeds=np.array([s for _, s in jobs], np.int64),
                             logits=best_logits.cpu().numpy().astype(np.float32), method=cfg.method,
                             config=cfg.to_json(), model=describe_model(self.model),
-                            class_names=list(self.flows.class_names) if self.flows is not None else [])
+                            class_names=self._class_names())

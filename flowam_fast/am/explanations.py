@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic import atomic_path
+from .config import migrated, stored_config
 from .configdiff import config_changes
 from .reprs import counted, int_ranges, model_name, short_list
 
@@ -26,7 +27,9 @@ class Explanations:
         seeds: Seed of each job (J,), int64.
         logits: The model's logits on each explanation (J, K), float32.
         method: The AM method ("flowam", "vanilla", "regularized" or "ae-latent").
-        config: The engine's configuration, as JSON.
+        config: The engine's configuration in its stored form (`AMConfig.to_json`); compare
+            it with `same_run` or `AMConfig.matches`, never as text (stores of earlier
+            versions write the same run differently).
         model: A description of the model, as JSON.
         class_names: Names of the model's classes (may be empty).
         version: The flowam_fast version that wrote them.
@@ -85,6 +88,10 @@ class Explanations:
             keep &= np.isin(self.seeds, list(seeds))
         return self._take(np.nonzero(keep)[0])
 
+    def same_run(self, other: "Explanations") -> bool:
+        """Whether `other` was made by the same method and config (`AMConfig.matches`)."""
+        return self.method == other.method and _matches(self.config, other.config)
+
     @staticmethod
     def concat(parts) -> "Explanations":
         """The explanations of all `parts` (at least one) in one set, in order.
@@ -95,7 +102,7 @@ class Explanations:
         parts = list(parts)
         first = parts[0]
         for p in parts[1:]:
-            if (p.method, p.config) != (first.method, first.config):
+            if not first.same_run(p):
                 raise ValueError("cannot merge explanations made with different methods or configs")
         return Explanations(np.concatenate([p.points for p in parts]), np.concatenate([p.classes for p in parts]),
                             np.concatenate([p.seeds for p in parts]), np.concatenate([p.logits for p in parts]),
@@ -145,14 +152,16 @@ class Explanations:
         return e
 
     @classmethod
-    def resume(cls, path, config: str, empty: "Explanations") -> "Explanations":
+    def resume(cls, path, config, empty: "Explanations") -> "Explanations":
         """The jobs already stored at `path` for the same config, or `empty` if there is no file.
 
-        A store made with another config is an error rather than silently mixed or lost.
+        A store made with another config is an error rather than silently mixed or lost. A
+        store of an earlier version that `matches` the config resumes; what is returned
+        carries the config in today's stored form.
 
         Args:
             path: The store's HDF5 path.
-            config: The engine's configuration, as JSON (`FlowAM.config.to_json()`).
+            config: The engine's `AMConfig` (or its stored form).
             empty: What to return when there is no file yet.
 
         Raises:
@@ -160,12 +169,13 @@ class Explanations:
         """
         if not Path(path).exists():
             return empty
-        stored = cls.load(path)
-        if stored.config != config:
+        stored, config = cls.load(path), stored_config(config)
+        if not config.matches(stored.config):
             raise ValueError(f"{path} holds explanations made with another config "
-                             f"({', '.join(config_changes(stored.config, config))}); delete it or choose another "
-                             "store (on the command line: --fresh discards it and starts over, or choose another "
-                             "--out)")
+                             f"({', '.join(config_changes(migrated(stored.config), config.to_json()))}); delete it "
+                             "or choose another store (on the command line: --fresh discards it and starts over, "
+                             "or choose another --out)")
+        stored.config = config.to_json()
         return stored
 
     def to_ply(self, directory) -> list:
@@ -228,3 +238,11 @@ class Explanations:
         from .viewer import write_html
 
         return write_html(self, path, references=references, title=title)
+
+
+def _matches(a: str, b: str) -> bool:
+    """Two stored configs name the same run (either may be of an earlier version)."""
+    try:
+        return stored_config(a).matches(b)
+    except (ValueError, TypeError):
+        return a == b  # unreadable configs: only the same text is the same run

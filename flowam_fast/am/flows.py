@@ -62,7 +62,8 @@ class Flows:
         continuity_k: Neighbours of `d2_target`.
         class_names: Names of the classes (may be empty).
         model: A description of the model, as JSON.
-        num_points: Points per training cloud.
+        num_points: Points per training cloud, the count the flows were computed at (the
+            default cloud size of runs with them, `am.config.cloud_size`); 0 where unknown.
         quantiles: Optional, for FlowAM's `alignment="quantiles"`: per layer, each class's
             quantile function per channel at the Q levels (j + 0.5) / Q, (K, C_l, Q) float32;
             None when not computed.
@@ -227,7 +228,8 @@ class Flows:
                            lo=torch.from_numpy(f["lo"][()]), hi=torch.from_numpy(f["hi"][()]),
                            d2_target=float(f.attrs["d2_target"]), continuity_k=int(f.attrs["continuity_k"]),
                            class_names=json.loads(f.attrs["class_names"]), model=str(f.attrs["model"]),
-                           num_points=int(f.attrs["num_points"]), quantiles=quantiles or None)
+                           # Files that predate the count record none: 0, "unknown" (`cloud_size`).
+                           num_points=int(f.attrs.get("num_points", 0)), quantiles=quantiles or None)
             except KeyError as exc:
                 raise ValueError(f"flows file {path} is incomplete: missing {exc}") from None
 

@@ -19,19 +19,46 @@ def parse_classes(text: str, class_names, num_classes: int) -> list:
     """
     if text.strip() == "all":
         return list(range(num_classes))
+    out = resolve_classes([t.strip() for t in text.split(",") if t.strip()], class_names, num_classes)
+    if not out:
+        raise ValueError("no classes given")
+    return out
+
+
+def resolve_classes(classes, class_names, num_classes: int) -> list:
+    """Class indices of targets given by index or by name, as Python callers and the command
+    line give them.
+
+    Args:
+        classes: Class indices (ints, or digit strings) and class names, e.g. `[0, "cube"]`.
+        class_names: Names of the classes, in index order (may be empty).
+        num_classes: The number of classes.
+
+    Returns:
+        The class indices, in the order given.
+
+    Raises:
+        ValueError: An unknown name (the message lists the known ones) or an index out of range.
+        TypeError: A target that is neither an integer nor a string.
+    """
+    names = list(class_names)
     out = []
-    for tok in (t.strip() for t in text.split(",") if t.strip()):
-        if tok.lstrip("-").isdigit():
-            c = int(tok)
-        elif tok in class_names:
-            c = list(class_names).index(tok)
-        else:
-            raise ValueError(f"unknown class {tok!r}; known: {', '.join(class_names) or f'0..{num_classes - 1}'}")
+    for c in classes:
+        if isinstance(c, str):
+            tok = c.strip()
+            if tok.lstrip("-").isdigit():
+                c = int(tok)
+            elif tok in names:
+                c = names.index(tok)
+            else:
+                known = ", ".join(names) if names else f"none (the flows have no class names): use indices 0..{num_classes - 1}"
+                raise ValueError(f"unknown class {tok!r}; known classes: {known}")
+        elif isinstance(c, bool) or not hasattr(c, "__index__"):
+            raise TypeError(f"a target class is an index or a class name, got {c!r}")
+        c = int(c)
         if not 0 <= c < num_classes:
             raise ValueError(f"unknown class {c}: classes are 0..{num_classes - 1}")
         out.append(c)
-    if not out:
-        raise ValueError("no classes given")
     return out
 
 

@@ -10,6 +10,8 @@ METHODS = ("flowam", "vanilla", "regularized", "ae-latent", "random")
 #: objective), or each channel's whole distribution over the points ("quantiles": a 1-D
 #: Wasserstein-2 distance per channel, `ops.quantile_align`; needs flows with quantiles).
 ALIGNMENTS = ("moments", "quantiles")
+#: The initial cloud of each job: uniform in a cube, normal, or on a sphere (`am.spaces.initial_points`).
+INITS = ("uniform", "normal", "sphere")
 #: method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
 #: For ae-latent the clamp is to the autoencoder's latent range, not the data bounds.
 PRESETS = {

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import models, ops
-from ..am.engine import AMConfig, continuity_loss
+from ..am.config import AMConfig
+from ..am.engine import continuity_loss
 from ..am.flows import Flows, neighbour_d2
 from ..models import DGCNN, PointNet, PointNet2MSG, PointNet2SSG, get_activations, plain_path
 from .common import compare, fused_backends, is_cuda, label

@@ -53,6 +53,7 @@ def method_options(args, methods) -> dict:
 
 
 def run(args) -> int:
+    from ..am.config import cloud_size
     from ..data.modelnet40 import ModelNet40
     from ..pipelines.attribute import parse_methods, run_attribution
 
@@ -60,8 +61,8 @@ def run(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     device = device_of(args)
-    model = load_model(args, device, num_points=args.num_points or 1024)
-    num_points = args.num_points or getattr(model, "num_points", None) or 1024
+    num_points = cloud_size(args.num_points, checkpoint=args.model)
+    model = load_model(args, device, num_points=num_points)
     data = ModelNet40(args.data, split=args.split, num_points=num_points)
     count = len(data) if args.limit is None else min(args.limit, len(data))
     result = run_attribution(model, data.points[:count], data.labels[:count], args.out, methods=methods,

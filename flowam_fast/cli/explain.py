@@ -29,6 +29,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..am.autoencoder import load_autoencoder
+    from ..am.config import cloud_size
     from ..am.engine import FlowAM
     from ..am.flows import Flows
     from ..am.grid import parse_classes, parse_seeds
@@ -36,7 +37,7 @@ def run(args) -> int:
 
     device = device_of(args)
     flows = Flows.load(args.flows)
-    model = load_model(args, device, num_points=args.num_points or flows.num_points or 1024)
+    model = load_model(args, device, num_points=cloud_size(args.num_points, flows=flows, checkpoint=args.model))
     classes = parse_classes(args.classes, flows.class_names, flows.num_classes)
     seeds = parse_seeds(args.seeds)
     ae = None
@@ -46,7 +47,7 @@ def run(args) -> int:
         ae = load_autoencoder(args.autoencoder).to(device)
     engine = FlowAM(model, flows, method=args.method, autoencoder=ae, steps=args.steps, lr=args.lr,
                     flow_weight=args.flow_weight, continuity_weight=args.continuity_weight,
-                    num_points=args.num_points or (ae.num_points if ae is not None else flows.num_points) or 1024,
+                    num_points=cloud_size(args.num_points, autoencoder=ae, flows=flows, checkpoint=args.model),
                     quiet=args.quiet, device=device, alignment=args.alignment)
     if args.fresh:
         Path(args.out).unlink(missing_ok=True)

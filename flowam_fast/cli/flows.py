@@ -11,7 +11,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output flows file (.h5)")
     p.add_argument("--layers", help="comma-separated module names whose outputs are per-point activations (B, C, *), "
                                     "e.g. feat.bn1,feat.bn2 (default: the model's flow_layers)")
-    p.add_argument("--num-points", type=int, default=None, help="points per sample (default: the model's)")
+    p.add_argument("--num-points", type=int, default=None, help="points per sample (default: the count the checkpoint "
+                                                                "records, else 1024)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per forward pass")
     p.add_argument("--quantile-levels", type=int, default=0,
                    help="also store each class's per-channel quantiles at this many levels, for --alignment "
@@ -21,11 +22,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..am.config import cloud_size
     from ..am.flows import compute_flows
     from ..data import ModelNet40
 
-    model = load_model(args, device_of(args), num_points=args.num_points or 1024)
-    num_points = args.num_points or getattr(model, "num_points", None) or 1024
+    num_points = cloud_size(args.num_points, checkpoint=args.model)
+    model = load_model(args, device_of(args), num_points=num_points)
     data = ModelNet40(args.data, split="train", num_points=num_points)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None
     flows = compute_flows(model, data, layers=layers, batch_size=args.batch_size, quiet=args.quiet,

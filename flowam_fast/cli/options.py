@@ -1,6 +1,7 @@
 """Argument groups shared by several commands. Torch-free at import: see cli/__init__.py."""
 from __future__ import annotations
 
+from ..am.config import AMConfig
 from ..am.names import ALIGNMENTS, ARCHITECTURES, PRESETS
 
 
@@ -89,8 +90,8 @@ def device_of(args):
 
 def add_am_arguments(p) -> None:
     """Options of the objective, shared by the commands that run the engine."""
-    p.add_argument("--steps", type=int, default=600, help="Adam steps of every job")
-    p.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
+    p.add_argument("--steps", type=int, default=AMConfig.steps, help="Adam steps of every job")
+    p.add_argument("--lr", type=float, default=AMConfig.lr, help="Adam's learning rate")
     p.add_argument("--flow-weight", type=float, default=None,
                    help=f"weight of the flow term (default: the method's preset: {_presets(0)})")
     p.add_argument("--continuity-weight", type=float, default=None,
@@ -98,7 +99,8 @@ def add_am_arguments(p) -> None:
     p.add_argument("--alignment", choices=ALIGNMENTS, default=ALIGNMENTS[0],
                    help="flow term: per-channel mean and std (moments), or per-channel quantiles (1-D Wasserstein; "
                         "needs flows made with --quantile-levels)")
-    p.add_argument("--num-points", type=int, default=None, help="points per explanation (default: as in the flows)")
+    p.add_argument("--num-points", type=int, default=None, help="points per explanation (default: the autoencoder's for ae-latent, else the flows', else the "
+                        "checkpoint's, else 1024)")
     p.add_argument("--batch-size", type=int, default=None, help="jobs per batch (default: all at once)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

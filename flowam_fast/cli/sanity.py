@@ -45,6 +45,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..am.autoencoder import load_or_train_autoencoder
+    from ..am.config import cloud_size
     from ..am.flows import Flows
     from ..am.grid import parse_classes
     from ..data import ModelNet40
@@ -61,9 +62,9 @@ def run(args) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     device = device_of(args)
     flows = Flows.load(args.flows)
-    model = load_model(args, device, num_points=args.num_points or flows.num_points or 1024)
+    num_points = cloud_size(args.num_points, flows=flows, checkpoint=args.model)
+    model = load_model(args, device, num_points=num_points)
     classes = parse_classes(args.classes, flows.class_names, flows.num_classes)
-    num_points = args.num_points or flows.num_points or 1024
     train_set = ModelNet40(args.data, "train", num_points=num_points)
     test_set = ModelNet40(args.data, "test", num_points=num_points)
     evaluator = load_evaluator(args.data, args.evaluator, cache_dir=args.out, quiet=args.quiet).to(device)

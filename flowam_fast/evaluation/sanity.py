@@ -63,6 +63,7 @@ from tqdm import tqdm
 from . import metrics
 from .permutation import ALPHA, N_BOOT, N_PERM, check_size, effect, holm, permutation_test
 from .sanity_report import SanityResult
+from ..am.config import AMConfig
 from ..am.engine import FlowAM
 from ..am.explanations import Explanations
 from ..am.flows import compute_flows
@@ -225,14 +226,15 @@ class SanityCheck:
         lr: Adam's learning rate.
         flow_weight: Weight of the flow term; None takes the method's preset.
         continuity_weight: Weight of the continuity term; None takes the method's preset.
-        num_points: Points per explanation.
+        num_points: Points per explanation; None takes `FlowAM`'s rule (`am.config.cloud_size`).
         alignment: The flow term's statistics, "moments" or "quantiles".
         batch_size: Jobs optimized together; None runs each stage's jobs in one batch.
         **am: Other keyword arguments of `FlowAM` (init, init_scale, clamp, layers, ...).
 
     Attributes:
         plan: The stages, as (variant, stage name, module names randomized), in run order.
-        am_config: The AM config (JSON) of the method's explanations, as their stores record it.
+        config: The `AMConfig` of the method's explanations: what known explanations must match.
+        am_config: Its stored form, as the explanations' stores record it.
         label: The method's name in tables: "flowam w=<flow weight>" for FlowAM, else the method.
 
     Raises:
@@ -243,8 +245,9 @@ class SanityCheck:
     def __init__(self, model, evaluator, flows=None, train_set=None, method: str = "flowam", autoencoder=None,
                  variants=VARIANTS, seed: int = 0, references: dict | None = None, quiet: bool = False,
                  flow_cache: dict | None = None, workers: int = 1, alpha: float = ALPHA, n_perm: int = N_PERM,
-                 n_boot: int = N_BOOT, steps: int = 600, lr: float = 0.01, flow_weight: float | None = None,
-                 continuity_weight: float | None = None, num_points: int = 1024, alignment: str = "moments",
+                 n_boot: int = N_BOOT, steps: int = AMConfig.steps, lr: float = AMConfig.lr,
+                 flow_weight: float | None = None, continuity_weight: float | None = None,
+                 num_points: int | None = None, alignment: str = AMConfig.alignment,
                  batch_size: int | None = None, **am):
         self.model = model
         self.evaluator = evaluator
@@ -271,7 +274,9 @@ class SanityCheck:
         self.variants = tuple(variants)
         # Built once here to validate the method and its arguments before any stage runs.
         engine = self._engine(model, flows)
-        #: The AM config (JSON) of the method's explanations, as their stores record it.
+        #: The AM config of the method's explanations (`AMConfig`): what a store of them must match.
+        self.config = engine.config
+        #: Its stored form, as their stores record it.
         self.am_config = engine.config.to_json()
         self.label = f"flowam w={engine.config.flow_weight:g}" if method == "flowam" else method
         self._uses_flows = engine.config.flow_weight > 0
@@ -344,6 +349,11 @@ class SanityCheck:
             self._flow_cache["order"] = order
         return self._flow_cache["order"]
 
+    def known(self, candidates):
+        """The first of `candidates` (explanations of the trained model, of any method and
+        config) made with this check's method and a config that `matches` its own, or None."""
+        return next((e for e in candidates if e.method == self.method and self.config.matches(e.config)), None)
+
     def trained_explanations(self, classes, seeds, known=None):
         """The trained model's explanations of the (class, seed) grid.
 
@@ -362,10 +372,11 @@ class SanityCheck:
         engine = self._engine(self.model, self.flows)
         if known is None:
             return engine.run(classes, seeds, batch_size=self.batch_size)
-        if (known.method, known.config) != (self.method, engine.config.to_json()):
+        if self.known([known]) is None:
             raise ValueError(f"the known explanations were made with method {known.method!r} and config "
-                             f"{known.config}, not {self.method!r} and {engine.config.to_json()}")
+                             f"{known.config}, not {self.method!r} and {self.am_config}")
         have = known.select(classes, seeds)
+        have.config = self.am_config  # a store of an earlier version: today's stored form
         done = set(zip(have.classes.tolist(), have.seeds.tolist()))
         missing = [(int(c), int(s)) for c in classes for s in seeds if (int(c), int(s)) not in done]
         return Explanations.concat([have, engine.run_jobs(missing, batch_size=self.batch_size)]) if missing else have
@@ -617,19 +628,6 @@ def run_methods(model, methods, classes, seeds, evaluator, flows, train_set, aut
     return SanityResult([r for r, _ in done], pools=[p for _, p in done])
 
 
-def _objective(check: SanityCheck) -> str:
-    """The check's AM config without the method's name, which only labels the results."""
-    config = json.loads(check.am_config)
-    del config["method"]
-    return json.dumps(config, sort_keys=True)
-
-
-def _known(check: SanityCheck, candidates):
-    """The first of `candidates` (explanations of the trained model) made with the check's
-    method and config, or None."""
-    return next((e for e in candidates if (e.method, e.config) == (check.method, check.am_config)), None)
-
-
 def weakest_stage(result: dict) -> dict:
     """The stage of a method's result with the smallest effect: the nearest to unchanged."""
     return min(result["stages"], key=lambda s: s["effect"])
@@ -702,14 +700,14 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
     # One check per objective; the checks to run share one queue of stages.
     source = {}
     for i, check in enumerate(checks):
-        source.setdefault(_objective(check), i)
+        source.setdefault(check.config.objective(), i)
     todo = list(source.values())
-    preps = {i: checks[i].prepare(classes, seeds, trained=_known(checks[i], trained)) for i in todo}
+    preps = {i: checks[i].prepare(classes, seeds, trained=checks[i].known(trained)) for i in todo}
     measured = (runner or run_stages)([checks[i] for i in todo], [preps[i] for i in todo], quiet)
     done = {i: checks[i].summarize(preps[i], m) for i, m in zip(todo, measured)}
     results, pools, points = [], [], []
     for i, ((method, weight), check) in enumerate(zip(runs, checks)):
-        src = source[_objective(check)]
+        src = source[check.config.objective()]
         result, pool = done[src]
         if src != i:
             result = dict(result, method=method, label=check.label, config=json.loads(check.am_config))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..am.autoencoder import load_or_train_autoencoder
-from ..am.engine import ALIGNMENTS, FlowAM
+from ..am.engine import FlowAM
 from ..am.explanations import Explanations
 from ..am.flows import DEFAULT_QUANTILE_LEVELS, Flows, compute_flows
 from ..am.sheets import class_examples, contact_sheet
@@ -39,7 +39,7 @@ from ..evaluation.report import RealData, evaluate_sets, method_table, write_rep
 from .. import provenance
 from ..models import checkpoint_meta, load_checkpoint
 from ..models.activations import default_layers
-from ..am.names import ARCHITECTURE_ALIASES, DEMO_MODELS
+from ..am.names import ALIGNMENTS, ARCHITECTURE_ALIASES, DEMO_MODELS
 from ..training import DEMO_CONFIGS, demo_config, train_demo_model
 from .attribute import DEFAULT_METHODS, demo_section
 
@@ -58,15 +58,17 @@ def demo_model_name(model: str) -> str:
 
 
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
-#: Bumped when the demo's data or models change. 2: shapes keep one heading, classifiers
-#: learn yaw invariance from augmentation, flows include the input T-Net's layers.
+#: Bumped when the demo's data or models change: what no run config identifies (an explanation
+#: store of the same model is reused or redone by `AMConfig.matches` alone; docs/design.md, "Run
+#: identity"). 2: shapes keep one heading, classifiers learn yaw invariance from augmentation,
+#: flows include the input T-Net's layers.
 DEMO_VERSION = 2
-#: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
 #: The local explanations' directory (`pipelines.attribute.demo_section`).
 ATTRIBUTION = "attribution"
 #: The attribution methods of a demo model where not every default applies: PointNet++ has no
 #: per-point layer (its layers are grouped), which Grad-CAM and the critical points need.
 DEMO_ATTRIBUTIONS = {arch: ("saliency", "integrated-gradients", "occlusion") for arch in ("pointnet2_ssg", "pointnet2_msg")}
+#: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
 CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt", ATTRIBUTION) + tuple(f"{m}.h5" for m in METHODS)
 #: What depends on the explained classifier: redone when the directory was made for the other
 #: demo model. The autoencoder decodes the demo model's point count (512 for the PointNet, 256
@@ -213,7 +215,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
                             autoencoder=ae if method == "ae-latent" else None,
                             flow_weight=flow_weight if method == "flowam" else None, **am)
             store = out / f"{method}.h5"
-            if store.exists() and Explanations.load(store).config != engine.config.to_json():
+            if store.exists() and not engine.config.matches(Explanations.load(store).config):
                 # The demo's outputs are its own cache: one made by another version is redone.
                 print(f"[demo] {store} was made with another config; redoing it", flush=True)
                 store.unlink()

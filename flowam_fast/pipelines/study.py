@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from .. import provenance
 from ..am.autoencoder import load_autoencoder
+from ..am.config import AMConfig, cloud_size
 from ..am.explanations import Explanations
 from ..am.names import ALIGNMENTS, METHODS
 from ..am.flows import Flows
@@ -136,13 +137,12 @@ class _Runs:
 
 
 def _weight(check) -> dict:
-    config = json.loads(check.am_config)
-    return {"flow_weight": config["flow_weight"]} if check.method == "flowam" else {}
+    return {"flow_weight": check.config.flow_weight} if check.method == "flowam" else {}
 
 
 def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencoder=None, demo_dir=None,
               classes=None, num_classes: int = STUDY_CLASSES, seeds: int = SEEDS_PER_SIDE, steps: int = STUDY_STEPS,
-              lr: float = 0.01, flow_weights=STUDY_WEIGHTS, vanilla: bool = False, variants=VARIANTS,
+              lr: float = AMConfig.lr, flow_weights=STUDY_WEIGHTS, vanilla: bool = False, variants=VARIANTS,
               alpha: float = ALPHA, n_perm: int = N_PERM, alignment: str = "moments", executor: str = "local",
               address=None, workers: int = 2,
               device="cpu", quiet: bool = False, calibration: dict | None = None, batch_size: int | None = None):
@@ -204,7 +204,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
     out = Path(out)
     net = load_checkpoint(paths["model"]).to(device)
     fl = Flows.load(paths["flows"])
-    num_points = int(fl.num_points or 1024)
+    num_points = cloud_size(flows=fl, checkpoint=paths["model"])
     train_set = ModelNet40(paths["data"], "train", num_points=num_points)
     test_set = ModelNet40(paths["data"], "test", num_points=num_points)
     ae = load_autoencoder(paths["autoencoder"]).to(device)
@@ -224,7 +224,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
         check = SanityCheck(net, ev, flows=fl, train_set=train_set, method=method, variants=variants, quiet=True,
                             autoencoder=ae if method == "ae-latent" else None,
                             **({} if weight is None else {"flow_weight": weight}), **am)
-        objective = json.dumps({k: v for k, v in json.loads(check.am_config).items() if k != "method"})
+        objective = check.config.objective()
         if objective not in objectives:
             objectives.add(objective)
             checks.append(check)
@@ -237,8 +237,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
     runs = _Runs(out, (net, fl, train_set, ae), inputs_hash, {k: am[k] for k in ("num_points", "steps", "lr",
                                                                                   "alignment", "batch_size")},
                  executor, address, workers, bar)
-    known = {c.label: next((e for e in stores if (e.method, e.config) == (c.method, c.am_config)), None)
-             for c in checks}
+    known = {c.label: c.known(stores) for c in checks}
     trained = runs.run([(c, None, classes, first + second, f"{c.label}: trained", known[c.label]) for c in checks])
     refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=REALISM_REFS), device)
     class_refs = to_device(references_by_class(test_set.points, test_set.labels, num_refs=CLASS_REFS), device)

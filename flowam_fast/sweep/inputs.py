@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..am.config import cloud_size
 from ..am.engine import FlowAM
 from ..am.flows import Flows
 from ..am.grid import parse_classes
@@ -102,11 +103,8 @@ def load_inputs(spec: SweepSpec) -> dict:
 
 
 def _num_points(options: dict, method: str, inp: ModelInputs) -> int:
-    if "num_points" in options:
-        return int(options["num_points"])
-    if method == "ae-latent":
-        return int(inp.autoencoder.num_points)
-    return int(inp.flows.num_points or 1024)
+    return cloud_size(options.get("num_points"), autoencoder=inp.autoencoder if method == "ae-latent" else None,
+                      flows=inp.flows, checkpoint=inp.files["checkpoint"]["path"])
 
 
 def make_engine(payload: tuple, method: str, options: dict, device=None) -> FlowAM:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..am.config import migrated
 from ..am.configdiff import changed_fields
 from ..atomic import atomic_path
 from .spec import DEFAULT_LOADING
@@ -78,7 +79,7 @@ def changes(old: dict, units) -> list:
         # How the checkpoint loads (factory, logits, trusted); records from before these
         # settings existed loaded built-in models, DEFAULT_LOADING.
         found += _diff(key, {**DEFAULT_LOADING, **o.get("loading", {})}, {**DEFAULT_LOADING, **n["loading"]}, "")
-        oc, nc = json.loads(o["config"]), json.loads(n["config"])
+        oc, nc = json.loads(migrated(o["config"])), json.loads(n["config"])
         found += _diff(key, oc, nc, "")
         found += _diff(key, {k: v for k, v in o["options"].items() if k not in oc},
                        {k: v for k, v in n["options"].items() if k not in nc}, "option ")

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..am.config import AMConfig
 from ..am.explanations import Explanations
 
 
@@ -49,7 +50,7 @@ def read_shard(path: Path, unit):
     except (ValueError, OSError):
         return None
     jobs = tuple(zip(e.classes.tolist(), e.seeds.tolist()))
-    if e.config != unit.config or path.name != shard_name(unit, jobs):
+    if not AMConfig.from_json(unit.config).matches(e.config) or path.name != shard_name(unit, jobs):
         return None
     return jobs, e
 

@@ -30,8 +30,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..am.engine import METHODS, FlowAM
+from ..am.engine import FlowAM
 from ..am.grid import parse_seeds
+from ..am.names import METHODS
 from ..am.reprs import counted, int_ranges, short_list
 
 DEFAULT_SHARD_SIZE = 16

@@ -111,7 +111,7 @@ def test_help_shows_defaults_but_not_none(capsys):
 
 
 def test_choices_are_the_library_tables(capsys):
-    from flowam_fast.am.engine import ALIGNMENTS, METHODS
+    from flowam_fast.am.names import ALIGNMENTS, METHODS
 
     out = _help(capsys, "explain")
     assert "{" + ",".join(METHODS) + "}" in out and "{" + ",".join(ALIGNMENTS) + "}" in out

@@ -5,7 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from flowam_fast.am.engine import AMConfig, FlowAM
+from flowam_fast.am.config import AMConfig
+from flowam_fast.am.engine import FlowAM
 from flowam_fast.am.explanations import Explanations
 from flowam_fast.am.flows import compute_flows
 from flowam_fast.am.reprs import int_ranges, short_list
