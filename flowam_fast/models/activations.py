@@ -46,24 +46,39 @@ class Tap(nn.Identity):
         self._requests = []  # (record, takes_linear) per recorder, in the order they came
 
     def request(self, record, linear: bool) -> None:
-        """Register `record(acts)`, called with each forward pass's activations; `linear`: it
-        also takes `LinearActs`."""
+        """Ask for this tap's activations in every forward pass until `withdraw`.
+
+        Args:
+            record: Called with the activations: the tensor passing through, or `LinearActs`.
+            linear: `record` also takes `LinearActs`.
+        """
         self._requests.append((record, bool(linear)))
 
     def withdraw(self, record) -> None:
-        """Remove a request registered with `request`."""
+        """End a request.
+
+        Args:
+            record: The callable given to `request`.
+        """
         self._requests = [r for r in self._requests if r[0] is not record]
 
     def wanted(self) -> str | None:
-        """The form the requests take: None (nobody listens), "linear" (every request takes
-        `LinearActs`) or "dense"."""
+        """The form the requests take.
+
+        Returns:
+            None (nobody listens), "linear" (every request takes `LinearActs`) or "dense".
+        """
         if not self._requests:
             return None
         return "linear" if all(linear for _, linear in self._requests) else "dense"
 
     def offer(self, acts: LinearActs) -> None:
-        """Hand the requests a layer's activations as `LinearActs` (only when `wanted()` is
-        "linear")."""
+        """Hand the requests a layer's activations as `LinearActs`, where `wanted()` is "linear"
+        (the fused layer then does not call the tap).
+
+        Args:
+            acts: The layer's input and folded map.
+        """
         for record, _ in self._requests:
             record(acts)
 

@@ -6,7 +6,7 @@ So a checkpoint trained with that code loads here as it is (see
 - `forward` returns logits (B, num_classes), not (log_softmax, trans, trans_feat);
   `logits_and_penalty` also returns the feature transform's orthogonality penalty, for
   training.
-- Activation taps (`activations.Tap`, an ``nn.Identity``) at the per-point layers FlowAM aligns, the outputs of
+- Activation taps (`activations.Tap`) at the per-point layers FlowAM aligns, the outputs of
   conv1..conv3 after their BatchNorm and before any ReLU: ``feat.act1`` (bn1(conv1), before
   the feature transform), ``feat.act2`` (bn2(conv2)) and ``feat.act3`` (bn3(conv3), the
   pre-pool features), all (B, C, N); and the same three in each T-Net (``feat.stn.act1..3``,
@@ -167,7 +167,7 @@ class PointNet(FastPathModel):
         self.bn1 = nn.BatchNorm1d(w[1])
         self.bn2 = nn.BatchNorm1d(w[2])
         self.relu = nn.ReLU()
-        #: Eval mode runs on the fused ops (flowam_fast.models.fast); False for the plain path.
+        #: Eval mode runs on the fused layers (SharedLinear, LinearBNMax); False for the plain path.
         self.fast_path = True
 
     @property

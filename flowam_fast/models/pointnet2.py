@@ -17,7 +17,7 @@ neighbours; the last SA layer groups all points. Differences from the public cod
   the smaller index. A model here is a deterministic function of its input, which AM needs.
 - `forward` returns logits (B, num_classes): the public model returns (log_softmax,
   l3_points), and its log-softmax is the log-softmax of these logits.
-- Activation taps (``nn.Identity``) at every shared-MLP layer, after its BatchNorm and before
+- Activation taps (`activations.Tap`) at every shared-MLP layer, after its BatchNorm and before
   its ReLU, mirroring the conv lists: ``sa1.acts.0..2`` (SSG) or ``sa1.acts.<scale>.<layer>``
   (MSG's multi-scale layers), ``sa3.acts.0..2``. Each sees the grouped layout (B, C, K, S):
   every (neighbour, centroid) position is a point of that layer; the group-all layer's is
@@ -31,9 +31,10 @@ neighbours; the last SA layer groups all points. Differences from the public cod
 
 The sampling and grouping here are the public algorithm (a B x S x N distance matrix, a sort
 per centroid, the grouped tensor written out): the plain path, and the definition the fused
-path reproduces (docs/design.md, "PointNet++ on the fused kernels"). In eval mode the forward
-runs on the fused ops (`flowam_fast.models.fast`; ``model.fast_path = False`` for the plain
-path); training runs the plain layers but samples and groups with the fused index ops.
+path reproduces (docs/design.md, "PointNet++ on the fused kernels"). Each scale of a set
+abstraction is a `GroupScale`, which runs eval mode on the fused ops (``model.fast_path =
+False`` for the plain path); training runs the plain layers but samples and groups with the
+fused index ops.
 """
 from __future__ import annotations
 
@@ -314,7 +315,7 @@ class _PointNet2(FastPathModel):
         self.bn2 = nn.BatchNorm1d(h2)
         self.drop2 = nn.Dropout(dropout2)
         self.fc3 = RowLinear(h2, num_classes)
-        #: Eval mode runs on the fused ops (flowam_fast.models.fast); False for the plain path.
+        #: Eval mode runs on the fused layers (GroupScale); False for the plain path.
         self.fast_path = True
 
     @property
