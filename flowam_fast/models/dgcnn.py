@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from .activations import Tap
-from .fast import FastPathModel, Fused, SharedLinear, cat_channels, fold_bn
+from .fast import FastPathModel, Fused, SharedLinear, cat_channels, fold_bn, max_and_mean
 from .linear import RowLinear
 from .pointnet import scaled
 
@@ -195,5 +195,4 @@ class DGCNN(FastPathModel):
         for edgeconv, tap in zip(self.edgeconvs, (self.edge1, self.edge2, self.edge3, self.edge4)):
             x = tap(edgeconv(x))
             feats.append(x)
-        x = self.layer5(cat_channels(feats))
-        return self.head(torch.cat((x.max(dim=2).values, x.mean(dim=2)), dim=1))
+        return self.head(torch.cat(max_and_mean(self.layer5(cat_channels(feats))), dim=1))

@@ -135,6 +135,17 @@ def cat_channels(parts):
     return torch.cat(parts, dim=1)
 
 
+def max_and_mean(x):
+    """The max and the mean over the points of x (B, C, N), each (B, C), reduced in x's
+    memory layout: a channels-first view of points-last memory (the fast path's) over its
+    points-last dimension, so that the max's backward writes its gradient points-last too (a
+    gradient in the other layout would make the activation's backward stride across memory)."""
+    if x.stride(1) == 1 and x.shape[2] > 1:
+        p = x.transpose(1, 2)
+        return p.max(dim=1).values, p.mean(dim=1)
+    return x.max(dim=2).values, x.mean(dim=2)
+
+
 def _wants(tap) -> str | None:
     return tap.wanted() if isinstance(tap, Tap) else None
 
