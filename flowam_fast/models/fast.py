@@ -54,6 +54,7 @@ class Fused(nn.Module):
         self.fused = True
 
     def use_fused(self) -> bool:
+        """True when this forward pass runs on the fused ops: `fused` set, in eval mode."""
         return self.fused and not self.training
 
 
