@@ -35,9 +35,9 @@ def _per_point(acts: torch.Tensor, layer: str, n: int) -> torch.Tensor:
 def grad_cam(model, points, targets, layer=None) -> torch.Tensor:
     """relu(sum_c a_c A_cn) on layer A (B, C, N), a_c the mean over points of dy/dA_cn: (B, N).
 
-    A fused fast path may compute a max-pooled layer's output without the tap's copy of it
-    (the copy only feeds hooks), so no gradient reaches the tap there: the model then runs on
-    its plain path, where every tap lies on the way to the logits.
+    A fused fast path computes a max-pooled layer's output without the tap's copy of it (the
+    copy only feeds the recorder), so no gradient reaches the tap there: the model then runs
+    on its plain path, where every tap lies on the way to the logits.
     """
     layer = _layer(model, layer)
     root = layer_root(model)

@@ -176,7 +176,7 @@ def summarize_curves(curves: dict, fractions=FRACTIONS, seed: int = 0, resamples
 
 def _deep_copy(model):
     """A deep copy of `model`. Tensors that a forward pass left on its modules inside an
-    autograd graph (PointNet's `last_trans_feat`) cannot be deep-copied: the copy gets them
+    autograd graph (an own model's cached output) cannot be deep-copied: the copy gets them
     detached; the model keeps its own."""
     held = [(m, k, v) for m in model.modules() for k, v in vars(m).items()
             if isinstance(v, torch.Tensor) and v.grad_fn is not None]

@@ -261,8 +261,9 @@ def dgcnn_step_flops(model: DGCNN, B: int, N: int) -> int:
     So the step counts kNN + 2 x (P/Q + conv5 + head): 49 GFLOP at B=16, N=1024, 1.7 x the
     forward's 29 GFLOP (of which the kNN GEMMs are 30%, conv5 60%)."""
     # Each EdgeConv's Conv2d takes [x_j - x_i, x_i]: in_channels = 2 D_l.
-    knn = sum(2 * B * N * N * (blk[0].in_channels // 2) for blk, _ in model.edge_blocks())
-    pq = sum(2 * 2 * B * N * (blk[0].in_channels // 2) * blk[0].out_channels for blk, _ in model.edge_blocks())
+    convs = [blk[0] for blk in (model.conv1, model.conv2, model.conv3, model.conv4)]
+    knn = sum(2 * B * N * N * (conv.in_channels // 2) for conv in convs)
+    pq = sum(2 * 2 * B * N * (conv.in_channels // 2) * conv.out_channels for conv in convs)
     conv5 = 2 * B * N * model.conv5[0].in_channels * model.conv5[0].out_channels
     head = 2 * B * sum(lin.in_features * lin.out_features for lin in (model.linear1, model.linear2, model.linear3))
     return knn + 2 * (pq + conv5 + head)

@@ -1,22 +1,91 @@
-"""Per-point activations of any model, by module name, through forward hooks.
+"""Per-point activations of any model, by module name: the one way layers are read.
 
 FlowAM aligns the outputs of named modules that produce per-point activations (B, C, *):
 every trailing position is a point of the layer, so (B, C, N) and PointNet++'s grouped
 (B, C, K, S) are read alike, as (B, C, M) with M the product of the trailing sizes (a view,
-no copy, where the output is contiguous). For your own model, name the modules (as in
-`model.named_modules()`; for a model adapted with `as_classifier`, the wrapped module's names)
-whose outputs are those activations, e.g. ``["encoder.relu1", "encoder.relu2"]``; a
-functional activation has no
-module to hook, so add an ``nn.Identity()`` tap where you want to read (it has no parameters,
-so checkpoints are unaffected). The built-in PointNet and DGCNN list theirs in
-``model.flow_layers``.
+no copy, where the output is contiguous).
+
+`ActivationRecorder` (and `get_activations`, one forward pass under it) reads two kinds of
+module:
+
+- a `Tap`, the built-in models' activation taps: the recorder registers itself on the tap as
+  a request, and a fused layer asks its tap which form is requested (`Tap.wanted`): dense
+  activations, or `flowam_fast.ops.LinearActs` (a linear layer's input and folded map, from
+  which `ops.flow_align` reads moments without the activations written out). A fused layer
+  whose tap nobody requested skips writing the tap's activations at all;
+- any other module (your own model's, or a built-in model's on its plain path): a forward
+  hook on it for the recorder's lifetime.
+
+For your own model, name the modules (as in `model.named_modules()`; for a model adapted with
+`as_classifier`, the wrapped module's names) whose outputs are those activations, e.g.
+``["encoder.relu1", "encoder.relu2"]``; a functional activation has no module to hook, so add
+an ``nn.Identity()`` (or `Tap`) where you want to read (it has no parameters, so checkpoints
+are unaffected). The built-in models list theirs in ``model.flow_layers``.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
 from ..ops import LinearActs
 from .adapter import classify, layer_root
+
+
+class Tap(nn.Identity):
+    """An activation tap: the identity, which hands what passes through it to the recorders
+    that requested it.
+
+    A fused layer (`flowam_fast.models.fast`) that may skip writing its activations asks
+    `wanted()` first; it then passes the dense activations through the tap, or hands it
+    `LinearActs` with `offer`. Forward hooks on a tap still fire whenever it is called, but
+    on the fast path a max-pooled layer's tap is called only when a recorder requests it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._requests = []  # (record, takes_linear) per recorder, in the order they came
+
+    def request(self, record, linear: bool) -> None:
+        """Ask for this tap's activations in every forward pass until `withdraw`.
+
+        Args:
+            record: Called with the activations: the tensor passing through, or `LinearActs`.
+            linear: `record` also takes `LinearActs`.
+        """
+        self._requests.append((record, bool(linear)))
+
+    def withdraw(self, record) -> None:
+        """End a request.
+
+        Args:
+            record: The callable given to `request`.
+        """
+        self._requests = [r for r in self._requests if r[0] is not record]
+
+    def wanted(self) -> str | None:
+        """The form the requests take.
+
+        Returns:
+            None (nobody listens), "linear" (every request takes `LinearActs`) or "dense".
+        """
+        if not self._requests:
+            return None
+        return "linear" if all(linear for _, linear in self._requests) else "dense"
+
+    def offer(self, acts: LinearActs) -> None:
+        """Hand the requests a layer's activations as `LinearActs`, where `wanted()` is "linear"
+        (the fused layer then does not call the tap).
+
+        Args:
+            acts: The layer's input and folded map.
+        """
+        for record, _ in self._requests:
+            record(acts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for record, _ in self._requests:
+            record(x)
+        return x
 
 
 def default_layers(model) -> list:
@@ -32,16 +101,9 @@ def default_layers(model) -> list:
     return list(layers)
 
 
-def accepts_linear(module) -> bool:
-    """True when every hook on `module` is a recorder's that takes `LinearActs` (see
-    ActivationRecorder's `linear`): a fast path may then hand the tap a linear layer's input
-    and map instead of writing its activations out."""
-    hooks = list(module._forward_hooks.values())
-    return bool(hooks) and not module._forward_pre_hooks and all(getattr(h, "accepts_linear", False) for h in hooks)
-
-
 class ActivationRecorder:
-    """Context manager recording the outputs of the named modules during forward passes.
+    """Context manager recording the outputs of the named modules during forward passes: a
+    request on each `Tap`, a forward hook on any other module (see the module's docstring).
 
     ```python
     with ActivationRecorder(model, ["feat.act1"]) as rec:
@@ -55,7 +117,8 @@ class ActivationRecorder:
             are per-point activations (B, C, *).
         linear: The caller also takes `flowam_fast.ops.LinearActs` (what `ops.flow_align`
             reads without the activations written out); the built-in fast paths then record
-            those at their max-pooled layers, where nothing else needs the dense activations.
+            those at their max-pooled layers' taps, unless another recorder there wants them
+            dense.
 
     Attributes:
         activations: The recorded outputs of the last forward pass, by layer name, with the
@@ -83,8 +146,8 @@ class ActivationRecorder:
         self.activations = {}
         self._handles = []
 
-    def _hook(self, name):
-        def record(_module, _inputs, output):
+    def _recorder(self, name):
+        def record(output):
             if self.linear and isinstance(output, LinearActs):
                 self.activations[name] = output
                 return
@@ -95,17 +158,26 @@ class ActivationRecorder:
             # The one place activations are read: every trailing position is a point.
             self.activations[name] = output.flatten(2) if output.dim() > 3 else output
 
-        record.accepts_linear = self.linear
         return record
 
     def __enter__(self):
         self.activations = {}
-        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in zip(self.layers, self._modules)]
+        self._handles = []
+        for name, module in zip(self.layers, self._modules):
+            record = self._recorder(name)
+            if isinstance(module, Tap):
+                module.request(record, self.linear)
+                self._handles.append((module, record))
+            else:  # an own model's module: it knows nothing of recorders
+                self._handles.append((None, module.register_forward_hook(lambda _m, _i, out, _r=record: _r(out))))
         return self
 
     def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
+        for tap, handle in self._handles:
+            if tap is None:
+                handle.remove()
+            else:
+                tap.withdraw(handle)
         self._handles = []
         return False
 

@@ -6,12 +6,12 @@ LeakyReLU(0.2))` and the same BatchNorm module is also registered as `bnL`, so t
 holds both `bnL.*` and `convL.1.*` keys. Differences, all without parameters:
 
 - `forward` returns logits (B, num_classes).
-- Activation taps (``nn.Identity``) at the per-point layers FlowAM aligns: ``edge1``..``edge4``
+- Activation taps (`activations.Tap`) at the per-point layers FlowAM aligns: ``edge1``..``edge4``
   (EdgeConv outputs after the max over neighbours) and ``act5`` (conv5 output), all (B, C, N).
 - ``width`` scales the EdgeConv widths (64, 64, 128, 256) and the head (512, 256) for small
   CPU models; width=1 gives exactly the reference shapes.
-- In eval mode the forward runs on the fused ops (`flowam_fast.models.fast`); set
-  ``model.fast_path = False`` for the plain path.
+- Each EdgeConv runs as an `EdgeConv` module and conv5 as a `fast.SharedLinear`, which run
+  eval mode on the fused ops; set ``model.fast_path = False`` for the plain path.
 """
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fast
 from .. import ops
+from .activations import Tap
+from .fast import FastPathModel, Fused, SharedLinear, cat_channels, fold_bn, max_and_mean
 from .linear import RowLinear
 from .pointnet import scaled
 
@@ -55,11 +56,49 @@ def graph_feature(x: torch.Tensor, k: int, fused: bool = False) -> torch.Tensor:
     return torch.cat((nb - center, center), dim=3).permute(0, 3, 1, 2).contiguous()
 
 
-class DGCNN(nn.Module):
+class EdgeConv(Fused):
+    """One EdgeConv of DGCNN: the max over the k nearest neighbours j of each point i of
+    block([x_j - x_i, x_i]), (B, C, N) -> (B, C_out, N).
+
+    The fused path is W [x_j - x_i, x_i] = W1 x_j + (W2 - W1) x_i = P_j + Q_i: a gather-max of
+    P over the kNN graph (`ops.edge_max`) plus Q, with no (B, 2C, N, k) edge tensor. The
+    folded BatchNorm scale is inside P, so a negative scale turns the max into a min by
+    itself, and LeakyReLU is increasing, so max_j act(P_j + Q_i) = act(max_j P_j + Q_i). The
+    plain path is the reference's edge features through `block`; in training it finds the
+    neighbours with the fused kNN (topk over (B, N, N) was a quarter of a training step),
+    in eval mode with the reference's search, the fused path's oracle.
+
+    Args:
+        block: DGCNN's Sequential(Conv2d, BatchNorm2d, LeakyReLU), held by reference (the
+            model keeps it as ``convL``).
+        k: Neighbours of each point.
+    """
+
+    def __init__(self, block: nn.Sequential, k: int):
+        super().__init__()
+        self.layers = (block,)
+        self.k = int(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (block,) = self.layers
+        if not self.use_fused():
+            return block(graph_feature(x, self.k, fused=self.training)).max(dim=-1).values
+        conv, bn, act = block[0], block[1], block[2]
+        w, scale, shift = fold_bn(conv, bn)
+        p = x.transpose(1, 2)
+        c = p.shape[-1]
+        w1, w2 = w[:, :c], w[:, c:]
+        _, idx = ops.knn(p.detach(), self.k)
+        pj = torch.matmul(p, (w1 * scale[:, None]).t())
+        qi = torch.addmm(shift, p.reshape(-1, c), ((w2 - w1) * scale[:, None]).t()).view(*p.shape[:-1], -1)
+        return F.leaky_relu(ops.edge_max(pj, idx) + qi, act.negative_slope).transpose(1, 2)
+
+
+class DGCNN(FastPathModel):
     """DGCNN classifier: points (B, 3, N) -> logits (B, num_classes).
 
     Its state_dict keys match the public PyTorch implementation (WangYueFt/dgcnn), so its
-    checkpoints load as they are. Activation taps (`nn.Identity`) sit at the per-point layers
+    checkpoints load as they are. Activation taps (`Tap`) sit at the per-point layers
     FlowAM aligns: `edge1..edge4` (EdgeConv outputs after the max over neighbours) and `act5`
     (conv5's output), all (B, C, N). In eval mode the forward pass runs on the fused ops (see
     `fast_path`).
@@ -114,11 +153,14 @@ class DGCNN(nn.Module):
         self.bn7 = nn.BatchNorm1d(h2)
         self.dp2 = nn.Dropout(p=dropout)
         self.linear3 = RowLinear(h2, num_classes)
-        self.edge1 = nn.Identity()
-        self.edge2 = nn.Identity()
-        self.edge3 = nn.Identity()
-        self.edge4 = nn.Identity()
-        self.act5 = nn.Identity()
+        self.edge1 = Tap()
+        self.edge2 = Tap()
+        self.edge3 = Tap()
+        self.edge4 = Tap()
+        self.act5 = Tap()
+        self.edgeconvs = nn.ModuleList(EdgeConv(block, self.k) for block in (self.conv1, self.conv2, self.conv3,
+                                                                              self.conv4))
+        self.layer5 = SharedLinear(self.conv5[0], self.bn5, self.act5, negative_slope=0.2, tap_after_act=True)
         self.fast_path = True
 
     @property
@@ -136,9 +178,6 @@ class DGCNN(nn.Module):
                 ("conv5", ["conv5"]), ("conv4", ["conv4"]), ("conv3", ["conv3"]), ("conv2", ["conv2"]),
                 ("conv1", ["conv1"])]
 
-    def edge_blocks(self):
-        return ((self.conv1, self.edge1), (self.conv2, self.edge2), (self.conv3, self.edge3), (self.conv4, self.edge4))
-
     def head(self, g: torch.Tensor) -> torch.Tensor:
         """The classifier head: logits (B, num_classes) from the pooled feature.
 
@@ -152,13 +191,8 @@ class DGCNN(nn.Module):
         return self.linear3(g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast.use_fast_path(self):
-            return fast.dgcnn_forward(self, x)
         feats = []
-        # Training takes the fused kNN: topk over (B, N, N) was a quarter of a training step
-        # (batch 32, 512 points). Eval keeps the reference's search, the fast path's oracle.
-        for block, tap in self.edge_blocks():
-            x = tap(block(graph_feature(x, self.k, fused=self.training)).max(dim=-1).values)
+        for edgeconv, tap in zip(self.edgeconvs, (self.edge1, self.edge2, self.edge3, self.edge4)):
+            x = tap(edgeconv(x))
             feats.append(x)
-        x = self.act5(self.conv5(torch.cat(feats, dim=1)))
-        return self.head(torch.cat((x.max(dim=2).values, x.mean(dim=2)), dim=1))
+        return self.head(torch.cat(max_and_mean(self.layer5(cat_channels(feats))), dim=1))

@@ -1,44 +1,81 @@
-"""Eval-mode fast paths of the built-in models on the fused ops (docs/design.md, "Fast paths").
+"""The fused layers of the built-in models: modules that run eval mode on the fused ops and
+everything else on the plain PyTorch layers (docs/design.md, "Fast paths").
 
 The model is frozen in eval mode during AM, so each BatchNorm is a per-channel affine map,
-folded here into the preceding linear map. Two exact rewrites then remove most of the work:
+folded here into the preceding linear map. Each fused layer chooses in its own `forward`:
 
-- PointNet's max-pooled blocks (both T-Nets' conv3 and the encoder's conv3) run as
-  `linear_max`: GEMM tile + affine + activation + running max, never writing the (B, N, C)
-  activation, with a backward that touches only each channel's argmax point.
-- DGCNN's EdgeConv, W [x_j - x_i, x_i] = W1 x_j + (W2 - W1) x_i = P_j + Q_i, runs as a
-  gather-max of P over the kNN graph (`edge_max`) plus Q: no (B, 2C, N, k) edge tensor. The
-  folded BN scale is inside P, so a negative scale turns the max into a min by itself, and
-  LeakyReLU is increasing, so max_j act(P_j + Q_i) = act(max_j P_j + Q_i).
-- PointNet++'s set abstractions sample and group with the fused index ops
-  (`farthest_point_sample`, `ball_query`); the first shared layer, W [x_j - x_i, f_j] =
-  P_j - Q_i, runs as `group_gather` (gather, difference, affine, ReLU) without the grouped
-  input; the middle one is a dense GEMM over the S * K grouped rows; the last one with the
-  max over each group is `group_linear_max`; the group-all layer is one group of every point.
+- `SharedLinear`: a per-point linear layer with its BatchNorm and activation (a GEMM on
+  points-last memory, the BatchNorm folded in).
+- `LinearBNMax`: the same followed by the max over the points (PointNet's and its T-Nets'
+  conv3; the last shared layer of a PointNet++ group) as `linear_max` / `group_linear_max`:
+  GEMM tile + affine + activation + running max, never writing the (B, N, C) activation,
+  with a backward that touches only each channel's argmax point.
+- `dgcnn.EdgeConv`: W [x_j - x_i, x_i] = W1 x_j + (W2 - W1) x_i = P_j + Q_i, a gather-max
+  of P over the kNN graph (`edge_max`) plus Q: no (B, 2C, N, k) edge tensor. The folded BN
+  scale is inside P, so a negative scale turns the max into a min by itself, and LeakyReLU
+  is increasing, so max_j act(P_j + Q_i) = act(max_j P_j + Q_i).
+- `pointnet2.GroupScale` (one scale of a set abstraction): the groups from the fused index
+  ops (`farthest_point_sample` upstream, `ball_query`); the first shared layer,
+  W [x_j - x_i, f_j] = P_j - Q_i, as `group_gather` (gather, difference, affine, ReLU)
+  without the grouped input; the middle ones as `SharedLinear`, the last as `LinearBNMax`.
 
-Everything runs points-last (B, N, C), PointNet++'s groups (B, S, K, C). Activation taps are
-still called with the plain path's views ((B, C, N); (B, C, K, S)), so hooks (FlowAM's flow
-term) see exactly what the plain path gives them; a tap with hooks on a max-pooled layer, or on
-PointNet++'s fused first layer, makes that layer dense, since its statistics need every point,
-unless its hooks take `ops.LinearActs` on a max-pooled layer (a flow term on moments:
-`activations.accepts_linear`), which carry the layer's input and folded map and cost no GEMM
-here.
+The fused layers hold their layers by reference: the model keeps them under the reference
+implementations' names, so state_dict keys do not change. Every fused layer takes and returns
+the plain path's layout, channels first ((B, C, N); PointNet++'s groups (B, C, K, S)); on the
+fast path that is a view of points-last memory ((B, N, C); (B, S, K, C)), which the next fused
+layer reads without a copy, and which the activation taps see exactly as on the plain path.
 
-`model.fast_path = False` (or `with plain_path(model):`) goes back to the plain PyTorch path;
-training (BatchNorm in training mode) always uses the plain path.
+A tap (`activations.Tap`) on a max-pooled layer, or on PointNet++'s fused first layer, is
+called only when a recorder requests it: a request for dense activations makes that layer
+dense (its statistics need every point); a request that takes `ops.LinearActs` on a
+max-pooled layer (a flow term on moments) gets the layer's input and folded map, at no GEMM.
+
+`model.fast_path = False` (or `with plain_path(model):`) sets every fused layer of the model to
+the plain path; training (BatchNorm in training mode) always uses the plain path.
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ops
-from .activations import accepts_linear
+from .activations import Tap
+
+
+class Fused(nn.Module):
+    """A layer that runs on the fused ops in eval mode while `fused` is set (the model's
+    `fast_path` sets it), and on the plain PyTorch layers otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.fused = True
+
+    def use_fused(self) -> bool:
+        """True when this forward pass runs on the fused ops: `fused` set, in eval mode."""
+        return self.fused and not self.training
+
+
+class FastPathModel(nn.Module):
+    """A model built from `Fused` layers: its `fast_path` switches them all."""
+
+    @property
+    def fast_path(self) -> bool:
+        """Eval mode runs on the fused ops; False for the plain PyTorch path."""
+        return self.__dict__.get("_fast_path", True)
+
+    @fast_path.setter
+    def fast_path(self, value: bool) -> None:
+        self.__dict__["_fast_path"] = bool(value)
+        for m in self.modules():
+            if isinstance(m, Fused):
+                m.fused = bool(value)
 
 
 def use_fast_path(model) -> bool:
+    """True when `model` runs on its fused layers now: `fast_path` set, in eval mode."""
     return getattr(model, "fast_path", False) and not model.training
 
 
@@ -71,94 +108,113 @@ def fold_bn(layer, bn):
     return w, scale, shift
 
 
-def _dense(x, w, scale, shift, negative_slope):
-    """act(scale * (x W^T) + shift) on points-last x (B, N, Cin); slope None = no activation."""
-    y = torch.addmm(shift, x.reshape(-1, x.shape[-1]), (w * scale[:, None]).t()).view(*x.shape[:-1], -1)
-    return y if negative_slope is None else F.leaky_relu(y, negative_slope)
+def _act(y, negative_slope):
+    """The activation: None none, 0 ReLU, else LeakyReLU."""
+    if negative_slope is None:
+        return y
+    return F.relu(y) if negative_slope == 0 else F.leaky_relu(y, negative_slope)
 
 
-def _tap(tap, x):
-    """Pass points-last x through an activation tap that expects the plain path's layout: (B, N, C)
-    as (B, C, N), PointNet++'s groups (B, S, K, C) as (B, C, K, S). Both are the one
-    permutation (the point dimensions reversed behind the channels), which undoes itself."""
-    order = (0, x.dim() - 1, *range(x.dim() - 2, 0, -1))
-    return tap(x.permute(order)).permute(order)
+def _dense(x, w, scale, shift):
+    """scale * (x W^T) + shift on points-last x (B, *P, Cin)."""
+    return torch.addmm(shift, x.reshape(-1, x.shape[-1]), (w * scale[:, None]).t()).view(*x.shape[:-1], -1)
 
 
-def _hooked(module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+def flip(x):
+    """Channels-first (B, C, N) <-> points-last (B, N, C); PointNet++'s groups (B, C, K, S) <->
+    (B, S, K, C). Both are the one permutation (the point dimensions reversed behind the
+    channels), which undoes itself; a view."""
+    return x.permute(0, x.dim() - 1, *range(x.dim() - 2, 0, -1))
 
 
-def _max_block(x, layer, bn, negative_slope, tap=None):
-    """max over points of act(bn(layer(x))), fused: x (B, N, Cin) -> (B, Cout), or PointNet++'s
-    groups (B, S, K, Cin) -> (B, S, Cout), the max over each group's K points. A hooked tap
-    (the flow term needs every point) gets the dense pre-activation as well; the pooled value
-    still comes from the fused op, whose sparse backward is cheaper than a dense max's even
-    with the GEMM done twice."""
-    w, scale, shift = fold_bn(layer, bn)
-    if tap is not None and accepts_linear(tap):
-        # Every (neighbour, centroid) pair is a point of a grouped layer.
-        tap(ops.LinearActs(x.flatten(1, -2), w * scale[:, None], shift))
-    elif tap is not None and _hooked(tap):
-        _tap(tap, _dense(x, w, scale, shift, None))
-    pool = ops.group_linear_max if x.dim() == 4 else ops.linear_max
-    return pool(x, w, scale, shift, 1.0 if negative_slope is None else negative_slope)
+def cat_channels(parts):
+    """torch.cat(parts, dim=1) in the parts' own memory layout: channels-first views of
+    points-last memory (the fast path's) are joined points-last, so the next fused layer reads
+    them without a copy."""
+    if all(p.dim() == 3 and p.stride(1) == 1 and p.shape[2] > 1 for p in parts):
+        return torch.cat([p.transpose(1, 2) for p in parts], dim=2).transpose(1, 2)
+    return torch.cat(parts, dim=1)
 
 
-def _stn(stn, x):
-    h = F.relu(_tap(stn.act1, _dense(x, *fold_bn(stn.conv1, stn.bn1), None)))
-    h = F.relu(_tap(stn.act2, _dense(h, *fold_bn(stn.conv2, stn.bn2), None)))
-    g = _max_block(h, stn.conv3, stn.bn3, 0.0, tap=stn.act3)
-    g = F.relu(stn.bn4(stn.fc1(g)))
-    g = F.relu(stn.bn5(stn.fc2(g)))
-    g = stn.fc3(g)
-    eye = torch.eye(stn.k, dtype=g.dtype, device=g.device).reshape(1, -1)
-    return (g + eye).view(-1, stn.k, stn.k)
+def max_and_mean(x):
+    """The max and the mean over the points of x (B, C, N), each (B, C), reduced in x's
+    memory layout: a channels-first view of points-last memory (the fast path's) over its
+    points-last dimension, so that the max's backward writes its gradient points-last too (a
+    gradient in the other layout would make the activation's backward stride across memory)."""
+    if x.stride(1) == 1 and x.shape[2] > 1:
+        p = x.transpose(1, 2)
+        return p.max(dim=1).values, p.mean(dim=1)
+    return x.max(dim=2).values, x.mean(dim=2)
 
 
-def pointnet_forward(model, x):
-    """PointNet logits (B, K) from x (B, 3, N), on the fused ops."""
-    feat = model.feat
-    p = x.transpose(1, 2)
-    trans = _stn(feat.stn, p)
-    p = torch.bmm(p, trans)
-    h = F.relu(_tap(feat.act1, _dense(p, *fold_bn(feat.conv1, feat.bn1), None)))
-    trans_feat = None
-    if feat.feature_transform:
-        trans_feat = _stn(feat.fstn, h)
-        h = torch.bmm(h, trans_feat)
-    h = F.relu(_tap(feat.act2, _dense(h, *fold_bn(feat.conv2, feat.bn2), None)))
-    g = _max_block(h, feat.conv3, feat.bn3, None, tap=feat.act3)
-    model.last_trans_feat = trans_feat
-    g = F.relu(model.bn1(model.fc1(g)))
-    g = F.relu(model.bn2(model.dropout(model.fc2(g))))
-    return model.fc3(g)
+def _wants(tap) -> str | None:
+    return tap.wanted() if isinstance(tap, Tap) else None
 
 
-def _edge_conv(x, block, k):
-    """One EdgeConv of DGCNN on points-last features x (B, N, C): (B, N, Cout)."""
-    conv, bn, act = block[0], block[1], block[2]
-    w, scale, shift = fold_bn(conv, bn)
-    c = x.shape[-1]
-    w1, w2 = w[:, :c], w[:, c:]
-    _, idx = ops.knn(x.detach(), k)
-    p = torch.matmul(x, (w1 * scale[:, None]).t())
-    q = torch.addmm(shift, x.reshape(-1, c), ((w2 - w1) * scale[:, None]).t()).view(*x.shape[:-1], -1)
-    return F.leaky_relu(ops.edge_max(p, idx) + q, act.negative_slope)
+class SharedLinear(Fused):
+    """A shared per-point layer: act(tap(bn(conv(x)))), or with `tap_after_act`
+    tap(act(bn(conv(x)))), on (B, C_in, *P) -> (B, C_out, *P).
+
+    Args:
+        conv: The 1x1 Conv1d/Conv2d (held by reference).
+        bn: Its BatchNorm (held by reference).
+        tap: The activation tap.
+        negative_slope: None for no activation, 0 for ReLU, else LeakyReLU's slope.
+        tap_after_act: The tap reads the activation's output, not its input.
+    """
+
+    def __init__(self, conv, bn, tap, negative_slope=0.0, tap_after_act: bool = False):
+        super().__init__()
+        self.layers = (conv, bn, tap)
+        self.negative_slope, self.tap_after_act = negative_slope, tap_after_act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn, tap = self.layers
+        if self.use_fused():
+            y = flip(_dense(flip(x), *fold_bn(conv, bn)))
+        else:
+            y = bn(conv(x))
+        if self.tap_after_act:
+            return tap(_act(y, self.negative_slope))
+        return _act(tap(y), self.negative_slope)
 
 
-def dgcnn_forward(model, x):
-    """DGCNN logits (B, K) from x (B, 3, N), on the fused ops."""
-    h = x.transpose(1, 2)
-    feats = []
-    for block, tap in model.edge_blocks():
-        h = _tap(tap, _edge_conv(h, block, model.k))
-        feats.append(h)
-    h = torch.cat(feats, dim=-1)
-    conv5, bn5, act5 = model.conv5[0], model.conv5[1], model.conv5[2]
-    h = _tap(model.act5, _dense(h, *fold_bn(conv5, bn5), act5.negative_slope))
-    g = torch.cat((h.max(dim=1).values, h.mean(dim=1)), dim=1)
-    return model.head(g)
+class LinearBNMax(Fused):
+    """The max over the points of act(bn(conv(x))), the tap reading bn(conv(x)):
+    (B, C_in, N) -> (B, C_out), or PointNet++'s groups (B, C_in, K, S) -> (B, C_out, S), the
+    max over each group's K points.
+
+    On the fused path the tap is called only when a recorder requests it; the pooled value
+    comes from the fused op even then, whose sparse backward is cheaper than a dense max's
+    even with the GEMM done twice.
+
+    Args:
+        conv: The 1x1 Conv1d/Conv2d (held by reference).
+        bn: Its BatchNorm (held by reference).
+        tap: The activation tap.
+        negative_slope: None for no activation, 0 for ReLU.
+    """
+
+    def __init__(self, conv, bn, tap, negative_slope=0.0):
+        super().__init__()
+        self.layers = (conv, bn, tap)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn, tap = self.layers
+        if not self.use_fused():
+            return _act(tap(bn(conv(x))), self.negative_slope).max(dim=2).values
+        p = flip(x)
+        w, scale, shift = fold_bn(conv, bn)
+        wanted = _wants(tap)
+        if wanted == "linear":
+            # Every (neighbour, centroid) pair is a point of a grouped layer.
+            tap.offer(ops.LinearActs(p.flatten(1, -2), w * scale[:, None], shift))
+        elif wanted == "dense":
+            tap(flip(_dense(p, w, scale, shift)))
+        pool = ops.group_linear_max if p.dim() == 4 else ops.linear_max
+        y = pool(p, w, scale, shift, 1.0 if self.negative_slope is None else self.negative_slope)
+        return y if y.dim() == 2 else y.transpose(1, 2)
 
 
 def gather(points, idx):
@@ -167,50 +223,3 @@ def gather(points, idx):
     b = points.shape[0]
     flat = idx.reshape(b, -1, 1).expand(-1, -1, points.shape[-1])
     return points.gather(1, flat).view(*idx.shape, points.shape[-1])
-
-
-def _group_first_layer(P, Q, idx, scale, shift, tap):
-    """relu(scale * (P_j - Q_i) + shift) over the groups (B, S, K, C), fused by `group_gather`
-    unless a hooked tap needs the pre-activations, or the folded BatchNorm needs a gradient
-    (which `group_gather` does not give: a model with trainable parameters in eval mode)."""
-    if _hooked(tap) or (torch.is_grad_enabled() and (scale.requires_grad or shift.requires_grad)):
-        return F.relu(_tap(tap, scale * (gather(P, idx) - Q.unsqueeze(2)) + shift))
-    return ops.group_gather(P, Q, idx, scale, shift)
-
-
-def _group_mlp(h, convs, bns, taps):
-    """The shared layers convs[:-1] (dense, BN folded, ReLU) on the groups h (B, S, K, C), then
-    the last one fused with its ReLU and the max over each group: (B, S, C_out)."""
-    for conv, bn, tap in zip(convs[:-1], bns[:-1], taps[:-1]):
-        h = F.relu(_tap(tap, _dense(h, *fold_bn(conv, bn), None)))
-    return _max_block(h, convs[-1], bns[-1], 0.0, tap=taps[-1])
-
-
-def _sa_scale(xyz, feats, centroids, scale_layers, features_first):
-    """One scale of a PointNet++ set abstraction: the pooled features (B, S, C_out) of the
-    groups of xyz (B, N, 3) with features feats (B, N, D) or None around centroids (B, S, 3).
-    The first layer's W [x_j - x_i, f_j] is P_j - Q_i (P = W_x x_j + W_f f_j per point,
-    Q = W_x x_i per centroid), so the (B, S, K, 3 + D) grouped input is never written."""
-    radius, nsample, convs, bns, taps = scale_layers
-    idx = ops.ball_query(xyz.detach(), centroids.detach(), radius, nsample)
-    w, scale, shift = fold_bn(convs[0], bns[0])
-    d = 0 if feats is None else feats.shape[-1]
-    wx, wf = (w[:, d:], w[:, :d]) if features_first else (w[:, :3], w[:, 3:])
-    P = torch.matmul(xyz, wx.t())
-    if feats is not None:
-        P = P + torch.matmul(feats, wf.t())
-    h = _group_first_layer(P, torch.matmul(centroids, wx.t()), idx, scale, shift, taps[0])
-    return _group_mlp(h, convs[1:], bns[1:], taps[1:])
-
-
-def pointnet2_forward(model, x):
-    """PointNet++ (SSG or MSG) logits (B, K) from x (B, 3, N), on the fused ops."""
-    xyz, feats = x.transpose(1, 2), None
-    for sa in (model.sa1, model.sa2):
-        centroids = gather(xyz, ops.farthest_point_sample(xyz.detach(), sa.npoint))
-        pooled = [_sa_scale(xyz, feats, centroids, layers, sa.features_first) for layers in sa.scales()]
-        xyz, feats = centroids, pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=-1)
-    # The group-all layer: one group of every point, offsets from the origin, then the features.
-    sa3 = model.sa3
-    g = _group_mlp(torch.cat((xyz, feats), dim=-1).unsqueeze(1), sa3.mlp_convs, sa3.mlp_bns, sa3.acts)
-    return model.head(g.flatten(1))

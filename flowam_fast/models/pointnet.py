@@ -3,9 +3,10 @@
 So a checkpoint trained with that code loads here as it is (see
 :func:`flowam_fast.models.checkpoint.load_checkpoint`). Differences, all without parameters:
 
-- `forward` returns logits (B, num_classes), not (log_softmax, trans, trans_feat); the last
-  feature-transform matrix is kept on ``model.last_trans_feat`` for the regularizer.
-- Activation taps (``nn.Identity``) at the per-point layers FlowAM aligns, the outputs of
+- `forward` returns logits (B, num_classes), not (log_softmax, trans, trans_feat);
+  `logits_and_penalty` also returns the feature transform's orthogonality penalty, for
+  training.
+- Activation taps (`activations.Tap`) at the per-point layers FlowAM aligns, the outputs of
   conv1..conv3 after their BatchNorm and before any ReLU: ``feat.act1`` (bn1(conv1), before
   the feature transform), ``feat.act2`` (bn2(conv2)) and ``feat.act3`` (bn3(conv3), the
   pre-pool features), all (B, C, N); and the same three in each T-Net (``feat.stn.act1..3``,
@@ -13,9 +14,9 @@ So a checkpoint trained with that code loads here as it is (see
 - ``width`` scales every hidden width (64, 128, 1024, 512, 256) for small CPU models;
   width=1 gives exactly the reference shapes.
 
-The max-pooled blocks (the T-Nets' conv3 and the encoder's conv3) go through
-:func:`conv_bn_max`, the seam where a fused eval-mode kernel (linear + affine + max with a
-sparse backward) can replace the plain path later.
+The per-point layers run as `fast.SharedLinear` and the max-pooled blocks (the T-Nets' conv3
+and the encoder's conv3) as `fast.LinearBNMax`: each runs eval mode on the fused ops and
+training on the plain layers (docs/design.md, "Fast paths").
 """
 from __future__ import annotations
 
@@ -23,27 +24,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fast
+from .activations import Tap
+from .fast import FastPathModel, LinearBNMax, SharedLinear
 from .linear import RowLinear
 
 
 def scaled(channels: int, width: float) -> int:
     """A hidden width scaled by `width`, at least 1."""
     return max(1, int(round(channels * width)))
-
-
-def conv_bn_max(x: torch.Tensor, conv: nn.Module, bn: nn.Module, relu: bool, tap: nn.Module | None = None) -> torch.Tensor:
-    """max over points of [relu](bn(conv(x))): (B, C_in, N) -> (B, C_out).
-
-    `tap` sees the (B, C_out, N) activation before the ReLU and the pooling (an activation
-    recorder hooks it).
-    """
-    y = bn(conv(x))
-    if tap is not None:
-        y = tap(y)
-    if relu:
-        y = F.relu(y)
-    return y.max(dim=2).values
 
 
 class STNkd(nn.Module):
@@ -66,14 +54,15 @@ class STNkd(nn.Module):
         self.bn5 = nn.BatchNorm1d(w[4])
         self.k = k
         # Taps on the per-point activations, before the ReLUs (as the encoder's).
-        self.act1 = nn.Identity()
-        self.act2 = nn.Identity()
-        self.act3 = nn.Identity()
+        self.act1 = Tap()
+        self.act2 = Tap()
+        self.act3 = Tap()
+        self.layer1 = SharedLinear(self.conv1, self.bn1, self.act1)
+        self.layer2 = SharedLinear(self.conv2, self.bn2, self.act2)
+        self.pool3 = LinearBNMax(self.conv3, self.bn3, self.act3, negative_slope=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.act1(self.bn1(self.conv1(x))))
-        x = F.relu(self.act2(self.bn2(self.conv2(x))))
-        x = conv_bn_max(x, self.conv3, self.bn3, relu=True, tap=self.act3)
+        x = self.pool3(self.layer2(self.layer1(x)))
         x = F.relu(self.bn4(self.fc1(x)))
         x = F.relu(self.bn5(self.fc2(x)))
         x = self.fc3(x)
@@ -102,28 +91,29 @@ class PointNetfeat(nn.Module):
         self.feature_transform = feature_transform
         if feature_transform:
             self.fstn = STNkd(w[0], width)
-        self.act1 = nn.Identity()
-        self.act2 = nn.Identity()
-        self.act3 = nn.Identity()
+        self.act1 = Tap()
+        self.act2 = Tap()
+        self.act3 = Tap()
+        self.layer1 = SharedLinear(self.conv1, self.bn1, self.act1)
+        self.layer2 = SharedLinear(self.conv2, self.bn2, self.act2)
+        self.pool3 = LinearBNMax(self.conv3, self.bn3, self.act3, negative_slope=None)
 
     def forward(self, x: torch.Tensor):
         """(B, 3, N) -> (global feature (B, C), input transform, feature transform or None)."""
         trans = self.stn(x)
-        x = _transform(x, trans)
-        x = F.relu(self.act1(self.bn1(self.conv1(x))))
+        x = self.layer1(_transform(x, trans))
         trans_feat = None
         if self.feature_transform:
             trans_feat = self.fstn(x)
             x = _transform(x, trans_feat)
-        x = F.relu(self.act2(self.bn2(self.conv2(x))))
-        return conv_bn_max(x, self.conv3, self.bn3, relu=False, tap=self.act3), trans, trans_feat
+        return self.pool3(self.layer2(x)), trans, trans_feat
 
 
-class PointNet(nn.Module):
+class PointNet(FastPathModel):
     """PointNet classifier: points (B, 3, N) -> logits (B, num_classes).
 
     Its state_dict keys match fxia22/pointnet.pytorch's `PointNetCls`, so that code's
-    checkpoints load as they are. Activation taps (`nn.Identity`) sit at the per-point layers
+    checkpoints load as they are. Activation taps (`Tap`) sit at the per-point layers
     FlowAM aligns, after each BatchNorm and before any ReLU: `feat.act1..3` in the encoder
     and `feat.stn.act1..3`, `feat.fstn.act1..3` in the T-Nets, all (B, C, N). In eval mode the
     forward pass runs on the fused ops (see `fast_path`).
@@ -140,8 +130,6 @@ class PointNet(nn.Module):
         tap_version: Version of the activation taps, stored with flows so that flows of
             older taps are refused.
         fast_path: Eval mode runs on the fused ops; False for the plain PyTorch path.
-        last_trans_feat: The last forward pass's feature transform matrix, for the
-            orthogonality regularizer (None without a feature T-Net).
 
     Raises:
         ValueError: num_classes < 1 or width <= 0.
@@ -179,8 +167,7 @@ class PointNet(nn.Module):
         self.bn1 = nn.BatchNorm1d(w[1])
         self.bn2 = nn.BatchNorm1d(w[2])
         self.relu = nn.ReLU()
-        self.last_trans_feat: torch.Tensor | None = None
-        #: Eval mode runs on the fused ops (flowam_fast.models.fast); False for the plain path.
+        #: Eval mode runs on the fused layers (SharedLinear, LinearBNMax); False for the plain path.
         self.fast_path = True
 
     @property
@@ -201,14 +188,28 @@ class PointNet(nn.Module):
             groups.append(("feature T-Net", ["feat.fstn"]))
         return groups + [("conv1", ["feat.conv1", "feat.bn1"]), ("input T-Net", ["feat.stn"])]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fast.use_fast_path(self):
-            return fast.pointnet_forward(self, x)
-        x, _trans, self.last_trans_feat = self.feat(x)
+    def logits_and_penalty(self, x: torch.Tensor):
+        """The logits and the feature transform's orthogonality penalty, for training.
+
+        Args:
+            x: Points (B, 3, N).
+
+        Returns:
+            A tuple of the logits (B, num_classes) and `feature_transform_regularizer` of
+            the feature T-Net's transform (0.0 without a feature T-Net).
+        """
+        logits, trans_feat = self._logits_and_transform(x)
+        return logits, feature_transform_regularizer(trans_feat)
+
+    def _logits_and_transform(self, x: torch.Tensor):
+        x, _trans, trans_feat = self.feat(x)
         x = F.relu(self.bn1(self.fc1(x)))
         # The reference applies dropout before bn2; kept so trained checkpoints behave the same.
         x = F.relu(self.bn2(self.dropout(self.fc2(x))))
-        return self.fc3(x)
+        return self.fc3(x), trans_feat
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits_and_transform(x)[0]
 
 
 def feature_transform_regularizer(trans: torch.Tensor | None) -> torch.Tensor | float:

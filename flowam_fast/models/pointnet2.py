@@ -17,7 +17,7 @@ neighbours; the last SA layer groups all points. Differences from the public cod
   the smaller index. A model here is a deterministic function of its input, which AM needs.
 - `forward` returns logits (B, num_classes): the public model returns (log_softmax,
   l3_points), and its log-softmax is the log-softmax of these logits.
-- Activation taps (``nn.Identity``) at every shared-MLP layer, after its BatchNorm and before
+- Activation taps (`activations.Tap`) at every shared-MLP layer, after its BatchNorm and before
   its ReLU, mirroring the conv lists: ``sa1.acts.0..2`` (SSG) or ``sa1.acts.<scale>.<layer>``
   (MSG's multi-scale layers), ``sa3.acts.0..2``. Each sees the grouped layout (B, C, K, S):
   every (neighbour, centroid) position is a point of that layer; the group-all layer's is
@@ -31,9 +31,10 @@ neighbours; the last SA layer groups all points. Differences from the public cod
 
 The sampling and grouping here are the public algorithm (a B x S x N distance matrix, a sort
 per centroid, the grouped tensor written out): the plain path, and the definition the fused
-path reproduces (docs/design.md, "PointNet++ on the fused kernels"). In eval mode the forward
-runs on the fused ops (`flowam_fast.models.fast`; ``model.fast_path = False`` for the plain
-path); training runs the plain layers but samples and groups with the fused index ops.
+path reproduces (docs/design.md, "PointNet++ on the fused kernels"). Each scale of a set
+abstraction is a `GroupScale`, which runs eval mode on the fused ops (``model.fast_path =
+False`` for the plain path); training runs the plain layers but samples and groups with the
+fused index ops.
 """
 from __future__ import annotations
 
@@ -41,9 +42,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import fast
 from .. import ops
-from .fast import gather
+from .activations import Tap
+from .fast import FastPathModel, Fused, LinearBNMax, SharedLinear, flip, fold_bn, gather
 from .linear import RowLinear
 from .pointnet import scaled
 
@@ -112,19 +113,81 @@ def _mlp(in_channels: int, widths) -> tuple:
     for out in widths:
         convs.append(nn.Conv2d(in_channels, out, 1))
         bns.append(nn.BatchNorm2d(out))
-        taps.append(nn.Identity())
+        taps.append(Tap())
         in_channels = out
     return convs, bns, taps
 
 
-def _run_mlp(h: torch.Tensor, convs, bns, taps) -> torch.Tensor:
-    """max over the K neighbours of the shared MLP on grouped h (B, C_in, K, S): (B, C_out, S)."""
-    for conv, bn, tap in zip(convs, bns, taps):
-        h = F.relu(tap(bn(conv(h))))
-    return h.max(dim=2).values
+class GroupScale(Fused):
+    """One scale of a set abstraction: the groups of the points around the centroids and the
+    shared MLP on them (1x1 conv + BatchNorm + ReLU per layer, the tap before each ReLU),
+    max-pooled over each group: the pooled features (B, S, C_out), points-last.
+
+    The fused path groups with `ops.ball_query` and runs the first layer, W [x_j - x_i, f_j]
+    = P_j - Q_i (P = W_x x_j + W_f f_j per point, Q = W_x x_i per centroid), as
+    `ops.group_gather` (gather, difference, affine, ReLU), so the (B, S, K, 3 + D) grouped
+    input is never written; the middle layers as `fast.SharedLinear` on the S * K grouped
+    rows, the last as `fast.LinearBNMax` (`ops.group_linear_max`). The plain path is the
+    public algorithm (in training with the fused index ops: no gradient flows through
+    indices).
+
+    Args:
+        radius: Ball radius; None for the group of every point around the origin (the last
+            SA layer).
+        nsample: Neighbours grouped per centroid (ignored with radius None).
+        convs: The shared MLP's 1x1 Conv2d layers (held by reference, as are bns and taps).
+        bns: Their BatchNorm2d layers.
+        taps: Their activation taps.
+        features_first: The grouped input is [features, offsets] (MSG), not
+            [offsets, features] (SSG).
+    """
+
+    def __init__(self, radius, nsample, convs, bns, taps, features_first: bool):
+        super().__init__()
+        self.radius, self.nsample, self.features_first = radius, nsample, features_first
+        self.mlp = nn.ModuleList([SharedLinear(c, b, t) for c, b, t in zip(convs[:-1], bns[:-1], taps[:-1])]
+                                 + [LinearBNMax(convs[-1], bns[-1], taps[-1])])
+
+    def _grouped(self, xyz, feats, centroids):
+        """The grouped input (B, S, K, 3 + D), points-last, written out."""
+        if self.radius is None:  # the coordinates themselves (the offsets from the origin), then the features
+            return xyz.unsqueeze(1) if feats is None else torch.cat((xyz, feats), dim=-1).unsqueeze(1)
+        idx = _groups(xyz, centroids, self.radius, self.nsample, fused=self.training)
+        grouped = gather(xyz, idx) - centroids.unsqueeze(2)
+        if feats is None:
+            return grouped
+        return torch.cat((gather(feats, idx), grouped) if self.features_first else (grouped, gather(feats, idx)), dim=-1)
+
+    def _first_fused(self, xyz, feats, centroids):
+        """The first layer's output on the groups, (B, C, K, S), from P and Q. `group_gather`
+        fuses it unless its tap is requested or the folded BatchNorm needs a gradient (which
+        `group_gather` does not give: a model with trainable parameters in eval mode)."""
+        conv, bn, tap = self.mlp[0].layers
+        idx = _groups(xyz, centroids, self.radius, self.nsample, fused=True)
+        w, scale, shift = fold_bn(conv, bn)
+        d = 0 if feats is None else feats.shape[-1]
+        wx, wf = (w[:, d:], w[:, :d]) if self.features_first else (w[:, :3], w[:, 3:])
+        P = torch.matmul(xyz, wx.t())
+        if feats is not None:
+            P = P + torch.matmul(feats, wf.t())
+        Q = torch.matmul(centroids, wx.t())
+        if tap.wanted() or (torch.is_grad_enabled() and (scale.requires_grad or shift.requires_grad)):
+            return F.relu(tap(flip(scale * (gather(P, idx) - Q.unsqueeze(2)) + shift)))
+        return flip(ops.group_gather(P, Q, idx, scale, shift))
+
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None, centroids: torch.Tensor | None):
+        """xyz (B, N, 3), feats (B, N, D) or None, centroids (B, S, 3) (None for the group of
+        every point) -> the pooled features (B, S, C_out)."""
+        if self.radius is not None and self.use_fused():
+            h, layers = self._first_fused(xyz, feats, centroids), self.mlp[1:]
+        else:  # (B, S, K, C) -> (B, C, K, S), the public layout the taps see
+            h, layers = flip(self._grouped(xyz, feats, centroids)), self.mlp
+        for layer in layers:
+            h = layer(h)
+        return h.transpose(1, 2)
 
 
-class SetAbstraction(nn.Module):
+class SetAbstraction(Fused):
     """One single-scale SA layer (the public `PointNetSetAbstraction`: `mlp_convs.L`,
     `mlp_bns.L`), or with `group_all` the last one, which groups every point around the
     origin.
@@ -145,30 +208,18 @@ class SetAbstraction(nn.Module):
         super().__init__()
         self.npoint, self.radius, self.nsample, self.group_all = npoint, radius, nsample, group_all
         self.mlp_convs, self.mlp_bns, self.acts = _mlp(in_channels, widths)
+        self.scale = GroupScale(None if group_all else radius, nsample, self.mlp_convs, self.mlp_bns, self.acts,
+                                self.features_first)
 
-    def scales(self) -> list:
-        """[(radius, nsample, convs, bns, taps)]: the one scale."""
-        return [(self.radius, self.nsample, self.mlp_convs, self.mlp_bns, self.acts)]
-
-    def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None, fused: bool = False):
-        """xyz (B, N, 3), feats (B, N, D) or None -> (centroids (B, S, 3), features (B, S, C)).
-        fused: sample and group with the fused index ops."""
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None):
+        """xyz (B, N, 3), feats (B, N, D) or None -> (centroids (B, S, 3), features (B, S, C))."""
         if self.group_all:
-            # The coordinates themselves (the offsets from the origin), then the features.
-            grouped = xyz.unsqueeze(1) if feats is None else torch.cat((xyz, feats), dim=-1).unsqueeze(1)
-            centroids = xyz.new_zeros(xyz.shape[0], 1, 3)
-        else:
-            centroids = _centroids(xyz, self.npoint, fused)
-            idx = _groups(xyz, centroids, self.radius, self.nsample, fused)
-            grouped = gather(xyz, idx) - centroids.unsqueeze(2)
-            if feats is not None:  # offsets first, then the features
-                grouped = torch.cat((grouped, gather(feats, idx)), dim=-1)
-        # (B, S, K, C) -> (B, C, K, S), the public layout the taps see.
-        h = _run_mlp(grouped.permute(0, 3, 2, 1), self.mlp_convs, self.mlp_bns, self.acts)
-        return centroids, h.transpose(1, 2)
+            return xyz.new_zeros(xyz.shape[0], 1, 3), self.scale(xyz, feats, None)
+        centroids = _centroids(xyz, self.npoint, fused=self.training or self.use_fused())
+        return centroids, self.scale(xyz, feats, centroids)
 
 
-class SetAbstractionMSG(nn.Module):
+class SetAbstractionMSG(Fused):
     """One multi-scale SA layer (the public `PointNetSetAbstractionMsg`: `conv_blocks.i.L`,
     `bn_blocks.i.L` for scale i): one set of centroids, a ball query and shared MLP per scale,
     the scales' pooled features concatenated.
@@ -189,28 +240,18 @@ class SetAbstractionMSG(nn.Module):
         super().__init__()
         self.npoint, self.radii, self.nsamples = npoint, tuple(radii), tuple(nsamples)
         self.conv_blocks, self.bn_blocks, self.acts = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        for scale_widths in widths:
+        self.scales = nn.ModuleList()
+        for radius, nsample, scale_widths in zip(self.radii, self.nsamples, widths):
             convs, bns, taps = _mlp(in_channels + 3, scale_widths)
             self.conv_blocks.append(convs)
             self.bn_blocks.append(bns)
             self.acts.append(taps)
+            self.scales.append(GroupScale(radius, nsample, convs, bns, taps, self.features_first))
 
-    def scales(self) -> list:
-        """[(radius, nsample, convs, bns, taps)] of each scale."""
-        return list(zip(self.radii, self.nsamples, self.conv_blocks, self.bn_blocks, self.acts))
-
-    def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None, fused: bool = False):
-        """xyz (B, N, 3), feats (B, N, D) or None -> (centroids (B, S, 3), features (B, S, C)).
-        fused: sample and group with the fused index ops."""
-        centroids = _centroids(xyz, self.npoint, fused)
-        pooled = []
-        for i, (radius, nsample) in enumerate(zip(self.radii, self.nsamples)):
-            idx = _groups(xyz, centroids, radius, nsample, fused)
-            grouped = gather(xyz, idx) - centroids.unsqueeze(2)
-            if feats is not None:  # unlike the single-scale layer: the features first, then the offsets
-                grouped = torch.cat((gather(feats, idx), grouped), dim=-1)
-            pooled.append(_run_mlp(grouped.permute(0, 3, 2, 1), self.conv_blocks[i], self.bn_blocks[i], self.acts[i]))
-        return centroids, torch.cat(pooled, dim=1).transpose(1, 2)
+    def forward(self, xyz: torch.Tensor, feats: torch.Tensor | None):
+        """xyz (B, N, 3), feats (B, N, D) or None -> (centroids (B, S, 3), features (B, S, C))."""
+        centroids = _centroids(xyz, self.npoint, fused=self.training or self.use_fused())
+        return centroids, torch.cat([scale(xyz, feats, centroids) for scale in self.scales], dim=-1)
 
 
 def _sizes(name: str, npoints, radii, nsamples, scales: int | None):
@@ -242,7 +283,7 @@ def _sizes(name: str, npoints, radii, nsamples, scales: int | None):
             per_layer("nsamples", nsamples, "positive integers", scales))
 
 
-class _PointNet2(nn.Module):
+class _PointNet2(FastPathModel):
     """The parts SSG and MSG share: the SA layers (sa1 and sa2 built by the subclass, which says
     how many channels sa2 outputs), the group-all sa3, the head `fc1, bn1, drop1, fc2, bn2,
     drop2, fc3`, the forward pass and the checks."""
@@ -274,7 +315,7 @@ class _PointNet2(nn.Module):
         self.bn2 = nn.BatchNorm1d(h2)
         self.drop2 = nn.Dropout(dropout2)
         self.fc3 = RowLinear(h2, num_classes)
-        #: Eval mode runs on the fused ops (flowam_fast.models.fast); False for the plain path.
+        #: Eval mode runs on the fused layers (GroupScale); False for the plain path.
         self.fast_path = True
 
     @property
@@ -311,13 +352,11 @@ class _PointNet2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        if fast.use_fast_path(self):
-            return fast.pointnet2_forward(self, x)
-        # Training samples and groups with the fused index ops (no gradient flows through
-        # indices; the Python FPS loop was most of a small model's step). Eval keeps the public
-        # algorithm, the fast path's oracle.
-        xyz, feats = self.sa1(x.transpose(1, 2), None, fused=self.training)
-        xyz, feats = self.sa2(xyz, feats, fused=self.training)
+        # Training samples and groups with the fused index ops too (no gradient flows through
+        # indices; the Python FPS loop was most of a small model's step). The plain eval path
+        # keeps the public algorithm, the fast path's oracle.
+        xyz, feats = self.sa1(x.transpose(1, 2), None)
+        xyz, feats = self.sa2(xyz, feats)
         _, feats = self.sa3(xyz, feats)
         return self.head(feats.reshape(x.shape[0], -1))
 

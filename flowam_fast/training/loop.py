@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.shapes import yaw_matrices
-from ..models.pointnet import feature_transform_regularizer
 
 #: Defaults of `train`: the demo recipe's (recipes.DEMO_CONFIG).
 DEFAULTS = {"epochs": 8, "batch_size": 32, "lr": 2e-3, "weight_decay": 1e-4}
@@ -87,9 +86,9 @@ def train(model, train_set, test_set=None, epochs: int = DEFAULTS["epochs"], bat
                 continue
             # Augmentation draws from the CPU generator, so a seed means the same batches anywhere.
             x = augment(pts[idx], gen, rotate).transpose(1, 2).to(device)
-            logits = model(x)
-            loss = F.cross_entropy(logits, labels[idx].to(device))
-            loss = loss + FT_REG_WEIGHT * feature_transform_regularizer(getattr(model, "last_trans_feat", None))
+            # A model with a penalty term (PointNet's feature transform) returns it beside the logits.
+            logits, penalty = model.logits_and_penalty(x) if hasattr(model, "logits_and_penalty") else (model(x), 0.0)
+            loss = F.cross_entropy(logits, labels[idx].to(device)) + FT_REG_WEIGHT * penalty
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,15 +1,17 @@
 """An AM step of the built-in models under `torch.compile(fullgraph=True)`: the fused ops are
 PyTorch operators with fake kernels and registered autograd, so the whole step (the fast path's
-forward, the logit objective and its backward to the points) is one graph, and it computes what
-the eager step computes."""
+forward, the objective and its backward to the points) is one graph, and it computes what the
+eager step computes. With flows, the objective's flow term reads the taps inside the step
+(requests on `Tap`s, which the fused layers consult as plain attributes: no hooks)."""
 import pytest
 import torch
 
 from flowam_fast.am.engine import FlowAM
+from flowam_fast.am.flows import compute_flows
 from flowam_fast.models import DGCNN, PointNet
 from flowam_fast.ops import backend
 
-from tests.helpers import randomize
+from tests.helpers import random_data, randomize
 
 pytestmark = pytest.mark.skipif(not backend.has_cpu_kernels(), reason="flowam_fast._C is not built")
 
@@ -19,10 +21,15 @@ MODELS = {
 }
 
 
+@pytest.mark.parametrize("with_flows", [False, True], ids=["logit", "flowam"])
 @pytest.mark.parametrize("arch", sorted(MODELS))
-def test_compiled_am_step_has_no_graph_break_and_matches_eager(arch):
+def test_compiled_am_step_has_no_graph_break_and_matches_eager(arch, with_flows):
     model = randomize(MODELS[arch]())
-    engine = FlowAM(model, method="vanilla", num_points=48, quiet=True)
+    if with_flows:  # FlowAM's objective: the logit, the flow term on the model's flow layers, continuity
+        engine = FlowAM(model, compute_flows(model, random_data(num=24, n=48), quiet=True), num_points=48, quiet=True)
+        assert engine.config.flow_weight > 0 and engine.config.alignment == "moments"
+    else:
+        engine = FlowAM(model, method="vanilla", num_points=48, quiet=True)
     classes = torch.tensor([0, 2])
 
     def step(x):

@@ -239,6 +239,22 @@ def test_save_load_round_trip(tmp_path, cls):
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
+def _tapped(model, names, x):
+    """What the named taps (`models.activations.Tap`) see in one forward pass of x, unflattened:
+    a request on each, withdrawn afterwards."""
+    modules = dict(model.named_modules())
+    seen = {}
+    records = {name: lambda o, name=name: seen.__setitem__(name, o) for name in names}
+    for name, record in records.items():
+        modules[name].request(record, linear=False)
+    with torch.no_grad():
+        model(x)
+    for name, record in records.items():
+        modules[name].withdraw(record)
+    assert not any(modules[name].wanted() for name in records)
+    return seen
+
+
 @pytest.mark.parametrize("cls, shapes", [
     (PointNet2SSG, {"sa1.acts.0": (2, 8, 32, 512), "sa1.acts.2": (2, 16, 32, 512), "sa2.acts.1": (2, 16, 64, 128),
                     "sa3.acts.2": (2, 128, 128, 1)}),
@@ -246,16 +262,10 @@ def test_save_load_round_trip(tmp_path, cls):
                     "sa2.acts.1.2": (2, 32, 64, 128), "sa3.acts.0": (2, 32, 128, 1)}),
 ])
 def test_taps_see_the_grouped_pre_activations(cls, shapes):
-    """Each tap sees bn(conv(.)) of its layer, before the ReLU, in the public layout (B, C, K, S)."""
+    """Each tap sees bn(conv(.)) of its layer, before the ReLU, in the public layout (B, C, K, S),
+    on the fast path (where a requested tap makes its fused layer dense)."""
     model = randomize(cls(5, width=0.125))
-    modules = dict(model.named_modules())
-    seen = {}
-    hooks = [modules[name].register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
-             for name in set(shapes) | set(model.flow_layers)]
-    with torch.no_grad():
-        model(_clouds())
-    for h in hooks:
-        h.remove()
+    seen = _tapped(model, set(shapes) | set(model.flow_layers), _clouds())
     assert {name: tuple(seen[name].shape) for name in shapes} == shapes
     assert all(seen[name].dim() == 4 for name in model.flow_layers)
     assert all((seen[name] < 0).any() for name in shapes)  # before the ReLU
@@ -308,14 +318,8 @@ SMALL = {PointNet2SSG: {"npoints": (48, 16), "radii": (0.3, 0.6), "nsamples": (8
 @pytest.mark.parametrize("cls", [PointNet2SSG, PointNet2MSG])
 def test_sizes_set_the_groups_and_round_trip_through_a_checkpoint(tmp_path, cls):
     model = randomize(cls(5, width=0.125, **SMALL[cls]))
-    seen = {}
     taps = ["sa1.acts.2", "sa2.acts.0"] if cls is PointNet2SSG else ["sa1.acts.2.2", "sa2.acts.1.0"]
-    modules = dict(model.named_modules())
-    hooks = [modules[t].register_forward_hook(lambda m, i, o, t=t: seen.__setitem__(t, tuple(o.shape))) for t in taps]
-    with torch.no_grad():
-        model(_clouds(2, 64))
-    for h in hooks:
-        h.remove()
+    seen = {t: tuple(a.shape) for t, a in _tapped(model, taps, _clouds(2, 64)).items()}
     # (B, C, K, S): sa1's last scale groups its K neighbours around 48 centroids, sa2's around 16.
     k1, k2 = (8, 12) if cls is PointNet2SSG else (12, 12)
     assert [seen[t][2:] for t in taps] == [(k1, 48), (k2, 16)]

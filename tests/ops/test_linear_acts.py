@@ -126,17 +126,21 @@ def test_pointnet_fast_path_hands_over_linear_acts_at_max_pooled_layers():
         assert linear[name].shape == plain[name].shape
 
 
-def test_a_foreign_hook_keeps_the_layer_written_out():
-    """A hook that expects tensors (not a recorder that takes LinearActs) gets the dense
-    activations even while a linear recorder also listens."""
+def test_a_dense_request_keeps_the_layer_written_out():
+    """A recorder that wants tensors gets the dense activations at a max-pooled layer even
+    while a recorder that takes LinearActs also listens there; both get the same values."""
+    from flowam_fast.models import ActivationRecorder
+
     model = PointNet(4, width=0.25).eval()
-    seen = []
-    handle = model.feat.act3.register_forward_hook(lambda m, i, out: seen.append(type(out)))
-    try:
-        _, acts = get_activations(model, torch.randn(1, 3, 32), ["feat.act3"], linear=True)
-    finally:
-        handle.remove()
-    assert seen == [torch.Tensor] and isinstance(acts["feat.act3"], torch.Tensor)
+    x = torch.randn(1, 3, 32)
+    with ActivationRecorder(model, ["feat.act3"]) as dense, ActivationRecorder(model, ["feat.act3"], linear=True) as lin:
+        assert model.feat.act3.wanted() == "dense"
+        model(x)
+    assert model.feat.act3.wanted() is None
+    assert isinstance(dense.activations["feat.act3"], torch.Tensor)
+    assert lin.activations["feat.act3"] is dense.activations["feat.act3"]
+    _, alone = get_activations(model, x, ["feat.act3"], linear=True)
+    torch.testing.assert_close(alone["feat.act3"].dense(), dense.activations["feat.act3"], rtol=1e-4, atol=1e-4)
 
 
 def test_a_samples_loss_and_gradient_do_not_depend_on_its_batch():
