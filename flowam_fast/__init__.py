@@ -1,7 +1,7 @@
 """flowam_fast: fast FlowAM global explanations of point-cloud classifiers.
 
-The main API is here (FlowAM, Flows, compute_flows, Explanations) and every layer of the
-package is an attribute (ff.ops, ff.models, ff.data, ff.training, ff.am, ff.evaluation,
+The main API is here (AM, FlowAM, Flows, compute_flows, Explanations) and every layer of the
+package is an attribute (ff.ops, ff.models, ff.data, ff.training, ff.objectives, ff.am, ff.evaluation,
 ff.attribution, ff.sweep, ff.pipelines, ff.cli). Both are imported on first use, so `import flowam_fast`
 stays cheap (no torch import) for tools that only need the version or one subpackage.
 """
@@ -12,11 +12,11 @@ import importlib
 __version__ = "0.1.0"
 
 #: name -> module that defines it.
-_API = {"FlowAM": "flowam_fast.am.engine", "Explanations": "flowam_fast.am.explanations",
+_API = {"AM": "flowam_fast.am.engine", "FlowAM": "flowam_fast.am.engine", "Explanations": "flowam_fast.am.explanations",
         "Flows": "flowam_fast.am.flows", "compute_flows": "flowam_fast.am.flows"}
-_SUBPACKAGES = ("ops", "models", "data", "training", "am", "evaluation", "attribution", "sweep", "pipelines", "benchmarks", "cli")
+_SUBPACKAGES = ("ops", "models", "data", "training", "objectives", "am", "evaluation", "attribution", "sweep", "pipelines", "benchmarks", "cli")
 
-__all__ = ["FlowAM", "Explanations", "Flows", "compute_flows", "__version__", *_SUBPACKAGES]
+__all__ = ["AM", "FlowAM", "Explanations", "Flows", "compute_flows", "__version__", *_SUBPACKAGES]
 
 
 def __getattr__(name: str):

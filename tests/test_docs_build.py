@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Subpackage -> its API page.
-API_PAGES = {pkg: DOCS / "api" / f"{pkg}.md" for pkg in ("am", "models", "data", "ops", "evaluation", "attribution", "sweep")}
+API_PAGES = {pkg: DOCS / "api" / f"{pkg}.md" for pkg in ("am", "objectives", "models", "data", "ops", "evaluation",
+                                                                   "attribution", "sweep")}
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
 

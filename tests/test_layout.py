@@ -11,7 +11,7 @@ import flowam_fast as ff
 
 PACKAGE = Path(ff.__file__).parent
 #: Layers from the bottom up; a module may import its own layer and those listed before it.
-LAYERS = [("atomic", "lazy", "provenance", "ops"), ("models", "data"), ("training",), ("am",), ("evaluation", "attribution"),
+LAYERS = [("atomic", "lazy", "provenance", "identity", "ops"), ("models", "data"), ("training",), ("objectives",), ("am",), ("evaluation", "attribution"),
           ("sweep", "pipelines", "benchmarks"), ("cli",)]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

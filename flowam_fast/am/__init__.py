@@ -1,5 +1,5 @@
 """Activation maximization: per-class activation flows, the batched engine and its search
-spaces, the (class x seed) grid, the explanations store and its contact sheets, and the
+spaces (the general `AM` of any objective and its presets), the (target x seed) grid, the explanations store and its contact sheets, and the
 autoencoder of the generative baseline. Uses ops, models and data; knows no evaluation.
 
 The names below are imported on first use, so that a torch-free module of this package
@@ -9,11 +9,11 @@ from __future__ import annotations
 from ..lazy import lazy_exports
 
 #: name -> module of this package that defines it.
-_API = {"AMConfig": "config", "cloud_size": "config", "resolve_classes": "grid", "FlowAM": "engine", "continuity_loss": "engine", "METHODS": "names", "ALIGNMENTS": "names",
+_API = {"AMConfig": "config", "cloud_size": "config", "resolve_classes": "grid", "AM": "engine", "FlowAM": "engine", "continuity_loss": "engine", "METHODS": "names", "ALIGNMENTS": "names",
         "Explanations": "explanations", "Flows": "flows", "compute_flows": "flows", "parse_classes": "grid",
         "parse_seeds": "grid"}
 
-__all__ = ["AMConfig", "cloud_size", "resolve_classes", "FlowAM", "METHODS", "ALIGNMENTS", "continuity_loss", "Explanations", "Flows", "compute_flows",
+__all__ = ["AMConfig", "cloud_size", "resolve_classes", "AM", "FlowAM", "METHODS", "ALIGNMENTS", "continuity_loss", "Explanations", "Flows", "compute_flows",
            "parse_classes", "parse_seeds"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _API, __all__)

@@ -9,26 +9,18 @@ from __future__ import annotations
 import json
 import math
 import operator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
-from .names import ALIGNMENTS, INITS, METHODS
+from ..identity import Identity, setting
+from .names import ALIGNMENTS, GENERAL, INITS, METHODS
 from .reprs import model_name, short_list
 
 #: Points per cloud where neither the flows nor the checkpoint record a count.
 DEFAULT_NUM_POINTS = 1024
 
 
-def _settings(identity: bool = True, since: int = 1, implied=None, sparse: bool = False) -> dict:
-    """A field's place in the run's identity. identity: the field changes results (stored,
-    compared); since: the config version that added it; implied: its value in stores of
-    earlier versions (which lack it); sparse: written only where it differs from `implied`, so
-    that a config an earlier version could express keeps that version's stored form (and the
-    sweeps' shard names, which hash it)."""
-    return {"identity": identity, "since": since, "implied": implied, "sparse": sparse}
-
-
 @dataclass(repr=False)
-class AMConfig:
+class AMConfig(Identity):
     """The settings of an activation-maximization run (`FlowAM.config`), validated when made.
 
     The identity fields change the explanations and are what stores record (`to_json`) and
@@ -37,8 +29,14 @@ class AMConfig:
 
     Versions of the stored form (`VERSION` is the current one): 1 had no `autoencoder`
     (implied ""), 2 had no `alignment` (implied "moments"), 3 writes `alignment` only where it
-    is not "moments". A field added later gets a `since` and an `implied` value, and is
-    written only where it differs from that value (so earlier stores keep matching).
+    is not "moments", 4 adds the general engine's `objective` and `target_layer` (implied "",
+    written only by method "am"). A field added later gets a `since` and an `implied` value,
+    and is written only where it differs from that value (so earlier stores keep matching).
+
+    Methods: the presets (`names.METHODS`) are defined by their weights (`flow_weight`,
+    `continuity_weight`, `alignment`, `layers`); method "am" (`flowam_fast.am.AM`) by its
+    `objective`, the bound objective's text, and `target_layer`, the layer whose channels its
+    targets are ("" for classes), with the preset weights at 0.
 
     Steps: every method optimizes for at least one step except "random", whose clouds are drawn
     and never optimized: it records steps=0 and takes no other value.
@@ -49,7 +47,8 @@ class AMConfig:
         TypeError: A field of the wrong type (a string for a number, say).
     """
 
-    VERSION = 3
+    VERSION = 4
+    NAME = "AM config"
 
     method: str = "flowam"
     steps: int = 600
@@ -62,14 +61,16 @@ class AMConfig:
     init_scale: float = 0.5
     clamp: bool = True
     layers: tuple = ()
-    autoencoder: str = field(default="", metadata=_settings(since=2, implied=""))
-    alignment: str = field(default="moments", metadata=_settings(since=3, implied="moments", sparse=True))
-    backend: str = field(default="auto", metadata=_settings(identity=False))
-    device: str | None = field(default=None, metadata=_settings(identity=False))
-    quiet: bool = field(default=False, metadata=_settings(identity=False))
+    autoencoder: str = setting("", since=2, implied="")
+    alignment: str = setting("moments", since=3, implied="moments", sparse=True)
+    objective: str = setting("", since=4, implied="", sparse=True)
+    target_layer: str = setting("", since=4, implied="", sparse=True)
+    backend: str = setting("auto", identity=False)
+    device: str | None = setting(None, identity=False)
+    quiet: bool = setting(False, identity=False)
 
     def __post_init__(self):
-        self.method = _choice("method", self.method, METHODS)
+        self.method = _choice("method", self.method, METHODS + (GENERAL,))
         self.alignment = _choice("alignment", self.alignment, ALIGNMENTS)
         self.init = _choice("init", self.init, INITS)
         self.steps = _integer("steps", self.steps)
@@ -94,99 +95,40 @@ class AMConfig:
         self.layers = tuple(self.layers)
         if not isinstance(self.autoencoder, str):
             raise TypeError(f"autoencoder must be the autoencoder's description (JSON), got {type(self.autoencoder)}")
+        if not isinstance(self.objective, str) or not isinstance(self.target_layer, str):
+            raise TypeError("objective and target_layer must be strings (an objective's text, a layer name)")
+        if (self.method == GENERAL) != bool(self.objective):
+            raise ValueError(f"method {GENERAL!r} needs its objective's text, and only it has one (method "
+                             f"{self.method!r}, objective {self.objective!r})")
+        if self.target_layer and self.method != GENERAL:
+            raise ValueError(f"target_layer is method {GENERAL!r}'s (channel targets), not {self.method!r}'s")
+        if self.method == GENERAL and (self.flow_weight or self.continuity_weight or self.layers):
+            raise ValueError(f"method {GENERAL!r} is defined by its objective: flow_weight, continuity_weight and "
+                             "layers stay at 0, 0 and ()")
         if self.device is not None:
             self.device = str(self.device)
 
     def __repr__(self) -> str:
         # The settings that define a run always; the rest only where they differ from the default.
         always = ("method", "steps", "lr", "flow_weight", "continuity_weight", "num_points")
-        default = AMConfig()
+        default, hidden = AMConfig(), ("layers", "autoencoder")
+        if self.method == GENERAL:  # the objective says what the preset weights would
+            always = ("method", "objective", "steps", "lr", "num_points")
+            hidden += ("flow_weight", "continuity_weight", "continuity_k")
         shown = [f"{k}={getattr(self, k)!r}" for k in always]
-        shown += [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in always
-                  + ("layers", "autoencoder") and getattr(self, f.name) != getattr(default, f.name)]
+        shown += [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in always + hidden
+                  and getattr(self, f.name) != getattr(default, f.name)]
         if self.layers:
             shown.append(f"layers={short_list(self.layers, 2)} ({len(self.layers)})")
         if self.autoencoder:
             shown.append(f"autoencoder={model_name(self.autoencoder)!r}")
         return f"AMConfig({', '.join(shown)})"
 
-    @classmethod
-    def identity_fields(cls) -> tuple:
-        """The names of the fields that change results, in order."""
-        return tuple(f.name for f in fields(cls) if f.metadata.get("identity", True))
-
-    def identity(self) -> dict:
-        """{field: value} of the identity fields."""
-        return {name: getattr(self, name) for name in self.identity_fields()}
-
-    def to_json(self) -> str:
-        """The stored form: the identity fields as a JSON object with sorted keys, a sparse
-        field left out at its implied value (see the class docstring)."""
-        out = {}
-        for f in fields(self):
-            meta, value = f.metadata, getattr(self, f.name)
-            if not meta.get("identity", True) or (meta.get("sparse") and value == meta["implied"]):
-                continue
-            out[f.name] = list(value) if f.name == "layers" else value
-        return json.dumps(out, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "AMConfig":
-        """Read a config from its stored form, that of this version or of any earlier one.
-
-        Args:
-            text: A JSON object as `to_json` writes it (or wrote it in an earlier version).
-
-        Returns:
-            The config, with the fields an earlier version lacked at their implied values.
-
-        Raises:
-            ValueError: Not a JSON object, a field missing that every version stores, fields
-                unknown to this version (a store of a newer flowam_fast), or an invalid value.
-        """
-        try:
-            stored = json.loads(text)
-        except (TypeError, json.JSONDecodeError):
-            stored = None
-        if not isinstance(stored, dict):
-            raise ValueError(f"not a stored AM config (a JSON object): {str(text)[:80]!r}")
-        version = stored.pop("version", cls.VERSION)
-        if not isinstance(version, int) or version > cls.VERSION:
-            raise ValueError(f"AM config of version {version!r}; this flowam_fast reads versions up to {cls.VERSION}: "
-                             "upgrade it")
-        known = {f.name: f for f in fields(cls) if f.metadata.get("identity", True)}
-        unknown = sorted(set(stored) - set(known))
-        if unknown:
-            raise ValueError(f"AM config with fields unknown to this version ({', '.join(unknown)}): written by a "
-                             "newer flowam_fast? upgrade it")
-        # A field added after version 1 is missing from the stores of the versions before it.
-        implied = {name: f.metadata["implied"] for name, f in known.items() if f.metadata.get("since", 1) > 1}
-        missing = [name for name in known if name not in stored and name not in implied]
-        if missing:
-            raise ValueError(f"stored AM config lacks {', '.join(map(repr, missing))}: {str(text)[:80]!r}")
-        values = {**implied, **stored}
-        values["layers"] = tuple(values["layers"]) if isinstance(values["layers"], list) else values["layers"]
-        return cls(**values)
-
-    def objective(self) -> str:
+    def objective_key(self) -> str:
         """The stored form without the method's name, which only labels a run: two methods
         that optimize one objective (FlowAM at flow weight 0 and regularized AM) give the same
-        explanations bit for bit, and the same `objective()`."""
+        explanations bit for bit, and the same `objective_key()`."""
         return json.dumps({k: v for k, v in json.loads(self.to_json()).items() if k != "method"}, sort_keys=True)
-
-    def matches(self, other) -> bool:
-        """Whether `other` names the same run: equal identity fields, whatever the rest.
-
-        Args:
-            other: An AMConfig, or a stored config (JSON, of any version); one that cannot be
-                read matches nothing.
-        """
-        if isinstance(other, str):
-            try:
-                other = AMConfig.from_json(other)
-            except (ValueError, TypeError):
-                return False
-        return isinstance(other, AMConfig) and self.identity() == other.identity()
 
 
 def stored_config(config) -> AMConfig:

@@ -23,10 +23,12 @@ class Explanations:
 
     Attributes:
         points: Explanation clouds (J, N, 3), float32.
-        classes: Target class of each job (J,), int64.
+        classes: Target of each job (J,), int64: a class, or for a run of `AM` with channel
+            targets (`target_layer`), a channel.
         seeds: Seed of each job (J,), int64.
         logits: The model's logits on each explanation (J, K), float32.
-        method: The AM method ("flowam", "vanilla", "regularized" or "ae-latent").
+        method: The AM method ("flowam", "vanilla", "regularized", "ae-latent", "random", or
+            "am" for `AM` with an objective of the user's, recorded in the config).
         config: The engine's configuration in its stored form (`AMConfig.to_json`); compare
             it with `same_run` or `AMConfig.matches`, never as text (stores of earlier
             versions write the same run differently).
@@ -50,19 +52,39 @@ class Explanations:
 
     def __repr__(self) -> str:
         classes = sorted(set(self.classes.tolist()))
-        success = f"success {self.success.mean():.1%}" if len(self) else "no jobs"
+        layer = self.target_layer
+        success = "no jobs" if not len(self) else f"channels of {layer}" if layer else f"success {self.success.mean():.1%}"
         return (f"Explanations(method={self.method!r}, model={model_name(self.model)!r}, "
-                f"{counted(len(self), 'job')}, {counted(len(classes), 'class')} "
+                f"{counted(len(self), 'job')}, {counted(len(classes), 'channel' if layer else 'class')} "
                 f"{short_list(self.class_name(c) for c in classes)}, seeds {int_ranges(self.seeds.tolist()) or 'none'}, "
                 f"{self.points.shape[1]} points, {success})")
 
     @property
+    def target_layer(self) -> str:
+        """The layer whose channels the targets are (a run of `AM` with channel targets), or ""
+        where the targets are classes."""
+        try:
+            return stored_config(self.config).target_layer
+        except (ValueError, TypeError):
+            return ""
+
+    @property
     def success(self) -> np.ndarray:
-        """Per job: the target class is the argmax of the stored logits."""
+        """Per job: the target class is the argmax of the stored logits.
+
+        Raises:
+            ValueError: The targets are channels, not classes.
+        """
+        if self.target_layer:
+            raise ValueError(f"these explanations' targets are channels of {self.target_layer!r}: success (the "
+                             "target class wins) is defined for class targets only")
         return self.logits.argmax(1) == self.classes
 
     def class_name(self, c: int) -> str:
-        """The name of class `c`, or "class <c>" where the names do not cover it."""
+        """The name of target `c`: its class's name, "class <c>" where the names do not cover
+        it, or "channel <c>" for channel targets."""
+        if self.target_layer:
+            return f"channel {c}"
         return self.class_names[c] if c < len(self.class_names) else f"class {c}"
 
     def sorted(self) -> "Explanations":

@@ -17,23 +17,63 @@ from tqdm import tqdm
 
 from .. import __version__, ops
 from ..atomic import atomic_path
+from ..identity import Identity, setting
 from ..models.activations import default_layers, get_activations
 from ..models.adapter import layer_root
 from ..ops.quantile_align import sample_quantiles
 from .reprs import counted, model_name, short_list
 
 
+@dataclass(repr=False)
+class ModelDescription(Identity):
+    """What flows and explanations record of the model that made them (`describe`): its class,
+    size and architecture settings, where an adapted classifier reads its logits, and the
+    version of its activation taps (`tap_version`: a built-in model's taps that move get the
+    next version, and flows of another version are refused, `Flows.check_taps`). The settings a
+    model lacks are left out of the stored form.
+
+    Stored forms: version 1 had no `tap_version` (implied 1, the first taps).
+    """
+
+    VERSION = 2
+    NAME = "model description"
+
+    arch: str = setting(key="class")
+    parameters: int = 0
+    num_classes: int | None = setting(None, sparse=True)
+    k: int | None = setting(None, sparse=True)
+    emb_dims: int | None = setting(None, sparse=True)
+    width: float | None = setting(None, sparse=True)
+    feature_transform: bool | None = setting(None, sparse=True)
+    logits: int | str | None = setting(None, sparse=True)
+    tap_version: int | None = setting(None, since=2, implied=1, sparse=True)
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "ModelDescription":
+        """The description of `model`; an adapted classifier is described by its wrapped module
+        and where its logits are read."""
+        root = layer_root(model)
+        extra = {k: getattr(root, k) for k in ("num_classes", "k", "emb_dims", "width", "feature_transform",
+                                                "tap_version")
+                 if isinstance(getattr(root, k, None), (int, float, bool))}
+        if root is not model:
+            extra["logits"] = model.logits if isinstance(model.logits, (int, str)) else getattr(
+                model.logits, "__name__", type(model.logits).__name__)
+        return cls(arch=type(root).__name__, parameters=sum(p.numel() for p in model.parameters()), **extra)
+
+    def to_json(self) -> str:
+        # A model without taps of its own (a DGCNN, an own model) writes no version of them,
+        # as its stored form always did; one with version 1 writes it, as it always did.
+        stored = json.loads(super().to_json())
+        stored.pop("tap_version", None)
+        if self.tap_version is not None:
+            stored["tap_version"] = self.tap_version
+        return json.dumps(stored, sort_keys=True)
+
+
 def describe_model(model: torch.nn.Module) -> str:
-    """A short description stored with flows and explanations (class, size, classes); an
-    adapted classifier is described by its wrapped module and where its logits are read."""
-    root = layer_root(model)
-    n_params = sum(p.numel() for p in model.parameters())
-    extra = {k: getattr(root, k) for k in ("num_classes", "k", "emb_dims", "width", "feature_transform", "tap_version")
-             if isinstance(getattr(root, k, None), (int, float, bool))}
-    if root is not model:
-        extra["logits"] = model.logits if isinstance(model.logits, (int, str)) else getattr(
-            model.logits, "__name__", type(model.logits).__name__)
-    return json.dumps({"class": type(root).__name__, "parameters": n_params, **extra}, sort_keys=True)
+    """The stored form of `ModelDescription.of(model)`, as flows and explanations record it."""
+    return ModelDescription.of(model).to_json()
 
 
 @dataclass(repr=False)
@@ -141,10 +181,13 @@ class Flows:
         Raises:
             ValueError: The flows were computed at another version of the taps.
         """
-        want = getattr(model, "tap_version", None)
+        want = getattr(layer_root(model), "tap_version", None)
         if want is None or not self.model:
             return
-        have = json.loads(self.model).get("tap_version", 1)
+        try:
+            have = ModelDescription.from_json(self.model).tap_version
+        except (ValueError, TypeError):
+            have = None  # not a description of this package's: its taps are unknown
         if have != want:
             raise ValueError(f"flows were computed at version {have} of {type(model).__name__}'s activation taps, "
                              f"the model has version {want} (the taps moved); recompute them (flowam-fast flows)")

@@ -3,13 +3,12 @@ presets, free of torch so that the command line lists them in its help without i
 engine."""
 from __future__ import annotations
 
+# The flow term's statistics, re-exported: the objectives define them.
+from ..objectives.names import ALIGNMENTS, CHANNEL_PRIOR  # noqa: F401
+
 #: "random" is the control of the randomization check: uniform clouds in the data bounds, seeded
 #: by (class, seed), no optimization, so its explanations cannot depend on the model.
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent", "random")
-#: The flow term's statistics: per-channel mean and std over the points ("moments", docs/design.md's
-#: objective), or each channel's whole distribution over the points ("quantiles": a 1-D
-#: Wasserstein-2 distance per channel, `ops.quantile_align`; needs flows with quantiles).
-ALIGNMENTS = ("moments", "quantiles")
 #: The initial cloud of each job: uniform in a cube, normal, or on a sphere (`am.spaces.initial_points`).
 INITS = ("uniform", "normal", "sphere")
 #: method -> (flow_weight, continuity_weight, clamp) used where the caller leaves them None.
@@ -30,3 +29,6 @@ ARCHITECTURES = ("pointnet", "dgcnn", "pointnet2_ssg", "pointnet2_msg")
 ARCHITECTURE_ALIASES = {"pointnet2": "pointnet2_ssg"}
 #: The demo's classifiers: every architecture, and the aliases.
 DEMO_MODELS = ARCHITECTURES + tuple(ARCHITECTURE_ALIASES)
+#: The general engine's method (`flowam_fast.am.AM`): an objective of the user's, recorded in the
+#: run's config by its text; not a preset, so not among METHODS.
+GENERAL = "am"

@@ -55,11 +55,12 @@ def class_examples(points, labels) -> dict:
 
 
 def contact_sheet(sets, path, labels=None, references=None, lim: float = 1.0, panel: float = 2.0,
-                  dpi: int = 90) -> None:
-    """Rows are classes, columns are seeds; several explanation sets go side by side, each
-    with its own column block titled by its method (or `labels`). references: optional
-    {class: (M, 3) real cloud}, drawn in a first column so each row shows what the class
-    looks like."""
+                  dpi: int = 90, reference_title: str = "real sample") -> None:
+    """Rows are targets (classes, or channels), columns are seeds; several explanation sets go
+    side by side, each with its own column block titled by its method (or `labels`).
+    references: optional {target: (M, 3) real cloud}, drawn in a first column titled
+    `reference_title` so each row shows what the class looks like (or, for a channel, the
+    real cloud that excites it most)."""
     sets = [s.sorted() for s in sets]
     labels = labels or [s.method for s in sets]
     classes = sorted(set(np.concatenate([s.classes for s in sets]).tolist()))
@@ -74,7 +75,7 @@ def contact_sheet(sets, path, labels=None, references=None, lim: float = 1.0, pa
             ax = fig.add_subplot(len(classes), ncols, r * ncols + 1, projection="3d")
             if c in references:
                 scatter_cloud(ax, np.asarray(references[c]), lim, size)
-                ax.set_title(f"{name}\nreal sample", fontsize=8)
+                ax.set_title(f"{name}\n{reference_title}", fontsize=8)
             else:
                 ax.set_axis_off()
         col = lead
@@ -86,7 +87,7 @@ def contact_sheet(sets, path, labels=None, references=None, lim: float = 1.0, pa
                 if hit.size:
                     i = hit[0]
                     scatter_cloud(ax, s.points[i], lim, size)
-                    mark = "" if s.success[i] else " (fail)"
+                    mark = "" if s.target_layer or s.success[i] else " (fail)"
                     ax.set_title(f"{s.class_name(c)}\n{labels[si]} s{sd}{mark}", fontsize=8)
                 else:
                     ax.set_axis_off()

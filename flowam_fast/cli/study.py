@@ -5,6 +5,7 @@ the model of `flowam-fast demo --out DIR` with its flows, data, evaluator and au
 from __future__ import annotations
 
 from ..am.names import ALIGNMENTS
+from ..pipelines.study_settings import STUDY_CLASSES, STUDY_SEEDS, STUDY_STEPS, STUDY_WEIGHTS
 from .options import add_device_argument, device_of, parse_weights
 from .sanity import add_test_arguments
 
@@ -18,13 +19,15 @@ def add_arguments(p) -> None:
     p.add_argument("--evaluator", help="evaluator PointNet checkpoint")
     p.add_argument("--autoencoder", help="autoencoder of AE-latent AM")
     p.add_argument("--out", help="output directory (default: DEMO_DIR/study)")
-    p.add_argument("--num-classes", type=int, default=6, help="the first N classes")
+    p.add_argument("--num-classes", type=int, default=STUDY_CLASSES, help="the first N classes (fewer where the model has "
+                                                                          "fewer)")
     p.add_argument("--classes", help="comma list of class indices (instead of --num-classes)")
-    add_test_arguments(p)
-    p.add_argument("--steps", type=int, default=300, help="AM steps of every method")
+    add_test_arguments(p, seeds=STUDY_SEEDS)
+    p.add_argument("--steps", type=int, default=STUDY_STEPS, help="AM steps of every method")
     p.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate")
     p.add_argument("--batch-size", type=int, default=None, help="jobs per AM batch (default: a run's jobs at once)")
-    p.add_argument("--flow-weights", default="0,10,100", help="FlowAM's flow weights (0 is regularized AM)")
+    p.add_argument("--flow-weights", default=",".join(f"{w:g}" for w in STUDY_WEIGHTS),
+                   help="FlowAM's flow weights (0 is regularized AM)")
     p.add_argument("--alignment", choices=ALIGNMENTS, default=ALIGNMENTS[0],
                    help="FlowAM's flow term: per-channel mean and std, or per-channel quantiles (flows with quantiles)")
     p.add_argument("--vanilla", action="store_true", help="also test plain AM")

@@ -32,12 +32,19 @@ def summary(e, name) -> str:
     from ..am.reprs import int_ranges
 
     classes = sorted(set(e.classes.tolist()))
-    success = f"success {e.success.mean():.1%} ({int(e.success.sum())} of {len(e)})" if len(e) else "empty"
+    if not len(e):
+        success = "empty"
+    elif e.target_layer:
+        success = f"targets: channels of {e.target_layer}"
+    else:
+        success = f"success {e.success.mean():.1%} ({int(e.success.sum())} of {len(e)})"
     rows = [
         ("method", f"{e.method} (flowam_fast {e.version or 'of unknown version'})"),
         ("model", _fields(e.model, first="class")),
         ("jobs", f"{len(e)}, {success}"),
-        ("classes", f"{len(classes)}: " + ", ".join(f"{c} {e.class_name(c)}" for c in classes)),
+        ("channels" if e.target_layer else "classes",
+         f"{len(classes)}: " + (", ".join(map(str, classes)) if e.target_layer
+                                else ", ".join(f"{c} {e.class_name(c)}" for c in classes))),
         ("seeds", int_ranges(e.seeds.tolist()) or "none"),
         ("points", f"{e.points.shape[1]} per cloud"),
         ("config", _fields(e.config)),

@@ -700,14 +700,14 @@ def tradeoff(model, evaluator, flows, train_set, classes, seeds, flow_weights, r
     # One check per objective; the checks to run share one queue of stages.
     source = {}
     for i, check in enumerate(checks):
-        source.setdefault(check.config.objective(), i)
+        source.setdefault(check.config.objective_key(), i)
     todo = list(source.values())
     preps = {i: checks[i].prepare(classes, seeds, trained=checks[i].known(trained)) for i in todo}
     measured = (runner or run_stages)([checks[i] for i in todo], [preps[i] for i in todo], quiet)
     done = {i: checks[i].summarize(preps[i], m) for i, m in zip(todo, measured)}
     results, pools, points = [], [], []
     for i, ((method, weight), check) in enumerate(zip(runs, checks)):
-        src = source[check.config.objective()]
+        src = source[check.config.objective_key()]
         result, pool = done[src]
         if src != i:
             result = dict(result, method=method, label=check.label, config=json.loads(check.am_config))

@@ -24,6 +24,8 @@ are unaffected). The built-in models list theirs in ``model.flow_layers``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -182,14 +184,15 @@ class ActivationRecorder:
         return False
 
 
-def get_activations(model, x: torch.Tensor, layers, linear: bool = False):
+def get_activations(model, x: torch.Tensor, layers, linear=False):
     """Run one forward pass and record the activations of the named layers.
 
     Args:
         model: The classifier.
         x: Points (B, 3, N).
         layers: Names of modules whose outputs are per-point activations.
-        linear: Activations may come as `LinearActs` (see `ActivationRecorder`).
+        linear: Activations may come as `LinearActs` (see `ActivationRecorder`): True for
+            every layer, or the names of the layers that take them.
 
     Returns:
         A tuple of the logits (B, K) and a dict of each layer's activations (B, C, M).
@@ -199,13 +202,19 @@ def get_activations(model, x: torch.Tensor, layers, linear: bool = False):
             fast path only the activation taps are called), or an output that is not
             logits (`ClassifierOutputError`, which says how to wrap the model).
     """
-    with ActivationRecorder(model, layers, linear=linear) as rec:
+    layers = list(layers)
+    takes = set(layers) if linear is True else set(linear or ())
+    groups = [(flag, [n for n in layers if (n in takes) == flag]) for flag in (True, False)]
+    with contextlib.ExitStack() as stack:
+        recorders = [stack.enter_context(ActivationRecorder(model, names, linear=flag)) for flag, names in groups
+                     if names]
         logits = classify(model, x)
-    missing = [n for n in rec.layers if n not in rec.activations]
+    acts = {name: act for rec in recorders for name, act in rec.activations.items()}
+    missing = [n for n in layers if n not in acts]
     if missing:
         hint = ""
         if getattr(layer_root(model), "fast_path", False):
             hint = (f"; on the fused fast path only the activation taps {list(getattr(model, 'flow_layers', []))} "
                     "are called: use those, or run inside flowam_fast.models.plain_path(model)")
         raise ValueError(f"layers {missing} were not called in the forward pass of {type(model).__name__}{hint}")
-    return logits, rec.activations
+    return logits, acts

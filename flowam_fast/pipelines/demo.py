@@ -4,7 +4,9 @@ DIR/data (procedural dataset, ModelNet40 HDF5 layout) -> DIR/model.pt (the demo 
 with model="dgcnn", "pointnet2_ssg" (alias "pointnet2") or "pointnet2_msg" that demo
 classifier; `training.DEMO_CONFIGS`) ->
 DIR/flows.h5 -> DIR/{flowam,vanilla,regularized,ae-latent}.h5 (every class, 2 seeds; ae-latent
-with DIR/autoencoder.pt) -> DIR/explanations.png (FlowAM and plain AM side by side) and
+with DIR/autoencoder.pt) -> DIR/channels.h5 and DIR/channels.png (the most class-selective
+channels of the last flow layer, with the flows as prior: `pipelines.channels.demo_section`)
+-> DIR/explanations.png (FlowAM and plain AM side by side) and
 DIR/baselines.png (regularized and AE-latent AM), DIR/explanations.html (FlowAM's explanations
 beside real samples, an interactive 3-D viewer) -> DIR/evaluator.pt and the metrics
 (DIR/metrics.json, bar charts) -> local explanations of a few test clouds per class with their
@@ -20,10 +22,10 @@ when it was written for the other demo model.
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,11 +39,13 @@ from ..data import ModelNet40, generate_shapes
 from ..evaluation.evaluator import load_evaluator
 from ..evaluation.report import RealData, evaluate_sets, method_table, write_report
 from .. import provenance
+from ..identity import Identity, setting
 from ..models import checkpoint_meta, load_checkpoint
 from ..models.activations import default_layers
 from ..am.names import ALIGNMENTS, ARCHITECTURE_ALIASES, DEMO_MODELS
 from ..training import DEMO_CONFIGS, demo_config, train_demo_model
 from .attribute import DEFAULT_METHODS, demo_section
+from .channels import demo_section as channels_section
 
 
 def demo_model_name(model: str) -> str:
@@ -58,36 +62,60 @@ def demo_model_name(model: str) -> str:
 
 
 METHODS = ("flowam", "vanilla", "regularized", "ae-latent")
-#: Bumped when the demo's data or models change: what no run config identifies (an explanation
-#: store of the same model is reused or redone by `AMConfig.matches` alone; docs/design.md, "Run
-#: identity"). 2: shapes keep one heading, classifiers learn yaw invariance from augmentation,
-#: flows include the input T-Net's layers.
-DEMO_VERSION = 2
+#: The version of the demo's recipes (the procedural data, the training of its models), bumped
+#: when they change: what no run config identifies (an explanation store of the same model is
+#: reused or redone by `AMConfig.matches` alone; docs/design.md, "Run identity"). 2: shapes keep
+#: one heading, classifiers learn yaw invariance from augmentation, flows include the input
+#: T-Net's layers.
+DEMO_RECIPE = 2
+
+
+@dataclass(repr=False)
+class DemoConfig(Identity):
+    """What a demo output directory was made by (its stamp, DIR/demo.json): the recipes'
+    version and the demo model. Another recipe redoes everything cached (`CACHED`), another
+    model what depends on the classifier (`CLASSIFIER_CACHED`).
+
+    Stored forms: version 2 and before stored the recipe as "version" (1: a directory without
+    a stamp); version 3 stores it as "recipe". `model` is written only where it is not the
+    PointNet (the only demo model when the stamp was introduced).
+    """
+
+    VERSION = 3
+    NAME = "demo stamp"
+
+    recipe: int = DEMO_RECIPE
+    model: str = setting("pointnet", implied="pointnet", sparse=True)
+
+    @classmethod
+    def migrate(cls, stored: dict, version: int) -> dict:
+        return {**stored, "recipe": version} if version < 3 else stored
+
+    @classmethod
+    def of(cls, out: Path):
+        """The stamp of the directory `out`: None for an empty directory, recipe 1 for one made
+        before stamps existed or with an unreadable stamp."""
+        stamp = out / "demo.json"
+        if not stamp.exists():
+            return None if not any(out.iterdir()) else cls(recipe=1)
+        try:
+            return cls.from_json(stamp.read_text())
+        except (ValueError, TypeError):
+            return cls(recipe=1)
 #: The local explanations' directory (`pipelines.attribute.demo_section`).
 ATTRIBUTION = "attribution"
+#: The channel visualizations' store (`pipelines.channels.demo_section`).
+CHANNELS = "channels.h5"
 #: The attribution methods of a demo model where not every default applies: PointNet++ has no
 #: per-point layer (its layers are grouped), which Grad-CAM and the critical points need.
 DEMO_ATTRIBUTIONS = {arch: ("saliency", "integrated-gradients", "occlusion") for arch in ("pointnet2_ssg", "pointnet2_msg")}
-#: What a run reuses from an earlier one; all of it is redone for another DEMO_VERSION.
-CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt", ATTRIBUTION) + tuple(f"{m}.h5" for m in METHODS)
+#: What a run reuses from an earlier one; all of it is redone for another DEMO_RECIPE.
+CACHED = ("data", "model.pt", "flows.h5", "autoencoder.pt", "evaluator.pt", ATTRIBUTION, CHANNELS) + tuple(
+    f"{m}.h5" for m in METHODS)
 #: What depends on the explained classifier: redone when the directory was made for the other
 #: demo model. The autoencoder decodes the demo model's point count (512 for the PointNet, 256
 #: for the DGCNN and the PointNet++ models); the data and the evaluator do not depend on the model.
-CLASSIFIER_CACHED = ("model.pt", "flows.h5", "autoencoder.pt", ATTRIBUTION) + tuple(f"{m}.h5" for m in METHODS)
-
-
-def _demo_stamp(out: Path):
-    """(DEMO_VERSION, demo model) that wrote `out`: (None, None) for an empty directory,
-    version 1 for one from before the stamp existed or with an unreadable stamp; stamps
-    without a model are the PointNet demo's (the only one then)."""
-    stamp = out / "demo.json"
-    if not stamp.exists():
-        return (None, None) if not any(out.iterdir()) else (1, "pointnet")
-    try:
-        d = json.loads(stamp.read_text())
-        return d.get("version", 1), d.get("model", "pointnet")
-    except (ValueError, AttributeError):
-        return 1, "pointnet"
+CLASSIFIER_CACHED = ("model.pt", "flows.h5", "autoencoder.pt", ATTRIBUTION, CHANNELS) + tuple(f"{m}.h5" for m in METHODS)
 
 
 def _remove(out: Path, names) -> None:
@@ -100,18 +128,17 @@ def _remove(out: Path, names) -> None:
 
 
 def _clear_stale_cache(out: Path, model: str = "pointnet") -> None:
-    version, made_for = _demo_stamp(out)
-    if version not in (None, DEMO_VERSION):
-        print(f"[demo] {out} was written by demo version {version}, this is {DEMO_VERSION}: "
+    made_by, now = DemoConfig.of(out), DemoConfig(model=model)
+    changes = [] if made_by is None else made_by.changes(now)
+    if "recipe" in changes:
+        print(f"[demo] {out} was made by demo recipe {made_by.recipe}, this is {now.recipe}: "
               f"redoing {', '.join(CACHED)}", flush=True)
         _remove(out, CACHED)
-    elif made_for not in (None, model):
-        print(f"[demo] {out} was written for the {made_for} demo, this is the {model} one: "
+    elif "model" in changes:
+        print(f"[demo] {out} was written for the {made_by.model} demo, this is the {model} one: "
               f"redoing {', '.join(CLASSIFIER_CACHED)}", flush=True)
         _remove(out, CLASSIFIER_CACHED)
-    # The PointNet demo's stamp stays as it was before there was a choice of model.
-    stamp = {"version": DEMO_VERSION, **({} if model == "pointnet" else {"model": model})}
-    (out / "demo.json").write_text(json.dumps(stamp) + "\n")
+    (out / "demo.json").write_text(now.to_json() + "\n")
 
 
 #: FlowAM's flow term in each model's demo, (alignment, flow weight), where run_demo's caller
@@ -222,6 +249,8 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
             results[method] = engine.run(classes, seeds, store=store)
 
     test_set = ModelNet40(data_dir, "test", num_points=num_points)
+    with stage("channels"):
+        units = channels_section(model, flows, test_set, out, seeds, steps=steps, num_points=num_points, quiet=quiet)
     with stage("sheets"):
         examples = class_examples(test_set.points, test_set.labels)
         contact_sheet([results["flowam"], results["vanilla"]], out / "explanations.png", labels=["FlowAM", "plain AM"],
@@ -252,7 +281,7 @@ def run_demo(out, seeds: int = 2, steps: int | None = None, epochs: int | None =
         f"class (the floor of the Chamfer column): {real_floor:.4f}.", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
         "![explanations](explanations.png)", "", "![baselines](baselines.png)"])
-    write_report(metrics, real, out, title="flowam-fast demo report", preamble=preamble, appendix=local,
+    write_report(metrics, real, out, title="flowam-fast demo report", preamble=preamble, appendix=units + "\n\n" + local,
                  extra_json={"test_accuracy": meta.get("test_accuracy"), "real_chamfer": real_floor, "model": model_name, "flowam": {"alignment": alignment, "flow_weight": flow_weight},
                              "chamfer_ratio_flowam_vs_vanilla": ratio,
                              "timings_s": {k: round(v, 1) for k, v in timings.items()},

@@ -39,23 +39,12 @@ from ..evaluation.calibration import calibrate
 from ..evaluation.evaluator import load_evaluator
 from ..evaluation.metrics import references_by_class, to_device
 from ..evaluation.permutation import ALPHA, N_PERM
-from ..evaluation.sanity import (CLASS_REFS, REALISM_REFS, SEEDS_PER_SIDE, VARIANTS, SanityCheck, side_seeds,
-                                 stage_name, tradeoff)
+from ..evaluation.sanity import CLASS_REFS, REALISM_REFS, VARIANTS, SanityCheck, side_seeds, stage_name, tradeoff
 from ..models import load_checkpoint
 from ..sweep.driver import remove_temporaries
 from ..sweep.inputs import file_digest
 from ..sweep.tasks import run_tasks
-
-#: FlowAM's flow weights in the study by default: 0 (regularized AM), 10 and 100 (the paper's).
-STUDY_WEIGHTS = (0.0, 10.0, 100.0)
-#: The reference methods beside FlowAM: the generative baseline and the model-independent control.
-STUDY_REFERENCES = ("ae-latent", "random")
-#: Classes (the first ones by index), seeds a side and AM steps by default.
-STUDY_CLASSES, STUDY_STEPS = 6, 300
-#: What a study reads from a demo's output directory.
-DEMO_FILES = {"model": "model.pt", "flows": "flows.h5", "data": "data", "evaluator": "evaluator.pt",
-              "autoencoder": "autoencoder.pt"}
-
+from .study_settings import DEMO_FILES, STUDY_CLASSES, STUDY_REFERENCES, STUDY_SEEDS, STUDY_STEPS, STUDY_WEIGHTS
 
 def demo_inputs(demo_dir) -> dict:
     """The paths a study of the demo's model reads from its output directory.
@@ -141,7 +130,7 @@ def _weight(check) -> dict:
 
 
 def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencoder=None, demo_dir=None,
-              classes=None, num_classes: int = STUDY_CLASSES, seeds: int = SEEDS_PER_SIDE, steps: int = STUDY_STEPS,
+              classes=None, num_classes: int = STUDY_CLASSES, seeds: int = STUDY_SEEDS, steps: int = STUDY_STEPS,
               lr: float = AMConfig.lr, flow_weights=STUDY_WEIGHTS, vanilla: bool = False, variants=VARIANTS,
               alpha: float = ALPHA, n_perm: int = N_PERM, alignment: str = "moments", executor: str = "local",
               address=None, workers: int = 2,
@@ -224,7 +213,7 @@ def run_study(out, model=None, flows=None, data=None, evaluator=None, autoencode
         check = SanityCheck(net, ev, flows=fl, train_set=train_set, method=method, variants=variants, quiet=True,
                             autoencoder=ae if method == "ae-latent" else None,
                             **({} if weight is None else {"flow_weight": weight}), **am)
-        objective = check.config.objective()
+        objective = check.config.objective_key()
         if objective not in objectives:
             objectives.add(objective)
             checks.append(check)

@@ -67,11 +67,11 @@ def test_quantile_alignment_in_the_engine(tiny_net):
 
     x = torch.rand(2, 48, 3) - 0.5
     cls = torch.tensor([0, 2])
-    _, _, terms = quant.objective(x, cls)
+    _, _, terms = quant.loss(x, cls)
     _, acts = get_activations(tiny_net, x.transpose(1, 2), ["act1", "act2"])
     want = torch.stack([quantile_align(acts[k], cls, flows.quantiles[k], flows.std[k]) for k in ("act1", "act2")]).mean(0)
-    torch.testing.assert_close(terms["flow"], want)
-    assert not torch.allclose(terms["flow"], moments.objective(x, cls)[2]["flow"])
+    torch.testing.assert_close(-terms["flow"], want)  # the term is minus the alignment
+    assert not torch.allclose(terms["flow"], moments.loss(x, cls)[2]["flow"])
     quant.run([1], [0])  # runs end to end
     with pytest.raises(ValueError, match="unknown alignment"):
         FlowAM(tiny_net, flows, alignment="medians", **kw)

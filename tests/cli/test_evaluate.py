@@ -118,7 +118,7 @@ def test_demo_tiny(tmp_path):
 
 
 def test_demo_redoes_the_cache_of_another_version(tmp_path, capsys):
-    from flowam_fast.pipelines.demo import CACHED, DEMO_VERSION, _clear_stale_cache
+    from flowam_fast.pipelines.demo import CACHED, DEMO_RECIPE, _clear_stale_cache
 
     out = tmp_path / "demo"
     (out / "data").mkdir(parents=True)
@@ -126,12 +126,12 @@ def test_demo_redoes_the_cache_of_another_version(tmp_path, capsys):
         (out / name).write_text("x")
     _clear_stale_cache(out)  # no stamp: written before stamps existed
     assert sorted(p.name for p in out.iterdir()) == ["demo.json", "notes.txt"]
-    assert "version 1" in capsys.readouterr().out
-    assert json.loads((out / "demo.json").read_text()) == {"version": DEMO_VERSION}
+    assert "recipe 1" in capsys.readouterr().out
+    assert json.loads((out / "demo.json").read_text()) == {"recipe": DEMO_RECIPE}
     (out / "model.pt").write_text("x")
     _clear_stale_cache(out)  # this version: kept
     assert (out / "model.pt").exists() and capsys.readouterr().out == ""
-    for stamp in ('{"version": 0}', "not json", "[]"):
+    for stamp in ('{"version": 0}', '{"recipe": 1}', "not json", "[]"):
         (out / "demo.json").write_text(stamp)
         (out / "model.pt").write_text("x")
         _clear_stale_cache(out)

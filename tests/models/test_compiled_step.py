@@ -1,14 +1,16 @@
 """An AM step of the built-in models under `torch.compile(fullgraph=True)`: the fused ops are
 PyTorch operators with fake kernels and registered autograd, so the whole step (the fast path's
 forward, the objective and its backward to the points) is one graph, and it computes what the
-eager step computes. With flows, the objective's flow term reads the taps inside the step
+eager step computes, for the paper's objective and for a composed one (a channel with the flows
+as prior). With flows, the objective's flow term reads the taps inside the step
 (requests on `Tap`s, which the fused layers consult as plain attributes: no hooks)."""
 import pytest
 import torch
 
-from flowam_fast.am.engine import FlowAM
+from flowam_fast.am.engine import AM, FlowAM
 from flowam_fast.am.flows import compute_flows
 from flowam_fast.models import DGCNN, PointNet
+from flowam_fast.objectives import channel_prior
 from flowam_fast.ops import backend
 
 from tests.helpers import random_data, randomize
@@ -21,19 +23,22 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("with_flows", [False, True], ids=["logit", "flowam"])
+@pytest.mark.parametrize("objective", ["logit", "flowam", "channel"])
 @pytest.mark.parametrize("arch", sorted(MODELS))
-def test_compiled_am_step_has_no_graph_break_and_matches_eager(arch, with_flows):
+def test_compiled_am_step_has_no_graph_break_and_matches_eager(arch, objective):
     model = randomize(MODELS[arch]())
-    if with_flows:  # FlowAM's objective: the logit, the flow term on the model's flow layers, continuity
+    if objective == "flowam":  # FlowAM's objective: the logit, the flow term on the model's flow layers, continuity
         engine = FlowAM(model, compute_flows(model, random_data(num=24, n=48), quiet=True), num_points=48, quiet=True)
         assert engine.config.flow_weight > 0 and engine.config.alignment == "moments"
+    elif objective == "channel":  # a composed objective: a channel of the last flow layer, the all-class flow prior
+        flows = compute_flows(model, random_data(num=24, n=48), quiet=True)
+        engine = AM(model, channel_prior(model.flow_layers[-1], flows), flows=flows, num_points=48, quiet=True)
     else:
         engine = FlowAM(model, method="vanilla", num_points=48, quiet=True)
     classes = torch.tensor([0, 2])
 
     def step(x):
-        total, logits, _ = engine.objective(x, classes)
+        total, logits, _ = engine.loss(x, classes)
         return total.sum(), logits
 
     torch._dynamo.reset()

@@ -121,7 +121,11 @@ def test_pointnet_fast_path_equals_plain_path(layers):
 
 @pytest.mark.parametrize("layers", [None, DGCNN.flow_layers])
 def test_dgcnn_fast_path_equals_plain_path(layers):
-    _fast_vs_plain(randomize(DGCNN(6, k=10, emb_dims=128, width=0.5)), torch.randn(2, 3, 96), layers)
+    # A seeded input: on some draws two neighbours of a point are nearly equidistant in a
+    # feature space, the fused and the dense kNN round their distances differently and pick
+    # different ones, and the logits then differ by more than float tolerance.
+    x = torch.randn(2, 3, 96, generator=torch.Generator().manual_seed(0))
+    _fast_vs_plain(randomize(DGCNN(6, k=10, emb_dims=128, width=0.5)), x, layers)
 
 
 def test_fast_path_runs_the_fused_ops(monkeypatch):

@@ -8,7 +8,7 @@ from flowam_fast.cli import main
 from flowam_fast.am.flows import Flows
 from flowam_fast.models import DGCNN, checkpoint_meta, load_checkpoint
 from flowam_fast.am.explanations import Explanations
-from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_FLOWAM, DEMO_STEPS, DEMO_VERSION, _clear_stale_cache
+from flowam_fast.pipelines.demo import CLASSIFIER_CACHED, DEMO_FLOWAM, DEMO_RECIPE, DEMO_STEPS, _clear_stale_cache
 from flowam_fast.training import DEMO_CONFIGS
 
 TINY = ["--shapes", "sphere,cube", "--epochs", "1", "--ae-epochs", "1", "--evaluator-epochs", "1", "--steps", "2",
@@ -42,7 +42,10 @@ def test_dgcnn_demo(tmp_path):
     assert f"Classifier test accuracy: {checkpoint_meta(out / 'model.pt')['test_accuracy']:.1%}." in md
     assert summary["real_chamfer"] > 0 and f"{summary['real_chamfer']:.4f}" in md
     assert "## Local explanations" in md and (out / "attribution" / "attribution.json").exists()
-    assert json.loads((out / "demo.json").read_text()) == {"version": DEMO_VERSION, "model": "dgcnn"}
+    # The channel sheet: the last flow layer's channels, with the flows as prior.
+    units = Explanations.load(out / "channels.h5")
+    assert units.target_layer == DGCNN.flow_layers[-1] and "## Channels" in md and (out / "channels.png").exists()
+    assert json.loads((out / "demo.json").read_text()) == {"recipe": DEMO_RECIPE, "model": "dgcnn"}
 
 
 def test_switching_the_demo_model_redoes_the_classifiers_outputs(tmp_path, capsys):
@@ -50,7 +53,7 @@ def test_switching_the_demo_model_redoes_the_classifiers_outputs(tmp_path, capsy
     (out / "data").mkdir(parents=True)
     for name in ("model.pt", "flows.h5", "flowam.h5", "evaluator.pt", "autoencoder.pt"):
         (out / name).write_text("x")
-    (out / "demo.json").write_text(json.dumps({"version": DEMO_VERSION}))  # the PointNet demo's stamp
+    (out / "demo.json").write_text(json.dumps({"version": DEMO_RECIPE}))  # the PointNet demo's stamp, stored form 2
     _clear_stale_cache(out, "dgcnn")
     assert "pointnet demo" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["data", "demo.json", "evaluator.pt"]
@@ -60,7 +63,7 @@ def test_switching_the_demo_model_redoes_the_classifiers_outputs(tmp_path, capsy
     assert (out / "model.pt").exists() and capsys.readouterr().out == ""
     _clear_stale_cache(out, "pointnet")
     assert not (out / "model.pt").exists()
-    assert json.loads((out / "demo.json").read_text()) == {"version": DEMO_VERSION}
+    assert json.loads((out / "demo.json").read_text()) == {"recipe": DEMO_RECIPE}
 
 
 def test_demo_model_errors(tmp_path, capsys):
