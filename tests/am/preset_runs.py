@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from flowam_fast.am.autoencoder import PointAutoencoder
 from flowam_fast.am.engine import FlowAM
 from flowam_fast.am.flows import compute_flows
 from flowam_fast.models import DGCNN, PointNet
@@ -22,6 +23,7 @@ RUNS = {
     "pointnet_regularized": ("pointnet", {"method": "regularized"}),
     "pointnet_vanilla": ("pointnet", {"method": "vanilla"}),
     "pointnet_quantiles": ("pointnet", {"alignment": "quantiles", "flow_weight": 300.0}),
+    "pointnet_ae_latent": ("pointnet", {"method": "ae-latent"}),
     "dgcnn_flowam": ("dgcnn", {}),
     "dgcnn_quantiles": ("dgcnn", {"alignment": "quantiles", "flow_weight": 300.0}),
 }
@@ -36,11 +38,20 @@ def model_and_flows(arch: str):
     return model, compute_flows(model, random_data(num=24, n=N), quiet=True, quantile_levels=16)
 
 
+def autoencoder():
+    """A small autoencoder with seeded weights and a latent range to clamp to."""
+    ae = randomize(PointAutoencoder(num_points=N, latent_dim=16, width=0.25))
+    with torch.no_grad():
+        ae.latent_mean.zero_(), ae.latent_std.fill_(1.0), ae.latent_lo.fill_(-2.0), ae.latent_hi.fill_(2.0)
+    return ae
+
+
 def run(name: str):
     """The explanations of run `name` (3 classes x 2 seeds, 20 steps), made now."""
     arch, kw = RUNS[name]
     model, flows = model_and_flows(arch)
-    return FlowAM(model, flows, steps=20, num_points=N, quiet=True, **kw).run([0, 1, 2], [0, 1])
+    ae = autoencoder() if kw.get("method") == "ae-latent" else None
+    return FlowAM(model, flows, steps=20, num_points=N, quiet=True, autoencoder=ae, **kw).run([0, 1, 2], [0, 1])
 
 
 def write(directory) -> None:

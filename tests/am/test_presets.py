@@ -1,6 +1,7 @@
 """FlowAM and its baselines are presets of the general engine (`AM` with `preset_objective`),
 and give what the engine gave before it was general, bit for bit: the stores in stored/ were
-written by that engine (tests/am/preset_runs.py) and are rerun here."""
+written by that engine (tests/am/preset_runs.py; stored/demo: `make demo`'s model, flows and
+FlowAM store) and are rerun here."""
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,32 @@ def test_presets_rerun_the_stored_explanations_bit_for_bit(name):
     now = preset_runs.run(name)
     assert now.same_run(stored) and now.config == stored.config  # the same stored form: old stores resume
     assert np.array_equal(now.classes, stored.classes) and np.array_equal(now.seeds, stored.seeds)
-    if (STORED / "cpu.txt").read_text().strip() == torch.backends.cpu.get_cpu_capability():
+    if _same_kernels():
         assert np.array_equal(now.points, stored.points) and np.array_equal(now.logits, stored.logits)
-    else:  # other SIMD kernels round differently: bit equality is defined on the same kernels only
+    else:
         np.testing.assert_allclose(now.points, stored.points, atol=1e-4)
+
+
+def _same_kernels() -> bool:
+    """Bit equality is defined on the SIMD kernels that wrote the stores; elsewhere they round
+    differently, and the comparison is to float tolerance."""
+    return (STORED / "cpu.txt").read_text().strip() == torch.backends.cpu.get_cpu_capability()
+
+
+def test_the_demo_flowam_store_reruns_bit_for_bit():
+    """The demo PointNet's FlowAM explanations (12 classes x 2 seeds, 600 steps, one batch as the
+    demo runs them), as `make demo` stored them before the engine was general."""
+    from flowam_fast.am.flows import Flows
+    from flowam_fast.models import load_checkpoint
+
+    if not _same_kernels():
+        pytest.skip("bit equality is defined on the SIMD kernels that wrote the store, not on this CPU's")
+    demo = STORED / "demo"
+    stored = Explanations.load(demo / "flowam.h5").sorted()
+    engine = FlowAM(load_checkpoint(demo / "model.pt"), Flows.load(demo / "flows.h5"), quiet=True)
+    assert engine.config.to_json() == stored.config
+    now = engine.run(sorted(set(stored.classes.tolist())), sorted(set(stored.seeds.tolist()))).sorted()
+    assert np.array_equal(now.points, stored.points) and np.array_equal(now.logits, stored.logits)
 
 
 def _old_loss(engine, x, classes):
