@@ -323,20 +323,21 @@ class Channel(Term):
     def check(self, run: Run) -> None:
         _check_layer(self.layer, run)
 
-    def value(self, step: Step) -> torch.Tensor:
+    def target_channel(self, step: Step) -> torch.Tensor:
+        """Each job's target channel of the layer at every point (J, M)."""
         acts = step.acts[self.layer]
-        rows = torch.arange(acts.shape[0], device=acts.device)
-        return acts[rows, step.targets].mean(dim=1)
+        return acts[torch.arange(acts.shape[0], device=acts.device), step.targets]
+
+    def value(self, step: Step) -> torch.Tensor:
+        return self.target_channel(step).mean(dim=1)
 
 
 @dataclass(eq=False, repr=False)
-class Neuron(Term):
+class Neuron(Channel):
     """One channel of a layer at one point index; the target is the channel."""
 
-    layer: str
     point: int
     name = "neuron"
-    indexes = "channel"
 
     def __post_init__(self):
         if isinstance(self.point, bool) or not isinstance(self.point, int) or self.point < 0:
@@ -345,19 +346,14 @@ class Neuron(Term):
     def __str__(self) -> str:
         return f"neuron({_quote(self.layer)}, {self.point})"
 
-    def layers(self) -> dict:
-        return {self.layer: False}
-
     def check(self, run: Run) -> None:
-        _check_layer(self.layer, run)
+        super().check(run)
         if self.point >= run.points[self.layer]:
             raise ValueError(f"neuron({self.layer!r}, {self.point}): layer {self.layer!r} has "
                              f"{run.points[self.layer]} points per cloud (0..{run.points[self.layer] - 1})")
 
     def value(self, step: Step) -> torch.Tensor:
-        acts = step.acts[self.layer]
-        rows = torch.arange(acts.shape[0], device=acts.device)
-        return acts[rows, step.targets, self.point]
+        return self.target_channel(step)[:, self.point]
 
 
 @dataclass(eq=False, repr=False)
