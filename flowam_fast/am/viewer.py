@@ -139,13 +139,19 @@ def _cloud(points, scene: str, visible: bool, cmin: float, cmax: float, values=N
 
 
 def _labels(e, i: int, has_ref: bool, two_scenes: bool) -> list:
-    """The annotations above the scenes for job i: class, seed, target logit, argmax."""
+    """The annotations above the scenes for job i: target, seed, target logit and argmax (for a
+    channel target, the class the model predicts)."""
     c, s = int(e.classes[i]), int(e.seeds[i])
     name = _text(e.class_name(c))
     top = int(e.logits[i].argmax())
-    verdict = "argmax = target ✓" if top == c else f"argmax = {_text(e.class_name(top))} ✗"
-    left = (f"<b>{name}</b> (class {c}) · seed {s}<br>"
-            f"{_text(e.method)}: target logit {float(e.logits[i, c]):.3f} · {verdict}")
+    if e.target_layer:
+        predicted = e.class_names[top] if top < len(e.class_names) else f"class {top}"
+        left = (f"<b>{name}</b> of {_text(e.target_layer)} · seed {s}<br>"
+                f"{_text(e.method)}: predicted class {_text(predicted)}")
+    else:
+        verdict = "argmax = target ✓" if top == c else f"argmax = {_text(e.class_name(top))} ✗"
+        left = (f"<b>{name}</b> (class {c}) · seed {s}<br>"
+                f"{_text(e.method)}: target logit {float(e.logits[i, c]):.3f} · {verdict}")
     notes = [{"text": left, "x": 0.245 if two_scenes else 0.5}]
     if two_scenes:
         right = f"<b>{name}</b><br>real sample" if has_ref else f"no real sample of {name}<br> "

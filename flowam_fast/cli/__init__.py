@@ -14,7 +14,8 @@ COMMANDS = {
     "demo": ("flowam_fast.cli.demo", "generate data, train, compute flows, explain and report, end to end"),
     "train": ("flowam_fast.cli.train", "train a PointNet or DGCNN classifier"),
     "flows": ("flowam_fast.cli.flows", "compute per-class activation flows of a model on a dataset"),
-    "explain": ("flowam_fast.cli.explain", "run FlowAM (or a baseline) over a (class x seed) grid"),
+    "explain": ("flowam_fast.cli.explain", "run FlowAM, a baseline or any objective (classes, channels) over a "
+                "(target x seed) grid"),
     "view": ("flowam_fast.cli.view", "summarize a stored set of explanations; write its HTML viewer or PNG sheet"),
     "evaluate": ("flowam_fast.cli.evaluate", "metrics of stored explanations against real data"),
     "sanity": ("flowam_fast.cli.sanity", "the model-parameter randomization check, a permutation test per stage"),

@@ -17,10 +17,12 @@ def test_channels_and_objectives_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "units.h5"
     base = ["explain", "--model", str(ckpt), "--flows", str(flows), "--seeds", "0", "--steps", "3", "--quiet"]
     assert main(base + ["--channel", "feat.act3", "--targets", "0-2,7", "--out", str(out),
-                        "--png", str(tmp_path / "u.png")]) == 0
+                        "--png", str(tmp_path / "u.png"), "--html", str(tmp_path / "u.html")]) == 0
     e = Explanations.load(out)
     assert e.target_layer == "feat.act3" and sorted(e.classes.tolist()) == [0, 1, 2, 7]
     assert (tmp_path / "u.png").stat().st_size > 1000
+    page = (tmp_path / "u.html").read_text()  # the viewer's labels, escaped inside its JSON
+    assert "channel 7\\u003c\\u002fb\\u003e of feat.act3" in page and "predicted class" in page
     assert "explanations of channels of feat.act3" in capsys.readouterr().out
     # The same run from Python: the same explanations, bit for bit.
     model, f = load_checkpoint(ckpt), Flows.load(flows)
