@@ -1,6 +1,7 @@
-"""Activation maximization: per-class activation flows, the batched engine and its search
-spaces (the general `AM` of any objective and its presets), the (target x seed) grid, the explanations store and its contact sheets, and the
-autoencoder of the generative baseline. Uses ops, models and data; knows no evaluation.
+"""Activation maximization: per-class activation flows, the batched engine (`AM`, of any
+objective of `flowam_fast.objectives`, and `FlowAM`, its presets) and its search spaces, the
+(target x seed) grid, the explanations store and its contact sheets, and the autoencoder of
+the generative baseline. Uses ops, models, data and objectives; knows no evaluation.
 
 The names below are imported on first use, so that a torch-free module of this package
 (`names`: the choices the command line lists in its help) imports without the engine."""
