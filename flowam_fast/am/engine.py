@@ -136,45 +136,40 @@ class AM:
         self.backend = config.backend
         self.quiet = config.quiet
         self.target_kind = "channel" if config.target_layer else "class"
-        self._layers = objective.layers()
+        layers = objective.layers()  # {layer: takes LinearActs}
+        self._layers, self._linear = list(layers), [k for k, takes in layers.items() if takes]
         if autoencoder is not None and int(autoencoder.config["num_points"]) != config.num_points:
             raise ValueError(f"the autoencoder decodes {autoencoder.config['num_points']} points but num_points is "
                              f"{config.num_points}")
-        self.num_targets = self._check_model()
+        self._check_model()
 
     def __repr__(self) -> str:
         cfg = self.config
         return (f"AM({self.objective}, model={type(self.model).__name__!r}, steps={cfg.steps}, lr={cfg.lr:g}, "
                 f"{cfg.num_points} points, device={str(self.device)!r})")
 
-    def _check_model(self) -> int:
+    def _check_model(self) -> None:
         """One forward pass now, so that a model that does not return logits, or does not fit
-        the objective or the flows, is refused here rather than mid-run.
-
-        Returns:
-            The number of targets: the model's classes, or the target layer's channels.
-        """
+        the objective or the flows, is refused here rather than mid-run; it sets `num_classes`
+        (the model's) and `num_targets` (its classes, or the target layer's channels)."""
         with torch.no_grad():
             # One cloud of the run's size: a DGCNN needs at least k points for its graphs.
             g = torch.Generator().manual_seed(0)
             probe = torch.rand(1, 3, self.config.num_points, generator=g).to(self.device) - 0.5
             self.model.eval()
             logits, acts = self._forward(probe)
-        run = Run(self.model, self.flows, self.config.num_points, self.target_kind,
+        self.num_classes = int(logits.shape[1])
+        run = Run(self.model, self.flows, self.config.num_points, self.target_kind, num_classes=self.num_classes,
                   channels={k: v.shape[1] for k, v in acts.items()},
                   points={k: v.shape[2] for k, v in acts.items() if isinstance(v, torch.Tensor)})
         self.objective.check(run)
-        uses_flows = any(t.name == "flow" for t in self.objective.terms)
-        if uses_flows and self.target_kind == "class" and logits.shape[1] != self.flows.num_classes:
-            raise ValueError(f"the model has {logits.shape[1]} classes but the flows {self.flows.num_classes}")
-        return int(run.channels[self.config.target_layer]) if self.config.target_layer else int(logits.shape[1])
+        self.num_targets = int(run.channels[self.config.target_layer]) if self.config.target_layer else self.num_classes
 
     def _forward(self, inp):
         """The logits and the activations the objective reads, in one forward pass."""
         if not self._layers:
             return classify(self.model, inp), {}
-        return get_activations(self.model, inp, list(self._layers),
-                               linear=[k for k, takes in self._layers.items() if takes])
+        return get_activations(self.model, inp, self._layers, linear=self._linear)
 
     # -- the objective -------------------------------------------------------------------
     def loss(self, x: torch.Tensor, targets: torch.Tensor):
@@ -192,7 +187,6 @@ class AM:
         score, values = self.objective.score(Step(x, targets, logits, acts, self.backend))
         return -score, logits, values
 
-    # -- the sweep -------------------------------------------------------------------------
     # -- the sweep -------------------------------------------------------------------------
     def run(self, targets, seeds, batch_size: int | None = None, store=None) -> Explanations:
         """Optimize every (target, seed) job of the grid.
@@ -294,18 +288,10 @@ class AM:
 
     def _empty_result(self) -> Explanations:
         n = self.config.num_points
-        num_classes = self.flows.num_classes if self.flows is not None and self.target_kind == "class" else None
         return Explanations(points=np.zeros((0, n, 3), np.float32), classes=np.zeros(0, np.int64),
-                            seeds=np.zeros(0, np.int64), logits=np.zeros((0, num_classes or self._num_classes()),
-                                                                          np.float32),
+                            seeds=np.zeros(0, np.int64), logits=np.zeros((0, self.num_classes), np.float32),
                             method=self.config.method, config=self.config.to_json(),
                             model=describe_model(self.model), class_names=self._class_names())
-
-    def _num_classes(self) -> int:
-        with torch.no_grad():
-            self.model.eval()
-            probe = torch.rand(1, 3, self.config.num_points, device=self.device) - 0.5
-            return int(classify(self.model, probe).shape[1])
 
     def _optimize(self, jobs, bar) -> Explanations:
         with contextlib.ExitStack() as stack:

@@ -27,7 +27,8 @@ def parse_classes(text: str, class_names, num_classes: int) -> list:
 
 def parse_targets(text: str, kind: str, class_names, num_targets: int) -> list:
     """Resolve a target list as users write it: classes as `parse_classes` reads them, or for
-    channel targets "all" or channel indices and ranges ("0-7,12").
+    channel targets "all" or channel indices and ranges ("0-7,12"), which the engine checks
+    against the layer (`AM.run`).
 
     Args:
         text: The list as written.
@@ -36,14 +37,11 @@ def parse_targets(text: str, kind: str, class_names, num_targets: int) -> list:
         num_targets: The number of classes, or the layer's channels.
 
     Raises:
-        ValueError: An unknown class, a channel out of range, or no target at all.
+        ValueError: An unknown class, or no target at all.
     """
     if kind == "class":
         return parse_classes(text, class_names, num_targets)
     out = list(range(num_targets)) if text.strip() == "all" else parse_seeds(text)
-    bad = [t for t in out if not 0 <= t < num_targets]
-    if bad:
-        raise ValueError(f"channel {bad[0]} is out of range: the layer has {num_targets} channels (0..{num_targets - 1})")
     if not out:
         raise ValueError("no channels given")
     return out

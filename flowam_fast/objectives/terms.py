@@ -22,6 +22,8 @@ from .names import ALIGNMENTS, CHANNEL_PRIOR
 
 #: Added to squared neighbour distances inside the continuity log (docs/design.md).
 CONT_EPS = 1e-7
+#: Neighbours of the continuity term where neither the caller nor the flows give k.
+DEFAULT_K = 3
 #: What a target indexes: a class (logits), or a channel of one layer.
 TARGET_KINDS = ("class", "channel")
 
@@ -74,6 +76,7 @@ class Run:
         flows: The run's `Flows` (bounds, continuity target, activation flows), or None.
         num_points: Points per cloud.
         target_kind: "class" or "channel": what the objective's targets index.
+        num_classes: The model's classes, once probed (0 before).
         channels: The channel count of each layer the model has been probed at, by name.
         points: The point count of each probed layer, by name.
     """
@@ -82,6 +85,7 @@ class Run:
     flows: object
     num_points: int
     target_kind: str
+    num_classes: int = 0
     channels: dict = field(default_factory=dict)
     points: dict = field(default_factory=dict)
 
@@ -320,9 +324,6 @@ class Channel(Term):
     def layers(self) -> dict:
         return {self.layer: False}
 
-    def check(self, run: Run) -> None:
-        _check_layer(self.layer, run)
-
     def target_channel(self, step: Step) -> torch.Tensor:
         """Each job's target channel of the layer at every point (J, M)."""
         acts = step.acts[self.layer]
@@ -347,7 +348,6 @@ class Neuron(Channel):
         return f"neuron({_quote(self.layer)}, {self.point})"
 
     def check(self, run: Run) -> None:
-        super().check(run)
         if self.point >= run.points[self.layer]:
             raise ValueError(f"neuron({self.layer!r}, {self.point}): layer {self.layer!r} has "
                              f"{run.points[self.layer]} points per cloud (0..{run.points[self.layer] - 1})")
@@ -421,6 +421,8 @@ class Flow(Term):
 
     def check(self, run: Run) -> None:
         self.flows.check_compatible(self.layer_names, {k: run.channels[k] for k in self.layer_names}, run.model)
+        if run.target_kind == "class" and run.num_classes != self.flows.num_classes:
+            raise ValueError(f"the model has {run.num_classes} classes but the flows {self.flows.num_classes}")
         if self.alignment == "quantiles":
             self.flows.class_quantiles(self.layer_names[0])  # flows without quantiles: refused now
 
@@ -434,18 +436,11 @@ class Flow(Term):
         return self._cache[key]
 
     def _mixture(self, layer: str, device):
-        """The moments of all classes' activations together (1, C): the class-count-weighted
-        mixture of the class moments."""
+        """The moments of all classes' activations together (1, C) on `device` (`flow_mixture`)."""
         key = (layer, str(device), "mixture")
         if key not in self._cache:
-            mean, std = self.flows.class_flow(layer)
-            n = self.flows.count.to(torch.float64)[:, None]
-            have = (n > 0) & torch.isfinite(mean) & torch.isfinite(std)
-            w = torch.where(have, n, torch.zeros_like(n))
-            m64, s64 = torch.nan_to_num(mean.double()), torch.nan_to_num(std.double())
-            mu = (w * m64).sum(0) / w.sum(0)
-            var = (w * (s64 ** 2 + m64 ** 2)).sum(0) / w.sum(0) - mu ** 2
-            self._cache[key] = (mu.float()[None].to(device), var.clamp_min(0).sqrt().float()[None].to(device))
+            mix = flow_mixture(self.flows, layer)
+            self._cache[key] = (mix["mean"].float()[None].to(device), mix["std"].float()[None].to(device))
         return self._cache[key]
 
     def value(self, step: Step) -> torch.Tensor:
@@ -458,6 +453,27 @@ class Flow(Term):
         per_layer = [align(step.acts[layer], labels, *tables(layer, step.targets.device), backend=step.backend)
                      for layer in self.layer_names]
         return -torch.stack(per_layer).mean(0)
+
+
+def flow_mixture(flows, layer: str) -> dict:
+    """The moments of all classes' activations of `layer` together: the class-count-weighted
+    mixture of the class moments, exact for the pooled training activations (every sample
+    has the same number of points). Classes without samples are left out.
+
+    Returns:
+        A dict of float64 tensors: "weight" (K, 1), each class's share of the samples (0
+        without samples); "class_mean" and "class_std" (K, C), 0 for a class without samples;
+        "mean" and "std" (C,), the mixture's.
+    """
+    mean, std = flows.class_flow(layer)
+    n = flows.count.to(torch.float64)[:, None]
+    have = (n > 0) & torch.isfinite(mean).all(1, keepdim=True) & torch.isfinite(std).all(1, keepdim=True)
+    w = torch.where(have, n, torch.zeros_like(n))
+    m64 = torch.where(have, mean.double(), torch.zeros_like(mean, dtype=torch.float64))
+    s64 = torch.where(have, std.double(), torch.zeros_like(std, dtype=torch.float64))
+    mu = (w * m64).sum(0) / w.sum(0)
+    var = (w * (s64 ** 2 + m64 ** 2)).sum(0) / w.sum(0) - mu ** 2
+    return {"weight": w / w.sum(), "class_mean": m64, "class_std": s64, "mean": mu, "std": var.clamp_min(0).sqrt()}
 
 
 @dataclass(eq=False, repr=False)
@@ -488,7 +504,7 @@ class Continuity(Term):
     def bind(self, run: Run) -> "Continuity":
         f = run.flows
         if self.d2 is not None:
-            k = 3 if self.k is None else self.k
+            k = DEFAULT_K if self.k is None else self.k
             target = float(self.d2)
         elif f is None:
             raise ValueError("continuity() needs the data's neighbour distance: pass flows= to the engine, or give "
@@ -535,9 +551,6 @@ class Diversity(Term):
             layer = layers[-1]
         return Diversity(layer)
 
-    def check(self, run: Run) -> None:
-        _check_layer(self.layer, run, indexed=False)
-
     def value(self, step: Step) -> torch.Tensor:
         feats = torch.nn.functional.normalize(step.acts[self.layer].mean(dim=2), dim=1)
         sim = feats @ feats.T
@@ -545,13 +558,6 @@ class Diversity(Term):
         others = same & ~torch.eye(len(step.targets), dtype=torch.bool, device=sim.device)
         n = others.sum(1)
         return -(sim * others).sum(1) / n.clamp_min(1)
-
-
-def _check_layer(layer: str, run: Run, indexed: bool = True) -> None:
-    if layer not in run.channels:
-        raise ValueError(f"layer {layer!r} was not read in the probe forward pass")
-    if indexed and run.target_kind == "channel" and run.channels[layer] <= 0:
-        raise ValueError(f"layer {layer!r} has no channels")
 
 
 # -- what users write -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from ..am.explanations import Explanations
 from ..am.sheets import contact_sheet
 from ..models.activations import get_activations
 from ..objectives import channel_prior
+from ..objectives.terms import flow_mixture
 
 #: Channels in the demo's sheet.
 DEMO_CHANNELS = 8
@@ -24,19 +25,15 @@ CLOUDS_PER_PASS = 64
 
 def selective_channels(flows, layer: str, count: int) -> list:
     """The `count` channels of `layer` whose class means differ most, relative to their spread
-    over all classes: the std over classes of the class means divided by the pooled std (the
-    class-count-weighted mixture of the class moments). Classes without samples are left out.
+    over all classes: the std over classes of the class means divided by the pooled std
+    (`objectives.terms.flow_mixture`). Classes without samples are left out.
 
     Returns:
         Channel indices, most selective first.
     """
-    mean, std = (t.double() for t in flows.class_flow(layer))
-    n = flows.count.double()[:, None]
-    keep = (n[:, 0] > 0) & torch.isfinite(mean).all(1) & torch.isfinite(std).all(1)
-    mean, std, w = mean[keep], std[keep], n[keep] / n[keep].sum()
-    mu = (w * mean).sum(0)
-    pooled = ((w * (std ** 2 + mean ** 2)).sum(0) - mu ** 2).clamp_min(1e-12).sqrt()
-    between = ((w * (mean - mu) ** 2).sum(0)).sqrt()
+    mix = flow_mixture(flows, layer)
+    between = (mix["weight"] * (mix["class_mean"] - mix["mean"]) ** 2).sum(0).sqrt()
+    pooled = mix["std"].clamp_min(1e-6)
     order = torch.argsort(between / pooled, descending=True, stable=True)
     return order[:count].tolist()
 

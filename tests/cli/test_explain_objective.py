@@ -37,7 +37,7 @@ def test_channels_and_objectives_from_the_command_line(tmp_path, capsys):
     assert np.array_equal(Explanations.load(expr).points, again.points)
 
     capsys.readouterr()
-    for extra, message in [(["--channel", "feat.act3", "--targets", "999"], "channel 999 is out of range"),
+    for extra, message in [(["--channel", "feat.act3", "--targets", "999"], "channel 999 of layer 'feat.act3': it has"),
                            (["--channel", "nope", "--targets", "0"], "unknown layer names"),
                            (["--objective", "open('x')"], "not allowed"),
                            (["--objective", "logit()", "--method", "vanilla"], "give one of --method, --objective"),
